@@ -1,0 +1,1 @@
+"""trainflow stages: ingest → clean → augment → normalize → train → evaluate → deploy."""

@@ -1,0 +1,113 @@
+"""augment: data/clean → data/augmented (random rotation, zoom and shift copies of train; val/test untouched)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+
+from tasks import artifacts
+from tasks.artifacts import Dataset, Split
+from tasks.config import AugmentParams, Params
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4096  # images transformed at once: bounds the float buffers to a few MB per chunk
+
+
+def affine(x: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Rotate (radians), scale and shift (pixels, (N, 2) as dy, dx) each image about its centre.
+
+    Bilinear sampling; pixels sampled from outside the image are 0 (background).
+    """
+    n, h, w, _ = x.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy = rows[None] - cy - shifts[:, 0, None, None]
+    xx = cols[None] - cx - shifts[:, 1, None, None]
+    cos = (np.cos(angles) / scales)[:, None, None].astype(np.float32)
+    sin = (np.sin(angles) / scales)[:, None, None].astype(np.float32)
+    src_y = cos * yy - sin * xx + cy
+    src_x = sin * yy + cos * xx + cx
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    wy, wx = src_y - y0, src_x - x0
+    y0, x0 = y0.astype(np.intp), x0.astype(np.intp)
+    index = np.arange(n)[:, None, None]
+    out = np.zeros(x.shape, dtype=np.float32)
+    for dy, weight_y in ((0, 1.0 - wy), (1, wy)):
+        for dx, weight_x in ((0, 1.0 - wx), (1, wx)):
+            yi, xi = y0 + dy, x0 + dx
+            inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+            weight = weight_y * weight_x * inside
+            out += weight[..., None] * x[index, yi.clip(0, h - 1), xi.clip(0, w - 1)]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def random_affine(x: np.ndarray, params: AugmentParams, rng: np.random.Generator) -> np.ndarray:
+    """One randomly transformed copy of every image, ranges from params."""
+    n, h, w, _ = x.shape
+    angles = np.deg2rad(rng.uniform(-params.rotation_degrees, params.rotation_degrees, n))
+    scales = rng.uniform(1.0 - params.zoom, 1.0 + params.zoom, n)
+    shifts = rng.uniform(-params.shift, params.shift, (n, 2)) * np.array([h, w])
+    out = np.empty_like(x)
+    for start in range(0, n, CHUNK):
+        part = slice(start, start + CHUNK)
+        out[part] = affine(x[part], angles[part], scales[part], shifts[part])
+    return out
+
+
+def augment(dataset: Dataset, params: AugmentParams, rng: np.random.Generator) -> tuple[Dataset, dict]:
+    """Append ``params.copies`` transformed copies of the train split; val and test are passed through.
+
+    Args:
+        dataset: the cleaned dataset.
+        params: the augment section (copies, rotation, zoom, shift).
+        rng: the only source of randomness.
+
+    Returns:
+        The augmented dataset (originals first, then each copy in order) and a small report.
+    """
+    train = dataset.splits["train"]
+    copies = [random_affine(train.x, params, rng) for _ in range(params.copies)]
+    x = np.concatenate([train.x, *copies]) if copies else np.asarray(train.x)
+    y = np.tile(train.y, params.copies + 1)
+    splits = {**dataset.splits, "train": Split(x, y)}
+    report = {"train_original": len(train.y), "train_added": len(train.y) * params.copies, "copies": params.copies}
+    return Dataset(splits=splits, classes=dataset.classes, info={**dataset.info, "augment": report}), report
+
+
+def sample_grid(dataset: Dataset, original_count: int, count: int) -> bytes:
+    """PNG: the first ``count`` train images (top row) above their augmented copies."""
+    from PIL import Image
+
+    x = dataset.splits["train"].x
+    count = min(count, original_count)
+    rows = [x[i * original_count : i * original_count + count] for i in range(min(len(x) // original_count, 4))]
+    h, w, c = x.shape[1:]
+    zoom = max(1, 64 // max(h, w))
+    grid = np.zeros((len(rows) * (h + 2), count * (w + 2), c), dtype=np.uint8)
+    for r, images in enumerate(rows):
+        for i, image in enumerate(images):
+            grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, i * (w + 2) + 1 : i * (w + 2) + 1 + w] = image
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    picture = picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(params: Params) -> dict:
+    """Read data/clean, augment train, write data/augmented and the sample grid."""
+    rng = np.random.default_rng(params.seed)
+    augmented, report = augment(artifacts.read_dataset(params.paths.clean), params.augment, rng)
+    artifacts.write_dataset(params.paths.augmented, augmented)
+    artifacts.write_bytes(params.paths.samples, sample_grid(augmented, report["train_original"], params.augment.sample_count))
+    log.info("augment: train %d → %d images", report["train_original"], report["train_original"] + report["train_added"])
+    return report
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main("augment", run)

@@ -1,0 +1,31 @@
+"""`python -m tasks.<stage>`: load params, run the stage, turn bad input into one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.errors import TrainflowError
+
+log = logging.getLogger("trainflow")
+
+
+def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None) -> None:
+    """Entry point shared by every stage module."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter hides the stage's log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params)
+        run(params)
+    except TrainflowError as exc:
+        print(f"error: {stage}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,193 @@
+"""params.yaml → one typed, frozen config object; every error names the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import TrainflowError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """A params section: unknown keys and wrong types are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataParams(Section):
+    source: str = Field(min_length=1)
+    image_size: tuple[PositiveInt, PositiveInt] | None
+    color_mode: Literal["grayscale", "rgb"]
+    classes: tuple[str, ...] | None
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> DataParams:
+        scheme, _, arg = self.source.partition(":")
+        if scheme == "digits" and not arg:
+            return self
+        if scheme in {"idx", "npz", "folder", "keras"} and arg:
+            return self
+        raise ValueError(
+            f"unknown data source {self.source!r}; use digits, idx:PATH, npz:PATH, folder:PATH or keras:NAME"
+        )
+
+
+class PathsParams(Section):
+    raw: str
+    clean: str
+    augmented: str
+    normalized: str
+    checkpoints: str
+    model: str
+    history: str
+    samples: str
+    metrics: str
+    predictions: str
+    confusion: str
+    figures: str
+    serving: str
+    deploy_report: str
+
+
+class IngestParams(Section):
+    val_fraction: Fraction
+    test_fraction: Fraction
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> IngestParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave room for a train split (sum < 1)")
+        return self
+
+
+class CleanParams(Section):
+    max_removed_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class AugmentParams(Section):
+    copies: Annotated[int, Field(ge=0, le=50)]
+    rotation_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
+    shift: Annotated[float, Field(ge=0.0, le=0.5)]
+    sample_count: Annotated[int, Field(ge=1, le=64)]
+
+
+class NormalizeParams(Section):
+    method: Literal["scale", "standardize"]
+
+
+class TrainParams(Section):
+    model: Literal["cnn", "mlp"]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
+    filters: tuple[PositiveInt, PositiveInt]
+    dense_units: PositiveInt
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    l2: Annotated[float, Field(ge=0.0)]
+    early_stopping_patience: PositiveInt
+    mixed_precision: Literal["auto", "on", "off"]
+
+
+class EvaluateParams(Section):
+    batch_size: PositiveInt
+
+
+class DeployParams(Section):
+    check_samples: PositiveInt
+    tolerance: Annotated[float, Field(gt=0.0)]
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)]
+    data: DataParams
+    paths: PathsParams
+    ingest: IngestParams
+    clean: CleanParams
+    augment: AugmentParams
+    normalize: NormalizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    deploy: DeployParams
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "missing":
+        return f"{key}: missing key"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides (``{"train.epochs": 2}``) applied.
+
+    Raises:
+        TrainflowError: when an override names a key that params.yaml does not have.
+    """
+    result = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node: Any = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise TrainflowError(f"override {dotted}: unknown key")
+            node = node[part]
+        if not isinstance(node, dict) or leaf not in node:
+            raise TrainflowError(f"override {dotted}: unknown key")
+        node[leaf] = value
+    return result
+
+
+def parse_params(raw: Any, origin: str = "params") -> Params:
+    """Validate a params mapping; the error lists every bad key, one per line."""
+    if not isinstance(raw, dict):
+        raise TrainflowError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(_yaml_lists_as_tuples(raw))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise TrainflowError(f"{origin}: {problems}") from None
+
+
+def _yaml_lists_as_tuples(value: Any) -> Any:
+    # YAML has no tuples; strict mode would otherwise reject [28, 28] for a tuple field.
+    if isinstance(value, dict):
+        return {k: _yaml_lists_as_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_yaml_lists_as_tuples(v) for v in value)
+    return value
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Read params.yaml as a plain mapping."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TrainflowError(f"{path}: params file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TrainflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise TrainflowError(f"{path}: expected a mapping of sections")
+    return raw
+
+
+def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate params.yaml, with optional dotted-key overrides."""
+    raw = read_params_file(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_params(raw, origin=str(path))

@@ -1,0 +1,91 @@
+"""deploy: models/model.keras → models/serving (a SavedModel checked in a fresh process) + reports/deploy.json."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import artifacts
+from tasks.config import Params
+from tasks.errors import TrainflowError
+
+log = logging.getLogger(__name__)
+
+SERVING_FORMAT = "tf_saved_model"
+
+# Runs in a fresh interpreter that imports TensorFlow only: proof that the export needs no project code.
+FRESH_PROCESS_CHECK = """
+import sys
+import numpy as np
+import tensorflow as tf
+served = tf.saved_model.load(sys.argv[1])
+np.save(sys.argv[3], np.asarray(served.serve(tf.constant(np.load(sys.argv[2])))))
+"""
+
+
+def expected_probabilities(predictions_csv: Path, count: int) -> np.ndarray:
+    """The first ``count`` test-split probability rows that evaluate wrote."""
+    with predictions_csv.open() as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or [] if c.startswith("p_")]
+        rows = [[float(r[c]) for c in columns] for r in reader if r["split"] == "test"]
+    return np.asarray(rows[:count], dtype=np.float32)
+
+
+def compare(expected: np.ndarray, served: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """How far the served model's probabilities are from evaluate's, and whether the classes agree."""
+    if expected.shape != served.shape:
+        raise TrainflowError(f"serving check: served output shape {served.shape} != expected {expected.shape}")
+    diff = float(np.abs(expected - served).max()) if expected.size else 0.0
+    agree = bool((expected.argmax(axis=1) == served.argmax(axis=1)).all())
+    return {"checked": len(expected), "max_abs_diff": diff, "classes_agree": agree, "ok": agree and diff <= tolerance}
+
+
+def serve_in_fresh_process(serving_dir: Path, x: np.ndarray) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        sample, out = Path(tmp) / "x.npy", Path(tmp) / "out.npy"
+        np.save(sample, x, allow_pickle=False)
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_CHECK, str(serving_dir), str(sample), str(out)],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise TrainflowError(f"{serving_dir}: the exported model does not load in a fresh process ({last})")
+        return np.load(out, allow_pickle=False)
+
+
+def run(params: Params) -> dict:
+    """Export the model, reload it in a fresh process and check its predictions against evaluate's."""
+    import keras
+
+    model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
+    expected = expected_probabilities(Path(params.paths.predictions), params.deploy.check_samples)
+    sample = artifacts.read_dataset(params.paths.clean).splits["test"].x[: len(expected)]
+    serving = Path(params.paths.serving)
+    with artifacts.atomic_dir(serving) as tmp:
+        model.export(str(tmp), format=SERVING_FORMAT, verbose=False)
+        check = compare(expected, serve_in_fresh_process(tmp, sample), params.deploy.tolerance)
+        if not check["ok"]:
+            raise TrainflowError(
+                f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
+                f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
+            )
+    report = {"serving_path": str(serving), "format": SERVING_FORMAT, "input_dtype": "uint8",
+              "input_shape": [None, *model.input_shape[1:]], **check}
+    artifacts.write_json(Path(params.paths.deploy_report), report)
+    log.info("deploy: %s checked on %d test images (max |diff| %.2e)", serving, check["checked"], check["max_abs_diff"])
+    return report
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main("deploy", run)

@@ -1,0 +1,137 @@
+"""evaluate: models/model.keras + data/clean val/test → reports/metrics.json, predictions, confusion, figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import artifacts
+from tasks.config import Params
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("val", "test")
+
+
+def classification_metrics(y: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Loss, accuracy, macro and per-class precision/recall/F1 and the confusion matrix.
+
+    Args:
+        y: true labels (N,).
+        probabilities: predicted class probabilities (N, K).
+        classes: the K class names.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = np.arange(len(classes))
+    predicted = probabilities.argmax(axis=1)
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, predicted, labels=labels, zero_division=0
+    )
+    return {
+        "loss": float(-np.log(picked).mean()),
+        "accuracy": float((predicted == y).mean()),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+        "count": len(y),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": confusion_matrix(y, predicted, labels=labels).tolist(),
+    }
+
+
+def predictions_csv(results: dict[str, tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> bytes:
+    """One row per evaluated image: split, index, label, predicted class and every class probability."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["split", "index", "label", "predicted", *(f"p_{name}" for name in classes)])
+    for split, (y, probabilities) in results.items():
+        for i, (label, row) in enumerate(zip(y, probabilities, strict=True)):
+            writer.writerow([split, i, int(label), int(row.argmax()), *(f"{p:.7g}" for p in row)])
+    return buffer.getvalue().encode()
+
+
+def confusion_csv(y: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> bytes:
+    """``actual,predicted`` pairs by class name: the input of DVC's confusion plot template."""
+    lines = ["actual,predicted", *(f"{classes[a]},{classes[p]}" for a, p in zip(y, predicted, strict=True))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...], out: Path) -> None:
+    """training_curves.png (loss and accuracy per epoch) and confusion_matrix.png (test split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with history_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=f"train {metric}")
+        ax.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], marker="o", label=f"val {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("confusion matrix (test)")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > peak / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+
+def run(params: Params) -> dict:
+    """Score the raw-pixel model on the clean val and test splits and write the reports."""
+    import keras
+
+    model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
+    data = artifacts.read_dataset(params.paths.clean)
+    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    metrics: dict[str, Any] = {}
+    for split in EVAL_SPLITS:
+        x, y = data.splits[split].x, data.splits[split].y
+        probabilities = np.asarray(model.predict(x, batch_size=params.evaluate.batch_size, verbose=0))
+        results[split] = (y, probabilities)
+        metrics[split] = classification_metrics(y, probabilities, data.classes)
+
+    y_test, p_test = results["test"]
+    artifacts.write_bytes(Path(params.paths.predictions), predictions_csv(results, data.classes))
+    artifacts.write_bytes(Path(params.paths.confusion), confusion_csv(y_test, p_test.argmax(axis=1), data.classes))
+    with artifacts.atomic_dir(Path(params.paths.figures)) as tmp:
+        figures(Path(params.paths.history), metrics["test"]["confusion_matrix"], data.classes, tmp)
+    artifacts.write_json(Path(params.paths.metrics), metrics)
+    log.info(
+        "evaluate: val accuracy %.4f, test accuracy %.4f, test macro F1 %.4f",
+        metrics["val"]["accuracy"], metrics["test"]["accuracy"], metrics["test"]["f1_macro"],
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main("evaluate", run)

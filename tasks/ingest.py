@@ -1,0 +1,73 @@
+"""ingest: data.source → data/raw (uint8 N×H×W×C images, int labels, stratified train/val/test, manifest)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tasks import artifacts
+from tasks.artifacts import Dataset, Split
+from tasks.config import DataParams, IngestParams, Params
+from tasks.errors import TrainflowError
+from tasks.sources import Loaded, load_source
+
+log = logging.getLogger(__name__)
+
+
+def _stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        x_keep, x_out, y_keep, y_out = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise TrainflowError(
+            f"cannot split {len(y)} images into a stratified {what} split of {fraction:.0%} ({exc})"
+        ) from None
+    return Split(x_keep, y_keep), Split(x_out, y_out)
+
+
+def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> Dataset:
+    """Stratified train/val/test split; a source's own test split is kept as the test split.
+
+    Args:
+        loaded: what the source yielded.
+        data: the data section (explicit class names, source).
+        params: split fractions (test_fraction applies only when the source has no test split).
+        seed: seeds the split.
+
+    Returns:
+        The dataset with splits train/val/test and the class names.
+    """
+    if len(loaded.y) == 0:
+        raise TrainflowError(f"{data.source}: the dataset is empty")
+    if np.unique(loaded.y).size < 2:
+        raise TrainflowError(f"{data.source}: only one class ({loaded.y[0]}); a classifier needs at least two")
+    classes = data.classes or loaded.classes
+    if classes is None:
+        classes = tuple(str(i) for i in range(int(loaded.y.max()) + 1))
+    if loaded.x_test is None or loaded.y_test is None:
+        pool, test = _stratified(loaded.x, loaded.y, params.test_fraction, seed, "test")
+        val_share = params.val_fraction / (1.0 - params.test_fraction)
+    else:
+        pool, test = Split(loaded.x, loaded.y), Split(loaded.x_test, loaded.y_test)
+        val_share = params.val_fraction
+    train, val = _stratified(pool.x, pool.y, val_share, seed, "val")
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise TrainflowError(f"{data.source}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
+    return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": data.source})
+
+
+def run(params: Params) -> dict:
+    """Load the source, split it and write data/raw."""
+    dataset = split(load_source(params.data), params.data, params.ingest, params.seed)
+    manifest = artifacts.write_dataset(params.paths.raw, dataset)
+    counts = {name: s["count"] for name, s in manifest["splits"].items()}
+    log.info("ingest: %s → %s %s, shape %s", params.data.source, params.paths.raw, counts, manifest["shape"])
+    return manifest
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main("ingest", run)

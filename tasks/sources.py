@@ -1,0 +1,232 @@
+"""Data sources named by ``data.source``: digits, idx:PATH, npz:PATH, folder:PATH, keras:NAME.
+
+Each loader returns uint8 images (N, H, W, C) and integer labels, with the source's own test split
+when it has one. Every problem is a TrainflowError naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import DataParams
+from tasks.errors import TrainflowError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a source yields: all images, or its own train and test sets, and class names if it has them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
+
+
+def load_source(data: DataParams) -> Loaded:
+    """Dispatch on the scheme of ``data.source``."""
+    scheme, _, arg = data.source.partition(":")
+    if scheme == "digits":
+        return load_digits()
+    if scheme == "keras":
+        return load_keras(arg)
+    path = Path(arg)
+    if not path.exists():
+        raise TrainflowError(f"{path}: data source path not found (data.source={data.source})")
+    if scheme == "idx":
+        return load_idx_dir(path)
+    if scheme == "npz":
+        return load_npz(path)
+    return load_folder(path, data.image_size, data.color_mode)
+
+
+def load_digits() -> Loaded:
+    """scikit-learn's bundled 8×8 digits (values 0–16) as uint8 0–255."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Loaded(x=x, y=bunch.target.astype(np.int64))
+
+
+def _as_images(x: np.ndarray, origin: str) -> np.ndarray:
+    """uint8 (N, H, W, C) from (N, H, W) or (N, H, W, C) integer-valued pixels in 0–255."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise TrainflowError(f"{origin}: expected images of shape (N, H, W) or (N, H, W, 1|3), got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "iuf":
+        raise TrainflowError(f"{origin}: pixels must be numeric, got dtype {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise TrainflowError(f"{origin}: pixels contain NaN or infinity")
+    if x.size and (x.min() < 0 or x.max() > 255 or (x.dtype.kind == "f" and not np.all(x == np.rint(x)))):
+        raise TrainflowError(f"{origin}: pixels must be whole numbers in 0–255 (got {x.min()}–{x.max()})")
+    return x.astype(np.uint8)
+
+
+def _as_labels(y: np.ndarray, origin: str) -> np.ndarray:
+    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] == 1 else np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise TrainflowError(f"{origin}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    return y.astype(np.int64)
+
+
+def _pair(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) != len(y):
+        raise TrainflowError(f"{origin}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TrainflowError(f"{path}: cannot read ({exc.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise TrainflowError(f"{path}: corrupt gzip data ({exc})") from None
+    return raw
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) of unsigned bytes, checking magic number and length."""
+    raw = _read_maybe_gzip(path)
+    if len(raw) < 4:
+        raise TrainflowError(f"{path}: truncated IDX file ({len(raw)} bytes)")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise TrainflowError(f"{path}: wrong IDX magic number 0x{found:08x} (expected 0x{magic:08x})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise TrainflowError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise TrainflowError(f"{path}: truncated or oversized IDX file ({len(raw)} bytes, header says {expected})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(directory: Path, prefix: str, kind: str) -> Path | None:
+    for suffix in ("", ".gz"):
+        for sep in ("-", "."):
+            candidate = directory / f"{prefix}-{kind}{sep}idx{'3' if kind == 'images' else '1'}-ubyte{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_idx_dir(directory: Path) -> Loaded:
+    """MNIST-style IDX files: ``train-*`` and/or ``t10k-*`` images and labels in one folder."""
+    if not directory.is_dir():
+        raise TrainflowError(f"{directory}: idx source must be a folder of *-images-idx3-ubyte[.gz] files")
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for prefix in ("train", "t10k"):
+        images, labels = _idx_file(directory, prefix, "images"), _idx_file(directory, prefix, "labels")
+        if images is None and labels is None:
+            continue
+        if images is None or labels is None:
+            missing = "images" if images is None else "labels"
+            raise TrainflowError(f"{directory}: {prefix} {missing} IDX file missing")
+        x = read_idx(images, IDX_IMAGES_MAGIC)
+        y = read_idx(labels, IDX_LABELS_MAGIC).astype(np.int64)
+        parts[prefix] = _pair(_as_images(x, str(images)), y, f"{images} / {labels}")
+    if not parts:
+        raise TrainflowError(f"{directory}: no IDX files (train-images-idx3-ubyte, t10k-images-idx3-ubyte, ...)")
+    if len(parts) == 2:
+        return Loaded(*parts["train"], *parts["t10k"])
+    return Loaded(*next(iter(parts.values())))
+
+
+def load_npz(path: Path) -> Loaded:
+    """The keras.datasets layout: x_train, y_train, x_test, y_test; never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            if missing:
+                raise TrainflowError(f"{path}: missing arrays {sorted(missing)}")
+            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise TrainflowError(f"{path}: cannot load without pickle ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise TrainflowError(f"{path}: not a readable .npz file ({exc})") from None
+    train = _pair(_as_images(arrays["x_train"], f"{path}:x_train"), _as_labels(arrays["y_train"], f"{path}:y_train"),
+                  f"{path}:train")
+    test = _pair(_as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"),
+                 f"{path}:test")
+    return Loaded(*train, *test)
+
+
+def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str) -> Loaded:
+    """One sub-folder per class of PNG/JPEG images, resized to ``image_size`` (H, W) when set."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise TrainflowError(f"{root}: folder source must be a directory with one sub-folder per class")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise TrainflowError(f"{root}: no class sub-folders")
+    real_root = root.resolve()
+    mode = "L" if color_mode == "grayscale" else "RGB"
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.iterdir()):
+            if file.name.startswith("."):
+                continue
+            if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
+                raise TrainflowError(f"{file}: symlink points outside the data folder {root}")
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                raise TrainflowError(f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})")
+            try:
+                with Image.open(file) as img:
+                    img = img.convert(mode)
+                    if image_size is not None and img.size != (image_size[1], image_size[0]):
+                        img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+                    pixels = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                raise TrainflowError(f"{file}: corrupt or unreadable image ({exc})") from None
+            if pixels.ndim == 2:
+                pixels = pixels[..., None]
+            if images and pixels.shape != images[0].shape:
+                raise TrainflowError(
+                    f"{file}: image size {pixels.shape[:2]} differs from {images[0].shape[:2]}; "
+                    "set data.image_size to resize"
+                )
+            images.append(pixels)
+            labels.append(label)
+    if not images:
+        raise TrainflowError(f"{root}: no images found")
+    return Loaded(
+        x=np.stack(images), y=np.asarray(labels, dtype=np.int64), classes=tuple(d.name for d in class_dirs)
+    )
+
+
+def load_keras(name: str) -> Loaded:
+    """Download through keras.datasets (cached under ~/.keras); needs internet the first time."""
+    if name not in KERAS_DATASETS:
+        raise TrainflowError(f"data.source=keras:{name}: unknown dataset (one of {', '.join(KERAS_DATASETS)})")
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    except Exception as exc:  # network errors come in many types
+        raise TrainflowError(f"data.source=keras:{name}: download failed ({exc})") from None
+    origin = f"keras:{name}"
+    return Loaded(
+        _as_images(x_train, origin), _as_labels(y_train, origin), _as_images(x_test, origin), _as_labels(y_test, origin)
+    )

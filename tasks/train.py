@@ -1,0 +1,203 @@
+"""train: data/normalized → models/model.keras (a Keras 3 classifier that takes raw uint8 pixels) + history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks import artifacts
+from tasks.config import Params, TrainParams
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+
+def detect_device() -> dict[str, Any]:
+    """The Keras backend and the accelerator it will use: GPU when present, else CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    names: list[str] = []
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    elif backend == "jax":
+        import jax
+
+        names = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    elif backend == "torch":
+        import torch
+
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if names:
+        return {"backend": backend, "device": "GPU", "device_name": names[0], "device_count": len(names)}
+    return {"backend": backend, "device": "CPU", "device_name": platform.processor() or platform.machine(),
+            "device_count": os.cpu_count() or 1}
+
+
+def _conv_padding(size: int) -> str:
+    # The seed's CNN uses valid 3×3 convolutions; on small inputs (8×8) they would shrink the map to
+    # nothing after two pool steps, so a block switches to same padding when the map is too small.
+    return "valid" if (size - 2) // 2 >= 2 else "same"
+
+
+def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams) -> keras.Model:
+    """The network on normalised float inputs: ``cnn`` (the seed's two conv/pool blocks) or ``mlp``.
+
+    Args:
+        input_shape: (H, W, C) of one image.
+        num_classes: width of the softmax output.
+        params: the train section.
+
+    Returns:
+        An uncompiled Keras model whose output is float32 class probabilities.
+    """
+    import keras
+    from keras import layers
+
+    regularizer = keras.regularizers.L2(params.l2) if params.l2 else None
+    inputs = keras.Input(shape=input_shape, name="normalized")
+    x = inputs
+    if params.model == "cnn":
+        size = min(input_shape[0], input_shape[1])
+        for filters in params.filters:
+            padding = _conv_padding(size)
+            x = layers.Conv2D(filters, 3, activation="relu", padding=padding, kernel_regularizer=regularizer)(x)
+            size = size - 2 if padding == "valid" else size
+            if size >= 2:
+                x = layers.MaxPooling2D(2)(x)
+                size //= 2
+        x = layers.Flatten()(x)
+        x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=regularizer)(x)
+        x = layers.Dropout(params.dropout)(x)
+    else:
+        x = layers.Flatten()(x)
+        for _ in range(2):
+            x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=regularizer)(x)
+            x = layers.Dropout(params.dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{params.model}_classifier")
+
+
+def with_preprocessing(classifier: keras.Model, input_shape: tuple[int, ...], stats: dict) -> keras.Model:
+    """Wrap the classifier so it takes raw uint8 pixels: the normalize stage's maths as layers."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="pixels")
+    x = layers.Rescaling(stats["scale"], name="rescale")(inputs)
+    if stats["method"] == "standardize":
+        x = layers.Normalization(mean=stats["mean"], variance=np.square(stats["std"]).tolist(), name="standardize")(x)
+    return keras.Model(inputs, classifier(x), name="trainflow_model")
+
+
+def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int) -> str:
+    """Identifies one training configuration, so a resumed run never picks up another run's checkpoint."""
+    hashes = {name: split["sha256"] for name, split in data_manifest["splits"].items()}
+    blob = json.dumps({"train": params.model_dump(mode="json"), "data": hashes, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit(
+    classifier: keras.Model,
+    train: artifacts.Split,
+    val: artifacts.Split,
+    params: TrainParams,
+    backup_dir: Path,
+    history_csv: Path,
+) -> None:
+    """Compile and fit with early stopping on val loss, a checkpoint every epoch and resume after a crash."""
+    import keras
+
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
+        ),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+    ]
+    classifier.fit(
+        train.x,
+        train.y,
+        validation_data=(val.x, val.y),
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save atomically (Keras needs the .keras suffix on the temporary name too)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run(params: Params) -> dict:
+    """Fit on data/normalized, save the raw-pixel model and the per-epoch history."""
+    import keras
+
+    cfg = params.train
+    device = detect_device()
+    if cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(params.seed)
+    data = artifacts.read_dataset(params.paths.normalized)
+    manifest = artifacts.describe(data)
+    shape = data.image_shape
+
+    checkpoints = Path(params.paths.checkpoints)
+    key = checkpoint_key(cfg, manifest, params.seed)
+    backup_dir, history_csv = checkpoints / key, checkpoints / f"{key}.history.csv"
+    if not backup_dir.exists():
+        history_csv.unlink(missing_ok=True)  # no checkpoint to resume from: start the history afresh
+    else:
+        log.info("train: resuming from the checkpoint in %s", backup_dir)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+    classifier = build_classifier(shape, len(data.classes), cfg)
+    fit(classifier, data.splits["train"], data.splits["val"], cfg, backup_dir, history_csv)
+    model = with_preprocessing(classifier, shape, data.info["normalize"])
+    save_model(model, Path(params.paths.model))
+    artifacts.write_bytes(Path(params.paths.history), history_csv.read_bytes())
+    epochs_run = sum(1 for _ in history_csv.open()) - 1
+    history_csv.unlink()
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    report = {**device, "epochs_run": epochs_run, "policy": keras.mixed_precision.global_policy().name}
+    log.info("train: %s saved after %d epochs on %s (%s)", params.paths.model, epochs_run,
+             device["device_name"], device["backend"])
+    return report
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main("train", run)
