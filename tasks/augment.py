@@ -102,8 +102,9 @@ def run(params: Params) -> dict:
     rng = np.random.default_rng(params.seed)
     augmented, report = augment(artifacts.read_dataset(params.paths.clean), params.augment, rng)
     artifacts.write_dataset(params.paths.augmented, augmented)
-    artifacts.write_bytes(params.paths.samples, sample_grid(augmented, report["train_original"], params.augment.sample_count))
-    log.info("augment: train %d → %d images", report["train_original"], report["train_original"] + report["train_added"])
+    grid = sample_grid(augmented, report["train_original"], params.augment.sample_count)
+    artifacts.write_bytes(params.paths.samples, grid)
+    log.info("augment: train %d → %d images", report["train_original"], len(augmented.splits["train"].y))
     return report
 
 

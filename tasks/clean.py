@@ -53,14 +53,14 @@ def clean(dataset: Dataset, params: CleanParams) -> tuple[Dataset, dict]:
         good_label = (y >= 0) & (y < len(dataset.classes))
         flat = x.reshape(len(x), -1)
         constant = good_label & (flat.min(axis=1) == flat.max(axis=1))
-        split_keys = image_keys(x)
-        unique = _first_occurrences(split_keys)
         counts["bad_label"] = int((~good_label).sum())
         counts["constant"] = int(constant.sum())
-        keep = good_label & ~constant
-        counts["duplicate"] = int((keep & ~unique).sum())
-        keep &= unique
-        removed[name], kept[name], keys[name] = counts, Split(x[keep], y[keep]), split_keys[keep]
+        valid = good_label & ~constant
+        valid_keys = image_keys(x[valid])  # duplicates only among valid images: a bad copy never wins
+        unique = _first_occurrences(valid_keys)
+        counts["duplicate"] = int((~unique).sum())
+        removed[name], keys[name] = counts, valid_keys[unique]
+        kept[name] = Split(x[valid][unique], y[valid][unique])
     held_out = [keys[name] for name in kept if name != "train"]
     if "train" in kept and held_out:
         leak = np.isin(keys["train"], np.concatenate(held_out))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import TrainflowError
 
@@ -29,16 +29,13 @@ class DataParams(Section):
     color_mode: Literal["grayscale", "rgb"]
     classes: tuple[str, ...] | None
 
-    @model_validator(mode="after")
-    def _known_scheme(self) -> DataParams:
-        scheme, _, arg = self.source.partition(":")
-        if scheme == "digits" and not arg:
-            return self
-        if scheme in {"idx", "npz", "folder", "keras"} and arg:
-            return self
-        raise ValueError(
-            f"unknown data source {self.source!r}; use digits, idx:PATH, npz:PATH, folder:PATH or keras:NAME"
-        )
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, source: str) -> str:
+        scheme, _, arg = source.partition(":")
+        if (scheme == "digits" and not arg) or (scheme in {"idx", "npz", "folder", "keras"} and arg):
+            return source
+        raise ValueError(f"unknown data source {source!r}; use digits, idx:PATH, npz:PATH, folder:PATH or keras:NAME")
 
 
 class PathsParams(Section):
@@ -95,6 +92,8 @@ class TrainParams(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     l2: Annotated[float, Field(ge=0.0)]
     early_stopping_patience: PositiveInt
+    lr_plateau_patience: PositiveInt
+    lr_plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)]
     mixed_precision: Literal["auto", "on", "off"]
 
 
@@ -105,6 +104,28 @@ class EvaluateParams(Section):
 class DeployParams(Section):
     check_samples: PositiveInt
     tolerance: Annotated[float, Field(gt=0.0)]
+
+
+class ScheduleParams(Section):
+    cron: str
+    timezone: str
+
+    @model_validator(mode="after")
+    def _valid(self) -> ScheduleParams:
+        from datetime import datetime
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r} (use an IANA name such as Europe/Berlin)") from None
+        try:
+            CronSim(self.cron, datetime.now(zone))
+        except CronSimError as exc:
+            raise ValueError(f"invalid cron expression {self.cron!r} ({exc})") from None
+        return self
 
 
 class Params(Section):
@@ -118,6 +139,7 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     deploy: DeployParams
+    schedule: ScheduleParams
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -54,7 +54,9 @@ def serve_in_fresh_process(serving_dir: Path, x: np.ndarray) -> np.ndarray:
         np.save(sample, x, allow_pickle=False)
         done = subprocess.run(
             [sys.executable, "-c", FRESH_PROCESS_CHECK, str(serving_dir), str(sample), str(out)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -78,8 +80,13 @@ def run(params: Params) -> dict:
                 f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
                 f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
             )
-    report = {"serving_path": str(serving), "format": SERVING_FORMAT, "input_dtype": "uint8",
-              "input_shape": [None, *model.input_shape[1:]], **check}
+    report = {
+        "serving_path": str(serving),
+        "format": SERVING_FORMAT,
+        "input_dtype": "uint8",
+        "input_shape": [None, *model.input_shape[1:]],
+        **check,
+    }
     artifacts.write_json(Path(params.paths.deploy_report), report)
     log.info("deploy: %s checked on %d test images (max |diff| %.2e)", serving, check["checked"], check["max_abs_diff"])
     return report

@@ -31,9 +31,7 @@ def classification_metrics(y: np.ndarray, probabilities: np.ndarray, classes: tu
     labels = np.arange(len(classes))
     predicted = probabilities.argmax(axis=1)
     picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, predicted, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y, predicted, labels=labels, zero_division=0)
     return {
         "loss": float(-np.log(picked).mean()),
         "accuracy": float((predicted == y).mean()),
@@ -126,7 +124,9 @@ def run(params: Params) -> dict:
     artifacts.write_json(Path(params.paths.metrics), metrics)
     log.info(
         "evaluate: val accuracy %.4f, test accuracy %.4f, test macro F1 %.4f",
-        metrics["val"]["accuracy"], metrics["test"]["accuracy"], metrics["test"]["f1_macro"],
+        metrics["val"]["accuracy"],
+        metrics["test"]["accuracy"],
+        metrics["test"]["f1_macro"],
     )
     return metrics
 

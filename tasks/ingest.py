@@ -45,7 +45,8 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         raise TrainflowError(f"{data.source}: only one class ({loaded.y[0]}); a classifier needs at least two")
     classes = data.classes or loaded.classes
     if classes is None:
-        classes = tuple(str(i) for i in range(int(loaded.y.max()) + 1))
+        labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
+        classes = tuple(str(i) for i in range(int(labels.max()) + 1))
     if loaded.x_test is None or loaded.y_test is None:
         pool, test = _stratified(loaded.x, loaded.y, params.test_fraction, seed, "test")
         val_share = params.val_fraction / (1.0 - params.test_fraction)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def load_idx_dir(directory: Path) -> Loaded:
 
 def load_npz(path: Path) -> Loaded:
     """The keras.datasets layout: x_train, y_train, x_test, y_test; never unpickled."""
+    if not zipfile.is_zipfile(path):
+        raise TrainflowError(f"{path}: not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
@@ -162,12 +165,16 @@ def load_npz(path: Path) -> Loaded:
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise TrainflowError(f"{path}: cannot load without pickle ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise TrainflowError(f"{path}: not a readable .npz file ({exc})") from None
-    train = _pair(_as_images(arrays["x_train"], f"{path}:x_train"), _as_labels(arrays["y_train"], f"{path}:y_train"),
-                  f"{path}:train")
-    test = _pair(_as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"),
-                 f"{path}:test")
+    train = _pair(
+        _as_images(arrays["x_train"], f"{path}:x_train"),
+        _as_labels(arrays["y_train"], f"{path}:y_train"),
+        f"{path}:train",
+    )
+    test = _pair(
+        _as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"), f"{path}:test"
+    )
     return Loaded(*train, *test)
 
 
@@ -211,9 +218,7 @@ def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str)
             labels.append(label)
     if not images:
         raise TrainflowError(f"{root}: no images found")
-    return Loaded(
-        x=np.stack(images), y=np.asarray(labels, dtype=np.int64), classes=tuple(d.name for d in class_dirs)
-    )
+    return Loaded(x=np.stack(images), y=np.asarray(labels, dtype=np.int64), classes=tuple(d.name for d in class_dirs))
 
 
 def load_keras(name: str) -> Loaded:

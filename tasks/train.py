@@ -45,8 +45,12 @@ def detect_device() -> dict[str, Any]:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     if names:
         return {"backend": backend, "device": "GPU", "device_name": names[0], "device_count": len(names)}
-    return {"backend": backend, "device": "CPU", "device_name": platform.processor() or platform.machine(),
-            "device_count": os.cpu_count() or 1}
+    return {
+        "backend": backend,
+        "device": "CPU",
+        "device_name": platform.processor() or platform.machine(),
+        "device_count": os.cpu_count() or 1,
+    }
 
 
 def _conv_padding(size: int) -> str:
@@ -120,7 +124,7 @@ def fit(
     backup_dir: Path,
     history_csv: Path,
 ) -> None:
-    """Compile and fit with early stopping on val loss, a checkpoint every epoch and resume after a crash."""
+    """Compile and fit: early stopping and learning-rate decay on val loss, a checkpoint every epoch, resume."""
     import keras
 
     classifier.compile(
@@ -132,6 +136,9 @@ def fit(
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
         ),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
     ]
@@ -192,8 +199,13 @@ def run(params: Params) -> dict:
     history_csv.unlink()
     shutil.rmtree(backup_dir, ignore_errors=True)
     report = {**device, "epochs_run": epochs_run, "policy": keras.mixed_precision.global_policy().name}
-    log.info("train: %s saved after %d epochs on %s (%s)", params.paths.model, epochs_run,
-             device["device_name"], device["backend"])
+    log.info(
+        "train: %s saved after %d epochs on %s (%s)",
+        params.paths.model,
+        epochs_run,
+        device["device_name"],
+        device["backend"],
+    )
     return report
 
 

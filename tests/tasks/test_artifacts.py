@@ -1,0 +1,133 @@
+"""tasks/artifacts.py: dataset round trip, content hashes, atomic folders and files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.artifacts import (
+    Dataset,
+    Split,
+    atomic_dir,
+    content_hash,
+    read_dataset,
+    read_json,
+    write_bytes,
+    write_dataset,
+    write_json,
+)
+from tasks.errors import TrainflowError
+from tests.conftest import MakeDataset
+
+
+def test_write_read_roundtrip(tmp_path: Path, make_dataset: MakeDataset) -> None:
+    dataset = make_dataset()
+    dataset = Dataset(splits=dataset.splits, classes=dataset.classes, info={"source": "digits"})
+    manifest = write_dataset(tmp_path / "raw", dataset)
+    assert manifest["splits"]["train"]["count"] == 30
+    assert manifest["splits"]["train"]["class_counts"] == {"c0": 10, "c1": 10, "c2": 10}
+    assert manifest["shape"] == [6, 6, 1] and manifest["dtype"] == "uint8"
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text()) == manifest
+    for mmap in (False, True):
+        back = read_dataset(tmp_path / "raw", mmap=mmap)
+        assert back.classes == dataset.classes and dict(back.info) == {"source": "digits"}
+        assert list(back.splits) == ["train", "val", "test"]
+        for name, split in dataset.splits.items():
+            np.testing.assert_array_equal(back.splits[name].x, split.x)
+            np.testing.assert_array_equal(back.splits[name].y, split.y)
+            assert back.splits[name].x.dtype == split.x.dtype
+            assert content_hash(back.splits[name]) == manifest["splits"][name]["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_content_hash_changes_with_data_dtype_and_shape() -> None:
+    x = np.zeros((2, 3, 3, 1), np.uint8)
+    y = np.array([0, 1])
+    base = content_hash(Split(x, y))
+    assert content_hash(Split(x.copy(), y.copy())) == base
+    changed = x.copy()
+    changed[1, 2, 2, 0] = 1
+    assert content_hash(Split(changed, y)) != base
+    assert content_hash(Split(x, np.array([1, 0]))) != base
+    assert content_hash(Split(x.astype(np.float32), y)) != base
+    assert content_hash(Split(x.reshape(2, 9, 1, 1), y)) != base
+
+
+def test_split_lengths_must_agree() -> None:
+    with pytest.raises(TrainflowError, match="3 images but 2 labels"):
+        Split(np.zeros((3, 2, 2, 1)), np.zeros(2))
+
+
+def test_atomic_dir_replaces_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        assert tmp != target and tmp.parent == tmp_path and not any(tmp.iterdir())
+        (tmp / "new.txt").write_text("new")
+        assert (target / "old.txt").exists()  # not replaced until the body succeeds
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_keeps_old_folder_when_the_body_raises(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("boom")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert (target / "old.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_creates_parents_and_replaces_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    target.parent.mkdir()
+    target.write_text("was a file")
+    with atomic_dir(target) as tmp:
+        (tmp / "x").write_text("x")
+    assert target.is_dir() and (target / "x").read_text() == "x"
+    assert [p.name for p in target.parent.iterdir()] == ["b"]
+
+
+def test_write_bytes_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "file.bin"
+    write_bytes(path, b"one")
+    write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_dataset_failure_keeps_previous_output(tmp_path: Path, make_dataset: MakeDataset) -> None:
+    target = tmp_path / "clean"
+    write_dataset(target, make_dataset())
+    before = (target / "manifest.json").read_text()
+    good = make_dataset({"train": 4})
+    bad = Dataset(splits={**good.splits, "no/such/folder": good.splits["train"]}, classes=good.classes)
+    with pytest.raises(FileNotFoundError):  # the split's folder cannot be made inside the temporary folder
+        write_dataset(target, bad)
+    assert (target / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["clean"]
+
+
+def test_json_roundtrip_and_errors(tmp_path: Path) -> None:
+    write_json(tmp_path / "m.json", {"a": [1, 2]})
+    assert read_json(tmp_path / "m.json") == {"a": [1, 2]}
+    with pytest.raises(TrainflowError, match=r"absent\.json: not found"):
+        read_json(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(TrainflowError, match=r"bad\.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_read_dataset_missing_split_file_named(tmp_path: Path, make_dataset: MakeDataset) -> None:
+    write_dataset(tmp_path / "d", make_dataset())
+    (tmp_path / "d" / "val" / "y.npy").unlink()
+    with pytest.raises(TrainflowError, match=r"d/val: cannot read split"):
+        read_dataset(tmp_path / "d")

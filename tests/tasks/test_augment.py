@@ -1,0 +1,113 @@
+"""tasks/augment.py: the affine warp, seeded copies of train only, and the sample grid."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.artifacts import content_hash
+from tasks.augment import affine, augment, random_affine, sample_grid
+from tasks.config import AugmentParams
+from tests.conftest import MakeDataset
+
+
+def augment_params(copies: int = 2, **overrides: float) -> AugmentParams:
+    values = {"copies": copies, "rotation_degrees": 15.0, "zoom": 0.1, "shift": 0.1, "sample_count": 4}
+    return AugmentParams(**{**values, **overrides})
+
+
+def test_val_and_test_pass_through_byte_identical(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset()
+    out, _ = augment(dataset, augment_params(), np.random.default_rng(0))
+    for name in ("val", "test"):
+        assert content_hash(out.splits[name]) == content_hash(dataset.splits[name])
+
+
+def test_train_grows_by_copies_with_labels_tiled(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset({"train": 12, "val": 3, "test": 3})
+    train = dataset.splits["train"]
+    out, report = augment(dataset, augment_params(copies=3), np.random.default_rng(0))
+    x, y = out.splits["train"].x, out.splits["train"].y
+    assert x.shape == (48, *train.x.shape[1:]) and x.dtype == np.uint8
+    np.testing.assert_array_equal(y, np.concatenate([train.y] * 4))
+    np.testing.assert_array_equal(x[:12], train.x)  # originals first
+    assert not np.array_equal(x[12:24], train.x)
+    assert report == {"train_original": 12, "train_added": 36, "copies": 3}
+    assert out.info["augment"] == report and out.classes == dataset.classes
+
+
+def test_same_seed_same_output_other_seed_differs(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset()
+    first, _ = augment(dataset, augment_params(), np.random.default_rng(5))
+    again, _ = augment(dataset, augment_params(), np.random.default_rng(5))
+    other, _ = augment(dataset, augment_params(), np.random.default_rng(6))
+    assert content_hash(first.splits["train"]) == content_hash(again.splits["train"])
+    assert content_hash(first.splits["train"]) != content_hash(other.splits["train"])
+
+
+def test_copies_zero_leaves_train_unchanged(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset()
+    out, report = augment(dataset, augment_params(copies=0), np.random.default_rng(0))
+    assert content_hash(out.splits["train"]) == content_hash(dataset.splits["train"])
+    assert report["train_added"] == 0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_affine_identity(channels: int) -> None:
+    x = np.random.default_rng(0).integers(0, 256, (5, 7, 9, channels), dtype=np.uint8)
+    out = affine(x, np.zeros(5), np.ones(5), np.zeros((5, 2)))
+    np.testing.assert_array_equal(out, x)
+
+
+def test_affine_whole_pixel_shift_moves_content() -> None:
+    x = np.zeros((1, 5, 5, 1), dtype=np.uint8)
+    x[0, 2, 2, 0] = 200
+    out = affine(x, np.zeros(1), np.ones(1), np.array([[1.0, -2.0]]))  # down 1, left 2
+    expected = np.zeros_like(x)
+    expected[0, 3, 0, 0] = 200
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_affine_quarter_turn_rotates_square_images() -> None:
+    x = np.random.default_rng(1).integers(0, 256, (2, 6, 6, 1), dtype=np.uint8)
+    out = affine(x, np.full(2, np.pi / 2), np.ones(2), np.zeros((2, 2)))
+    turned = [np.array_equal(out, np.rot90(x, k, axes=(1, 2))) for k in (1, 3)]
+    assert any(turned)
+
+
+def test_affine_pixels_from_outside_are_background() -> None:
+    x = np.full((1, 4, 4, 1), 255, dtype=np.uint8)
+    out = affine(x, np.zeros(1), np.ones(1), np.array([[0.0, 4.0]]))
+    assert out.max() == 0
+
+
+def test_random_affine_without_ranges_is_identity() -> None:
+    x = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    params = augment_params(rotation_degrees=0.0, zoom=0.0, shift=0.0)
+    np.testing.assert_array_equal(random_affine(x, params, np.random.default_rng(0)), x)
+
+
+def test_sample_grid_is_a_png_of_the_expected_size(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset({"train": 10, "val": 2, "test": 2}, shape=(6, 6, 1))
+    out, report = augment(dataset, augment_params(copies=2), np.random.default_rng(0))
+    png = sample_grid(out, report["train_original"], 4)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(png)) as image:
+        zoom = 64 // 6
+        assert image.size == (4 * 8 * zoom, 3 * 8 * zoom)  # 4 images per row, original + 2 copies
+        assert image.mode == "L"
+
+
+def test_sample_grid_rgb_and_count_capped(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset({"train": 3, "val": 2, "test": 2}, shape=(32, 32, 3))
+    png = sample_grid(dataset, 3, 12)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.mode == "RGB"
+        assert image.size == (3 * 34 * 2, 34 * 2)
+        grid = np.asarray(image)
+    np.testing.assert_array_equal(grid[2:66:2, 2:66:2], dataset.splits["train"].x[0])

@@ -1,0 +1,125 @@
+"""tasks/clean.py: what is removed, what is kept, and the report's exact counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.artifacts import Dataset, Split, content_hash
+from tasks.clean import clean, image_keys
+from tasks.config import CleanParams
+from tasks.errors import TrainflowError
+from tests.conftest import MakeDataset
+
+LENIENT = CleanParams(max_removed_fraction=1.0)
+
+
+def with_split(dataset: Dataset, name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+    return Dataset(splits={**dataset.splits, name: Split(x, y)}, classes=dataset.classes, info=dataset.info)
+
+
+def test_clean_data_passes_untouched(make_dataset: MakeDataset) -> None:
+    dataset = make_dataset()
+    cleaned, report = clean(dataset, LENIENT)
+    for name, split in dataset.splits.items():
+        assert content_hash(cleaned.splits[name]) == content_hash(split)
+    assert report["removed_total"] == 0 and report["input_total"] == 48
+    assert cleaned.info["clean"] == report
+
+
+def test_each_reason_counted_exactly(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 10, "val": 6, "test": 6})
+    tx, ty = base.splits["train"].x.copy(), base.splits["train"].y.copy()
+    vx, vy = base.splits["val"].x.copy(), base.splits["val"].y.copy()
+    test = base.splits["test"]
+    tx[1] = tx[0]  # duplicate of image 0
+    tx[2] = tx[0]  # second duplicate
+    tx[3] = 7  # constant
+    ty[4] = 3  # not a class (3 classes)
+    ty[5] = -1  # not a class
+    tx[6] = vx[0]  # leaked into val
+    tx[7] = test.x[5]  # leaked into test
+    vx[2] = vx[1]  # val duplicate
+    vx[3] = 0  # val blank
+    dataset = with_split(with_split(base, "train", tx, ty), "val", vx, vy)
+
+    cleaned, report = clean(dataset, LENIENT)
+
+    assert report["removed"]["train"] == {"bad_label": 2, "constant": 1, "duplicate": 2, "leak": 2}
+    assert report["removed"]["val"] == {"bad_label": 0, "constant": 1, "duplicate": 1, "leak": 0}
+    assert report["removed"]["test"] == {"bad_label": 0, "constant": 0, "duplicate": 0, "leak": 0}
+    assert report["removed_total"] == 9 and report["input_total"] == 22
+    keep_train = [0, 8, 9]
+    np.testing.assert_array_equal(cleaned.splits["train"].x, tx[keep_train])
+    np.testing.assert_array_equal(cleaned.splits["train"].y, ty[keep_train])
+    keep_val = [0, 1, 4, 5]
+    np.testing.assert_array_equal(cleaned.splits["val"].x, vx[keep_val])
+    np.testing.assert_array_equal(cleaned.splits["val"].y, vy[keep_val])
+    assert content_hash(cleaned.splits["test"]) == content_hash(test)
+
+
+def test_duplicates_keep_the_first_copy_even_with_another_label(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 5, "val": 3, "test": 3})
+    x, y = base.splits["train"].x.copy(), np.array([2, 0, 1, 1, 0])
+    x[3] = x[1]  # later copy with label 1; the first (label 0) stays
+    cleaned, report = clean(with_split(base, "train", x, y), LENIENT)
+    np.testing.assert_array_equal(cleaned.splits["train"].y, [2, 0, 1, 0])
+    np.testing.assert_array_equal(cleaned.splits["train"].x, x[[0, 1, 2, 4]])
+    assert report["removed"]["train"]["duplicate"] == 1
+
+
+def test_duplicate_of_a_bad_label_image_keeps_the_valid_copy(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 4, "val": 3, "test": 3})
+    x, y = base.splits["train"].x.copy(), np.array([9, 0, 1, 2])
+    x[1] = x[0]
+    cleaned, report = clean(with_split(base, "train", x, y), LENIENT)
+    assert report["removed"]["train"] == {"bad_label": 1, "constant": 0, "duplicate": 0, "leak": 0}
+    np.testing.assert_array_equal(cleaned.splits["train"].y, [0, 1, 2])
+
+
+def test_leak_only_checks_train(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 6, "val": 3, "test": 3})
+    vx = base.splits["val"].x.copy()
+    vx[0] = base.splits["test"].x[0]  # the same image in val and test is not train leakage
+    cleaned, report = clean(with_split(base, "val", vx, base.splits["val"].y), LENIENT)
+    assert report["removed_total"] == 0
+    assert len(cleaned.splits["val"].y) == 3 and len(cleaned.splits["test"].y) == 3
+
+
+def test_too_much_removed_fails(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 10, "val": 5, "test": 5})
+    y = base.splits["train"].y.copy()
+    y[:5] = 99  # 5 of 20 images = 25%
+    dataset = with_split(base, "train", base.splits["train"].x, y)
+    expected = r"remove 5 of 20 images \(25\.0%\).*clean\.max_removed_fraction=0\.2"
+    with pytest.raises(TrainflowError, match=expected):
+        clean(dataset, CleanParams(max_removed_fraction=0.2))
+    _, report = clean(dataset, CleanParams(max_removed_fraction=0.25))  # exactly at the limit is allowed
+    assert report["removed_total"] == 5
+
+
+def test_zero_tolerance(make_dataset: MakeDataset) -> None:
+    base = make_dataset()
+    assert clean(base, CleanParams(max_removed_fraction=0.0))[1]["removed_total"] == 0
+    x = base.splits["test"].x.copy()
+    x[0] = 0
+    with pytest.raises(TrainflowError, match="clean would remove 1 of 48"):
+        clean(with_split(base, "test", x, base.splits["test"].y), CleanParams(max_removed_fraction=0.0))
+
+
+def test_clean_does_not_modify_its_input(make_dataset: MakeDataset) -> None:
+    base = make_dataset()
+    x = base.splits["train"].x.copy()
+    x[1] = x[0]
+    dataset = with_split(base, "train", x, base.splits["train"].y)
+    before = {name: content_hash(s) for name, s in dataset.splits.items()}
+    clean(dataset, LENIENT)
+    assert {name: content_hash(s) for name, s in dataset.splits.items()} == before
+
+
+def test_image_keys_equal_exactly_for_equal_images() -> None:
+    x = np.zeros((3, 2, 2, 1), dtype=np.uint8)
+    x[1, 0, 0, 0] = 1
+    keys = image_keys(x)
+    assert keys[0] == keys[2] and keys[0] != keys[1]
+    assert len(np.unique(keys)) == 2

@@ -1,0 +1,73 @@
+"""tasks/cli.py: bad params or bad input end a stage with exit code 1 and one line on stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.cli import main
+from tasks.config import Params
+from tasks.errors import TrainflowError
+from tests.conftest import REPO
+
+
+def run_stage(stage: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"tasks.{stage}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_bad_params_file_exits_1_with_one_line(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["clean"]["max_removed_fraction"] = 2.0
+    raw["train"]["epoch"] = raw["train"].pop("epochs")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    done = run_stage("clean", "--params", str(bad))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: clean: {bad}: ")
+    assert "clean.max_removed_fraction" in lines[0]
+    assert "train.epoch: unknown key" in lines[0] and "train.epochs: missing key" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_params_file_exits_1_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    done = run_stage("clean", "--params", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: clean: {missing}: params file not found"]
+
+
+def test_main_turns_trainflow_error_into_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    seen: list[Params] = []
+
+    def failing(params: Params) -> None:
+        seen.append(params)
+        raise TrainflowError("data/raw: not found")
+
+    with pytest.raises(SystemExit) as exited:
+        main("clean", failing, ["--params", str(REPO / "params.yaml")])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == "error: clean: data/raw: not found\n"
+    assert seen and seen[0].data.source == "digits"
+
+
+def test_main_runs_the_stage_with_loaded_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    seen: list[Params] = []
+    main("clean", seen.append, ["--params", str(REPO / "params.yaml")])
+    assert len(seen) == 1 and isinstance(seen[0], Params)

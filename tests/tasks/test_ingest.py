@@ -1,0 +1,108 @@
+"""tasks/ingest.py: the stratified, seeded train/val/test split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.config import IngestParams, Params
+from tasks.errors import TrainflowError
+from tasks.ingest import split
+from tasks.sources import Loaded
+
+
+def loaded(per_class: list[int], seed: int = 0, with_test: int = 0) -> Loaded:
+    """Distinct 4x4 images, ``per_class[k]`` of class k; each image's first pixel holds its index."""
+    y = np.repeat(np.arange(len(per_class)), per_class).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (len(y), 4, 4, 1), dtype=np.uint8)
+    x[:, 0, 0, 0] = np.arange(len(y)) % 256
+    x[:, 0, 1, 0] = np.arange(len(y)) // 256
+    if not with_test:
+        return Loaded(x, y)
+    y_test = np.arange(with_test, dtype=np.int64) % len(per_class)
+    return Loaded(x, y, rng.integers(0, 256, (with_test, 4, 4, 1), dtype=np.uint8), y_test)
+
+
+def fractions(val: float = 0.2, test: float = 0.2) -> IngestParams:
+    return IngestParams(val_fraction=val, test_fraction=test)
+
+
+def test_split_sizes_and_stratification(params: Params) -> None:
+    data = loaded([50, 100, 150])
+    dataset = split(data, params.data, fractions(0.2, 0.2), seed=1)
+    sizes = {name: len(s.y) for name, s in dataset.splits.items()}
+    assert sizes == {"train": 180, "val": 60, "test": 60}
+    for name, s in dataset.splits.items():
+        counts = np.bincount(s.y, minlength=3)
+        np.testing.assert_array_equal(counts, np.array([1, 2, 3]) * sizes[name] // 6, err_msg=name)
+    assert dataset.classes == ("0", "1", "2")
+    assert dataset.info == {"source": "digits"}
+
+
+def test_split_is_a_partition_with_labels_kept(params: Params) -> None:
+    data = loaded([30, 30])
+    dataset = split(data, params.data, fractions(), seed=3)
+    pixels = [s.x[:, 0, :2, 0].astype(int) for s in dataset.splits.values()]
+    index = np.concatenate([p[:, 0] + 256 * p[:, 1] for p in pixels])
+    labels = np.concatenate([s.y for s in dataset.splits.values()])
+    assert sorted(index.tolist()) == list(range(60))
+    np.testing.assert_array_equal(labels, data.y[index])
+
+
+def test_split_is_deterministic_for_a_seed(params: Params) -> None:
+    data = loaded([40, 40, 40])
+    first = split(data, params.data, fractions(), seed=7)
+    again = split(data, params.data, fractions(), seed=7)
+    other = split(data, params.data, fractions(), seed=8)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(first.splits[name].x, again.splits[name].x)
+        np.testing.assert_array_equal(first.splits[name].y, again.splits[name].y)
+    assert not np.array_equal(first.splits["train"].x, other.splits["train"].x)
+
+
+def test_source_test_split_is_kept(params: Params) -> None:
+    data = loaded([40, 40], with_test=10)
+    dataset = split(data, params.data, fractions(0.25, 0.5), seed=0)
+    np.testing.assert_array_equal(dataset.splits["test"].x, data.x_test)
+    np.testing.assert_array_equal(dataset.splits["test"].y, data.y_test)
+    # test_fraction is ignored; val_fraction is a share of the source's train set
+    assert len(dataset.splits["val"].y) == 20 and len(dataset.splits["train"].y) == 60
+
+
+def test_class_names_from_params_then_source(params: Params) -> None:
+    data = loaded([10, 10])
+    named = params.data.model_copy(update={"classes": ("cat", "dog")})
+    assert split(data, named, fractions(), seed=0).classes == ("cat", "dog")
+    with_names = Loaded(data.x, data.y, classes=("a", "b"))
+    assert split(with_names, params.data, fractions(), seed=0).classes == ("a", "b")
+
+
+def test_empty_dataset_refused(params: Params) -> None:
+    empty = Loaded(np.zeros((0, 4, 4, 1), np.uint8), np.zeros(0, np.int64))
+    with pytest.raises(TrainflowError, match="empty"):
+        split(empty, params.data, fractions(), seed=0)
+
+
+def test_single_class_refused(params: Params) -> None:
+    with pytest.raises(TrainflowError, match="only one class"):
+        split(loaded([20]), params.data, fractions(), seed=0)
+
+
+@pytest.mark.parametrize("per_class", [[1, 5], [2, 2]])
+def test_too_small_to_stratify_refused(params: Params, per_class: list[int]) -> None:
+    with pytest.raises(TrainflowError, match=r"cannot split \d+ images into a stratified"):
+        split(loaded(per_class), params.data, fractions(0.1, 0.1), seed=0)
+
+
+def test_test_split_of_another_shape_refused(params: Params) -> None:
+    data = loaded([20, 20])
+    odd = Loaded(data.x, data.y, np.zeros((4, 5, 5, 1), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(TrainflowError, match="test images"):
+        split(odd, params.data, fractions(), seed=0)
+
+
+def test_default_classes_cover_the_source_test_labels(params: Params) -> None:
+    data = loaded([20, 20])
+    with_test = Loaded(data.x, data.y, data.x[:3], np.array([0, 1, 2]))
+    assert split(with_test, params.data, fractions(), seed=0).classes == ("0", "1", "2")
