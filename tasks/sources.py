@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.config import DataParams
-from tasks.errors import TrainflowError
+from tasks.errors import TrainflowError, TransientError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IDX_IMAGES_MAGIC = 0x00000803
@@ -230,7 +230,7 @@ def load_keras(name: str) -> Loaded:
     try:
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as exc:  # network errors come in many types
-        raise TrainflowError(f"data.source=keras:{name}: download failed ({exc})") from None
+        raise TransientError(f"data.source=keras:{name}: download failed ({exc})") from None
     origin = f"keras:{name}"
     return Loaded(
         _as_images(x_train, origin), _as_labels(y_train, origin), _as_images(x_test, origin), _as_labels(y_test, origin)

@@ -3,68 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import STAGES, TINY, make_workspace, ran, sh
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy")
-TINY = {
-    "train": {"epochs": 2, "filters": [8, 16], "dense_units": 32, "batch_size": 32, "learning_rate": 0.005},
-    "augment": {"copies": 1},
-    "deploy": {"check_samples": 16},
-}
-
-
-def tool_env() -> dict[str, str]:
-    """PATH with this interpreter's bin first, so `python -m tasks.x` in dvc.yaml runs in this environment."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
-
-
-def ran(output: str) -> list[str]:
-    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
-
-
-def make_workspace(root: Path, overrides: dict) -> Path:
-    """Copy the repo's tracked and unignored files into a fresh git repo with params overridden."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in overrides.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / "dvc.lock").unlink(missing_ok=True)
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "config", "user.email", "test@trainflow.invalid")
-    sh(root, "git", "config", "user.name", "trainflow test")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "workspace")
-    return root
 
 
 @pytest.fixture(scope="module")

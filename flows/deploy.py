@@ -1,0 +1,51 @@
+"""`python -m flows.deploy`: serve the training flow as deployment training/nightly on the schedule in params.yaml."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.errors import TrainflowError
+
+DEPLOYMENT = "nightly"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.deploy",
+        description="Create the deployment training/nightly and serve its scheduled and manual runs until stopped.",
+    )
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        schedule = load_params(Path(args.params)).schedule
+        from prefect.schedules import Cron
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            raise TrainflowError(
+                "PREFECT_API_URL is not set: schedules need a Prefect server "
+                "(prefect server start, then export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+            )
+    except TrainflowError as exc:
+        print(f"error: deploy: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+    from flows.training import training
+
+    # One run at a time: two runs would write the same workspace.
+    training.serve(
+        name=DEPLOYMENT,
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
+        parameters={"params_path": args.params},
+        description="The training pipeline, nightly; trigger now with `prefect deployment run training/nightly`.",
+        limit=1,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Prefect flow `training`: the stages of dvc.yaml as tasks, cached on what DVC hashes, recorded in dvc.lock."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
+
+from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.errors import TrainflowError, TransientError
+
+SUMMARY_KEY = "training-summary"
+RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
+HEADLINE = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage of dvc.yaml and how often its Prefect task retries."""
+
+    name: str
+    retries: int
+
+
+def _open_repo(root: Path) -> Any:
+    from dvc.repo import Repo
+
+    return Repo(str(root))
+
+
+def stage_specs(root: Path = Path()) -> list[StageSpec]:
+    """The pipeline's stages in dvc.yaml order: dvc.yaml is the one list of stages both drivers run."""
+    with _open_repo(root) as repo:
+        names = [stage.name for stage in repo.index.stages]
+    # Only ingest reaches outside the machine (keras:NAME downloads), so only it retries.
+    return [StageSpec(name=name, retries=2 if name == "ingest" else 0) for name in names]
+
+
+def _hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
+    """DVC's own hashes of a stage's deps (code, data, params values) or outs, keyed by path."""
+    with _open_repo(root) as repo:
+        (spec,) = [s for s in repo.index.stages if s.name == stage]
+        items = spec.deps if which == "deps" else spec.outs
+        result = {}
+        for item in items:
+            if which == "outs" and not item.exists:
+                result[item.def_path] = None
+                continue
+            info = item.get_hash()
+            result[item.def_path] = info.value if info else None
+        return result
+
+
+def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Content hash of the stage's inputs, params slice and code: exactly the deps dvc.yaml lists."""
+    root = Path(parameters["root"]).resolve()
+    deps = _hashes(root, parameters["stage"], "deps")
+    blob = json.dumps({"root": str(root), "stage": parameters["stage"], "deps": deps}, sort_keys=True, default=str)
+    return f"{parameters['stage']}-{hashlib.sha256(blob.encode()).hexdigest()}"
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    # Bad data or params fail the same way every time: only retry what may pass on a second try.
+    return isinstance(state.result(raise_on_failure=False), TransientError | ConnectionError | TimeoutError)
+
+
+@task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retry_condition_fn=_retry_transient)
+def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
+    """Run ``tasks.<stage>.run`` (the code `dvc repro` runs) and return its report and output hashes."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    report = importlib.import_module(f"tasks.{stage}").run(params)
+    seconds = time.perf_counter() - started
+    logger.info("%s finished in %.1f s", stage, seconds)
+    return {
+        "stage": stage,
+        "seconds": round(seconds, 2),
+        "report": json.loads(json.dumps(report, default=str)),
+        "outs": _hashes(Path(root), stage, "outs"),
+    }
+
+
+@task(name="dvc-commit", task_run_name="dvc-commit")
+def record_in_dvc_lock(root: str) -> None:
+    """`dvc commit`: the flow's outputs go into dvc.lock and the DVC cache, so `dvc status` is clean."""
+    with _open_repo(Path(root)) as repo:
+        repo.commit(force=True)
+
+
+def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
+    """Apply validated overrides to params.yaml, as `dvc exp run -S` does, so artifacts and params agree."""
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(str(path)) as data:
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+
+
+def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | None) -> str:
+    """The flow-run summary: one row per stage, then the evaluation metrics."""
+    lines = ["# training flow run", "", "| stage | state | seconds | outputs |", "| --- | --- | --- | --- |"]
+    for r in results:
+        outs = ", ".join(f"`{path}`" for path in r["outs"])
+        lines.append(f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {outs} |")
+    counts = next((r["report"].get("splits") for r in results if r["stage"] == "ingest"), None)
+    if counts:
+        lines += ["", "Images per split after ingest: " + ", ".join(f"{k} {v['count']}" for k, v in counts.items())]
+    if metrics:
+        lines += ["", "| split | accuracy | macro F1 | loss |", "| --- | --- | --- | --- |"]
+        for split, m in metrics.items():
+            lines.append(f"| {split} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {m['loss']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="training", log_prints=True)
+def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ingest → … → deploy as Prefect tasks over the same stage code as `dvc repro`.
+
+    Args:
+        params_path: the params file, in the root of the DVC repo the flow runs in.
+        overrides: dotted keys to change first (``{"train.epochs": 2}``), written to params_path as
+            `dvc exp run -S` does.
+
+    Returns:
+        Per stage its state (Completed or Cached), duration and report.
+    """
+    path = Path(params_path)
+    params = load_params(path, overrides)  # validates every override before any stage runs
+    if overrides:
+        write_overrides(path, overrides)
+    root = str(path.resolve().parent)
+    if Path.cwd().resolve() != Path(root):
+        # params.yaml's paths are relative to the repo root, where dvc.yaml also runs its commands.
+        raise TrainflowError(f"{params_path}: run the flow from the folder that holds it (the repo root)")
+    results = []
+    for spec in stage_specs(Path(root)):
+        stage_task = run_stage.with_options(
+            name=spec.name, task_run_name=spec.name, retries=spec.retries, retry_delay_seconds=RETRY_DELAYS
+        )
+        state = stage_task(spec.name, params, root, return_state=True)
+        result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
+        if state.is_completed() and state.name == "Cached" and result["outs"] != _hashes(Path(root), spec.name, "outs"):
+            # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
+            state = stage_task.with_options(refresh_cache=True)(spec.name, params, root, return_state=True)
+            result = state.result()
+        results.append({**result, "state": state.name})
+    record_in_dvc_lock(root)
+    metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
+    if metrics:
+        metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in ("val", "test")}
+    create_markdown_artifact(
+        markdown=summary_markdown(results, metrics),
+        key=SUMMARY_KEY,
+        description="Stages, durations and evaluation metrics of this run",
+    )
+    return {"stages": {r["stage"]: {"state": r["state"], "seconds": r["seconds"]} for r in results}, "metrics": metrics}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3"]`` → ``{"train.epochs": 3}`` (values parsed as YAML, like `dvc exp run -S`)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TrainflowError(f"--set {pair}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.training", description="Run the training flow.")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = parse_overrides(args.set)
+        load_params(Path(args.params), overrides)  # a bad params file or override fails before Prefect starts
+        summary = training(params_path=args.params, overrides=overrides or None)
+    except TrainflowError as exc:
+        print(f"error: training flow: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

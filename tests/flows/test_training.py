@@ -1,0 +1,168 @@
+"""The training flow under a real (test-harness) Prefect API: states, caching, dvc.lock, failures, retries."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+import flows.training as training_module
+import tasks.sources
+from flows.training import SUMMARY_KEY, parse_overrides, stage_specs, summary_markdown, training
+from tasks.errors import TrainflowError, TransientError
+from tests.helpers import STAGES, TINY, make_workspace, ran, sh
+
+
+def test_stages_come_from_dvc_yaml_in_order() -> None:
+    specs = stage_specs(Path(__file__).resolve().parents[2])
+    assert [s.name for s in specs] == list(STAGES)
+    assert {s.name: s.retries for s in specs}["ingest"] > 0
+
+
+def test_overrides_parse_values_as_yaml() -> None:
+    assert parse_overrides(["train.epochs=3", "data.source=idx:x", "train.filters=[8, 16]"]) == {
+        "train.epochs": 3,
+        "data.source": "idx:x",
+        "train.filters": [8, 16],
+    }
+    with pytest.raises(TrainflowError, match="expected KEY=VALUE"):
+        parse_overrides(["train.epochs"])
+
+
+def test_summary_lists_every_stage_and_the_metrics() -> None:
+    results = [{"stage": s, "state": "Cached", "seconds": 1.0, "outs": {f"out/{s}": "h"}, "report": {}} for s in STAGES]
+    text = summary_markdown(results, {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}})
+    assert all(f"| {s} | Cached |" in text for s in STAGES)
+    assert "| test | 0.9000 | 0.8000 | 0.3000 |" in text
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    results = tmp_path_factory.mktemp("prefect-results")
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
+        yield
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Path]:
+    root = make_workspace(tmp_path_factory.mktemp("flow"), TINY)
+    previous = Path.cwd()
+    os.chdir(root)
+    yield root
+    os.chdir(previous)
+
+
+def states(summary: dict[str, Any]) -> dict[str, str]:
+    return {stage: info["state"] for stage, info in summary["stages"].items()}
+
+
+def task_runs_and_logs(flow_run_id: Any, expected_log: str) -> tuple[dict[str, str], str]:
+    """The flow run's task states and its log, waiting (bounded) for the log batch to reach the API."""
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        for _ in range(20):
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            text = "\n".join(log.message for log in logs)
+            if expected_log in text:
+                break
+            time.sleep(0.5)
+    return {r.name: r.state.name for r in runs}, text
+
+
+@pytest.mark.slow
+def test_flow_runs_every_stage_then_caches_and_leaves_dvc_clean(workspace: Path) -> None:
+    first = training(params_path="params.yaml")
+    assert states(first) == dict.fromkeys(STAGES, "Completed")
+    assert first["metrics"]["test"]["accuracy"] > 0.5
+    assert (workspace / "models/serving/saved_model.pb").is_file()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
+    assert artifacts and "| deploy | Completed |" in artifacts[0].data
+
+    assert "up to date" in sh(workspace, "dvc", "status").stdout
+    assert ran(sh(workspace, "dvc", "repro").stdout) == []
+
+    second = training(params_path="params.yaml")
+    assert states(second) == dict.fromkeys(STAGES, "Cached")
+
+
+@pytest.mark.slow
+def test_a_param_change_reruns_only_downstream_stages(workspace: Path) -> None:
+    summary = training(params_path="params.yaml", overrides={"train.epochs": 1})
+    assert states(summary) == {
+        **dict.fromkeys(STAGES[:4], "Cached"),
+        **dict.fromkeys(("train", "evaluate", "deploy"), "Completed"),
+    }
+    assert "epochs: 1" in (workspace / "params.yaml").read_text()
+    assert "up to date" in sh(workspace, "dvc", "status").stdout
+
+
+@pytest.mark.slow
+def test_changed_code_or_missing_outputs_rerun_that_stage(workspace: Path) -> None:
+    with (workspace / "tasks/normalize.py").open("a") as f:
+        f.write("\n# a code change\n")
+    __import__("shutil").rmtree(workspace / "data/clean")
+    summary = training(params_path="params.yaml")
+    # clean's outputs were gone: it reruns; normalize's code changed: it reruns. Stages whose inputs came out
+    # byte-identical stay cached, as in `dvc repro`.
+    assert states(summary)["clean"] == "Completed"
+    assert states(summary)["normalize"] == "Completed"
+    assert states(summary)["ingest"] == "Cached"
+    assert (workspace / "data/clean/manifest.json").is_file()
+    assert "up to date" in sh(workspace, "dvc", "status").stdout
+
+
+@pytest.mark.slow
+def test_a_failing_stage_fails_the_flow_with_its_message_and_stops(workspace: Path) -> None:
+    state = training(params_path="params.yaml", overrides={"data.source": "idx:no/such/folder"}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TrainflowError, match="no/such/folder: data source path not found"):
+        state.result()
+    runs, logs = task_runs_and_logs(state.state_details.flow_run_id, "data source path not found")
+    assert runs == {"ingest": "Failed"}
+    assert "no/such/folder: data source path not found" in logs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("error", "calls_expected", "completes"), [(TransientError, 3, True), (TrainflowError, 1, False)]
+)
+def test_only_transient_ingest_failures_are_retried(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, error: type[Exception], calls_expected: int, completes: bool
+) -> None:
+    calls = []
+    real = tasks.sources.load_digits
+
+    def flaky() -> Any:
+        calls.append(1)
+        if len(calls) < 3:
+            raise error("the source is unavailable")
+        return real()
+
+    monkeypatch.setattr(tasks.sources, "load_digits", flaky)
+    monkeypatch.setattr(training_module, "RETRY_DELAYS", [0, 0])
+    fraction = 0.2 if completes else 0.25  # a new split: ingest cannot come from the cache
+    state = training(
+        params_path="params.yaml",
+        overrides={"data.source": "digits", "ingest.val_fraction": fraction},
+        return_state=True,
+    )
+    assert len(calls) == calls_expected
+    assert state.is_completed() is completes
