@@ -24,7 +24,7 @@ TINY: dict[str, dict[str, Any]] = {
 
 def tool_env(**extra: str) -> dict[str, str]:
     """PATH with this interpreter's bin first, so `python -m tasks.x` in dvc.yaml runs in this environment."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
