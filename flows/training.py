@@ -113,15 +113,30 @@ def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
             node[leaf] = value
 
 
+def stage_detail(stage: str, report: dict[str, Any]) -> str:
+    """One line of counts from a stage's report for the summary table."""
+    if stage == "ingest":
+        return " / ".join(f"{name} {split['count']}" for name, split in report["splits"].items())
+    if stage == "clean":
+        return f"removed {report['removed_total']} of {report['input_total']}"
+    if stage == "augment":
+        return f"train {report['train_original']} + {report['train_added']} augmented"
+    if stage == "normalize":
+        return report["method"]
+    if stage == "train":
+        return f"{report['epochs_run']} epochs on {report['device']} ({report['backend']})"
+    if stage == "evaluate":
+        return f"test accuracy {report['test']['accuracy']:.4f}"
+    if stage == "deploy":
+        return f"{report['checked']} predictions checked, max diff {report['max_abs_diff']:.1e}"
+    return ""
+
+
 def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | None) -> str:
-    """The flow-run summary: one row per stage, then the evaluation metrics."""
-    lines = ["# training flow run", "", "| stage | state | seconds | outputs |", "| --- | --- | --- | --- |"]
+    """The flow-run summary: one row per stage (state, duration, counts), then the evaluation metrics."""
+    lines = ["# training flow run", "", "| stage | state | seconds | counts |", "| --- | --- | --- | --- |"]
     for r in results:
-        outs = ", ".join(f"`{path}`" for path in r["outs"])
-        lines.append(f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {outs} |")
-    counts = next((r["report"].get("splits") for r in results if r["stage"] == "ingest"), None)
-    if counts:
-        lines += ["", "Images per split after ingest: " + ", ".join(f"{k} {v['count']}" for k, v in counts.items())]
+        lines.append(f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {stage_detail(r['stage'], r['report'])} |")
     if metrics:
         lines += ["", "| split | accuracy | macro F1 | loss |", "| --- | --- | --- | --- |"]
         for split, m in metrics.items():

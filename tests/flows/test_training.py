@@ -45,10 +45,20 @@ def test_overrides_parse_values_as_yaml() -> None:
         parse_overrides(["train.epochs"])
 
 
-def test_summary_lists_every_stage_and_the_metrics() -> None:
-    results = [{"stage": s, "state": "Cached", "seconds": 1.0, "outs": {f"out/{s}": "h"}, "report": {}} for s in STAGES]
+def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
+    reports = {
+        "ingest": {"splits": {"train": {"count": 7}, "val": {"count": 2}, "test": {"count": 1}}},
+        "clean": {"removed_total": 1, "input_total": 10},
+        "augment": {"train_original": 6, "train_added": 6},
+        "normalize": {"method": "scale"},
+        "train": {"epochs_run": 2, "device": "CPU", "backend": "tensorflow"},
+        "evaluate": {"test": {"accuracy": 0.9}},
+        "deploy": {"checked": 16, "max_abs_diff": 0.0},
+    }
+    results = [{"stage": s, "state": "Cached", "seconds": 1.0, "outs": {}, "report": reports[s]} for s in STAGES]
     text = summary_markdown(results, {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}})
-    assert all(f"| {s} | Cached |" in text for s in STAGES)
+    assert all(f"| {s} | Cached | 1.0 |" in text for s in STAGES)
+    assert "train 7 / val 2 / test 1" in text and "removed 1 of 10" in text and "2 epochs on CPU" in text
     assert "| test | 0.9000 | 0.8000 | 0.3000 |" in text
 
 
