@@ -77,12 +77,31 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientError | ConnectionError | TimeoutError)
 
 
+class _ToRunLogger(logging.Handler):
+    """Forwards the stage modules' `logging` records to the Prefect run logger, so they show in the UI."""
+
+    def __init__(self, run_logger: Any) -> None:
+        super().__init__(level=logging.INFO)
+        self.run_logger = run_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.run_logger.log(record.levelno, record.getMessage())
+
+
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retry_condition_fn=_retry_transient)
 def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
     """Run ``tasks.<stage>.run`` (the code `dvc repro` runs) and return its report and output hashes."""
     logger = get_run_logger()
+    stage_logger = logging.getLogger("tasks")
+    handler, level = _ToRunLogger(logger), stage_logger.level
+    stage_logger.addHandler(handler)
+    stage_logger.setLevel(logging.INFO)
     started = time.perf_counter()
-    report = importlib.import_module(f"tasks.{stage}").run(params)
+    try:
+        report = importlib.import_module(f"tasks.{stage}").run(params)
+    finally:
+        stage_logger.removeHandler(handler)
+        stage_logger.setLevel(level)
     seconds = time.perf_counter() - started
     logger.info("%s finished in %.1f s", stage, seconds)
     return {
