@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import AugmentParams, Params
 
@@ -100,7 +100,9 @@ def sample_grid(dataset: Dataset, original_count: int, count: int) -> bytes:
 def run(params: Params) -> dict:
     """Read data/clean, augment train, write data/augmented and the sample grid."""
     rng = np.random.default_rng(params.seed)
-    augmented, report = augment(artifacts.read_dataset(params.paths.clean), params.augment, rng)
+    cleaned = artifacts.read_dataset(params.paths.clean)
+    augmented, report = augment(cleaned, params.augment, rng)
+    validation.validate_dataset("augmented", augmented, params, reference=cleaned)
     artifacts.write_dataset(params.paths.augmented, augmented)
     grid = sample_grid(augmented, report["train_original"], params.augment.sample_count)
     artifacts.write_bytes(params.paths.samples, grid)

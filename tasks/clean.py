@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import CleanParams, Params
 from tasks.errors import TrainflowError
@@ -80,6 +80,7 @@ def clean(dataset: Dataset, params: CleanParams) -> tuple[Dataset, dict]:
 def run(params: Params) -> dict:
     """Read data/raw, clean it, write data/clean."""
     cleaned, report = clean(artifacts.read_dataset(params.paths.raw), params.clean)
+    validation.validate_dataset("clean", cleaned, params)
     artifacts.write_dataset(params.paths.clean, cleaned)
     log.info("clean: removed %d of %d images %s", report["removed_total"], report["input_total"], report["removed"])
     return report

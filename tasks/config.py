@@ -53,6 +53,9 @@ class PathsParams(Section):
     figures: str
     serving: str
     deploy_report: str
+    gx: str
+    data_docs: str
+    validation: str
 
 
 class IngestParams(Section):
@@ -106,6 +109,20 @@ class DeployParams(Section):
     tolerance: Annotated[float, Field(gt=0.0)]
 
 
+class ValidationParams(Section):
+    min_images: PositiveInt
+    max_images: PositiveInt
+    min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
+    max_abs_standardized: Annotated[float, Field(gt=0.0)]
+    probability_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidationParams:
+        if self.min_images > self.max_images:
+            raise ValueError("min_images must not exceed max_images")
+        return self
+
+
 class ScheduleParams(Section):
     cron: str
     timezone: str
@@ -139,6 +156,7 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     deploy: DeployParams
+    validation: ValidationParams
     schedule: ScheduleParams
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, validation
 from tasks.config import Params
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def run(params: Params) -> dict:
         results[split] = (y, probabilities)
         metrics[split] = classification_metrics(y, probabilities, data.classes)
 
+    validation.validate_predictions(results, data.classes, params)
     y_test, p_test = results["test"]
     artifacts.write_bytes(Path(params.paths.predictions), predictions_csv(results, data.classes))
     artifacts.write_bytes(Path(params.paths.confusion), confusion_csv(y_test, p_test.argmax(axis=1), data.classes))

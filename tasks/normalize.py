@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import NormalizeParams, Params
 
@@ -51,6 +51,7 @@ def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]
 def run(params: Params) -> dict:
     """Read data/augmented, normalise, write data/normalized (statistics in its manifest)."""
     normalized, stats = normalize(artifacts.read_dataset(params.paths.augmented), params.normalize)
+    validation.validate_dataset("normalized", normalized, params)
     artifacts.write_dataset(params.paths.normalized, normalized)
     log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
     return stats

@@ -30,6 +30,11 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Pat
     assert json.loads((workspace / "reports/deploy.json").read_text())["ok"] is True
     for png in ("reports/augment/samples.png", "reports/evaluate/figures/confusion_matrix.png"):
         assert (workspace / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    boundaries = ("raw", "clean", "augmented", "normalized", "predictions")
+    for boundary in boundaries:
+        assert json.loads((workspace / f"reports/validation/{boundary}.json").read_text())["success"] is True
+    index = (workspace / "reports/data_docs/index.html").read_text()
+    assert all(boundary in index for boundary in boundaries)
 
     second = sh(workspace, "dvc", "repro")
     assert ran(second.stdout) == []

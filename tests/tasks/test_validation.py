@@ -1,0 +1,212 @@
+"""tasks/validation.py: a catalog of corrupted datasets, each caught by the expectation meant for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import artifacts, clean, validation
+from tasks.artifacts import Dataset, Split
+from tasks.config import Params
+from tasks.errors import TrainflowError
+from tasks.normalize import normalize
+from tests.conftest import tiny_dataset
+
+COUNTS = {"train": 30, "val": 12, "test": 12}
+
+
+@pytest.fixture
+def vparams(params: Params, tmp_path: Path) -> Params:
+    """The repo's params with the GX context, Data Docs and summaries under tmp_path."""
+    paths = params.paths.model_copy(
+        update={
+            "gx": str(tmp_path / "gx"),
+            "data_docs": str(tmp_path / "reports/data_docs"),
+            "validation": str(tmp_path / "reports/validation"),
+            "raw": str(tmp_path / "data/raw"),
+            "clean": str(tmp_path / "data/clean"),
+        }
+    )
+    return params.model_copy(update={"paths": paths})
+
+
+def with_validation(params: Params, **values: object) -> Params:
+    return params.model_copy(update={"validation": params.validation.model_copy(update=values)})
+
+
+def replace(dataset: Dataset, name: str, x: np.ndarray | None = None, y: np.ndarray | None = None) -> Dataset:
+    split = dataset.splits[name]
+    new = Split(split.x if x is None else x, split.y if y is None else y)
+    return Dataset(splits={**dataset.splits, name: new}, classes=dataset.classes)
+
+
+def failure(boundary: str, dataset: Dataset, params: Params, reference: Dataset | None = None) -> str:
+    with pytest.raises(TrainflowError) as info:
+        validation.validate_dataset(boundary, dataset, params, reference=reference)
+    message = str(info.value)
+    assert message.startswith(f"validation {boundary} failed: ")
+    assert "\n" not in message  # tasks/cli.py prints it as the stage's one error line
+    assert not (Path(params.paths.validation) / f"{boundary}.json").exists()
+    return message
+
+
+def test_a_clean_dataset_passes_every_image_boundary_and_writes_summaries(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    for boundary in ("raw", "clean"):
+        summary = validation.validate_dataset(boundary, data, vparams)
+        assert summary["success"] and summary["rows"] == 54
+        assert summary["splits"] == COUNTS
+    validation.validate_dataset("augmented", data, vparams, reference=data)
+    normalized, _ = normalize(data, vparams.normalize)
+    validation.validate_dataset("normalized", normalized, vparams)
+    written = json.loads((Path(vparams.paths.validation) / "augmented.json").read_text())
+    assert "expect_column_values_to_be_in_set(changed_by_augment)" in written["expectations"]
+
+
+def test_label_outside_the_class_set(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    y = data.splits["train"].y.copy()
+    y[4] = 7
+    message = failure("clean", replace(data, "train", y=y), vparams)
+    assert "expect_column_values_to_be_in_set(label) observed 1 unexpected of 54, e.g. [7]" in message
+    # raw data may still hold bad labels: clean removes and counts them, so the raw suite lets them through
+    validation.validate_dataset("raw", replace(data, "train", y=y), vparams)
+
+
+def test_missing_class_in_a_split(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    keep = data.splits["val"].y != 2
+    message = failure("raw", replace(data, "val", data.splits["val"].x[keep], data.splits["val"].y[keep]), vparams)
+    assert "expect_column_distinct_values_to_contain_set(split_label) missing ['val:2']" in message
+
+
+def test_a_rare_class_below_the_min_fraction(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    y = np.zeros(30, dtype=np.int64)
+    y[:15], y[15] = 1, 2  # class 2 is 1 of 30 train images
+    message = failure("clean", replace(data, "train", y=y), with_validation(vparams, min_class_fraction=0.05))
+    assert "expect_column_values_to_be_between(class_fraction) observed 1 unexpected" in message
+
+
+def test_mixed_image_shapes_across_splits(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    other = tiny_dataset(COUNTS, shape=(5, 5, 1))
+    message = failure("raw", replace(data, "test", other.splits["test"].x), vparams)
+    assert "expect_column_unique_value_count_to_be_between(shape) observed 2" in message
+
+
+def test_a_test_image_duplicated_into_train(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    x = data.splits["train"].x.copy()
+    x[3] = data.splits["test"].x[5]
+    message = failure("clean", replace(data, "train", x), vparams)
+    assert "expect_column_values_to_be_in_set(leaked_into_train) observed 1 unexpected" in message
+    # raw data may still hold leaks: clean removes them, so the raw suite does not check
+    validation.validate_dataset("raw", replace(data, "train", x), vparams)
+
+
+def test_a_too_small_split(vparams: Params) -> None:
+    data = tiny_dataset({"train": 30, "val": 6, "test": 12})
+    message = failure("raw", data, vparams)
+    assert "expect_column_values_to_be_between(split_rows) observed 6 unexpected of 48, e.g. [6, 6, 6]" in message
+
+
+def test_nan_pixels_in_normalized_data(vparams: Params) -> None:
+    normalized, _ = normalize(tiny_dataset(COUNTS), vparams.normalize)
+    x = normalized.splits["val"].x.copy()
+    x[2, 1, 1, 0] = np.nan
+    message = failure("normalized", replace(normalized, "val", x), vparams)
+    assert "expect_column_values_to_be_between(nan_count) observed 1 unexpected" in message
+
+
+def test_normalized_values_out_of_range(vparams: Params) -> None:
+    normalized, _ = normalize(tiny_dataset(COUNTS), vparams.normalize)
+    x = normalized.splits["train"].x.copy()
+    x[0, 0, 0, 0] = 1.5
+    message = failure("normalized", replace(normalized, "train", x), vparams)
+    assert "expect_column_max_to_be_between(max) observed 1.5" in message
+
+
+def test_raw_pixels_where_normalized_floats_belong(vparams: Params) -> None:
+    message = failure("normalized", tiny_dataset(COUNTS), vparams)
+    assert "expect_column_values_to_be_in_set(dtype)" in message
+    assert "expect_column_max_to_be_between(max) observed 255" in message
+
+
+def test_val_changed_by_augment(vparams: Params) -> None:
+    before = tiny_dataset(COUNTS)
+    x = before.splits["val"].x.copy()
+    x[1, 2, 2, 0] ^= 1
+    message = failure("augmented", replace(before, "val", x), vparams, reference=before)
+    assert "expect_column_values_to_be_in_set(changed_by_augment) observed 1 unexpected" in message
+
+
+def test_predictions_pass_and_fail(vparams: Params) -> None:
+    classes = ("a", "b", "c")
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=12).astype(np.float32)
+    y = np.arange(12) % 3
+    assert validation.validate_predictions({"val": (y, p), "test": (y, p)}, classes, vparams)["rows"] == 24
+    bad = p.copy()
+    bad[0] *= 2
+    with pytest.raises(TrainflowError, match=r"^validation predictions failed: .*\(prob_sum\) observed 1 unexpected"):
+        validation.validate_predictions({"val": (y, p), "test": (y, bad)}, classes, vparams)
+
+
+def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    normalized, _ = normalize(data, vparams.normalize)
+    for _ in range(2):  # a second full pass over an existing context raises nothing
+        context = validation.get_context(vparams.paths)
+        for boundary in validation.IMAGE_BOUNDARIES:
+            expectations = validation.image_expectations(boundary, data.classes, tuple(data.splits), vparams)
+            validation.setup_checkpoint(context, boundary, expectations)
+        for boundary in ("raw", "clean"):
+            validation.validate_dataset(boundary, data, vparams)
+        validation.validate_dataset("augmented", data, vparams, reference=data)
+        validation.validate_dataset("normalized", normalized, vparams)
+        p = np.full((12, 3), 1 / 3, dtype=np.float32)
+        validation.validate_predictions({"test": (np.arange(12) % 3, p)}, data.classes, vparams)
+    index = (Path(vparams.paths.data_docs) / "index.html").read_text()
+    for boundary in validation.BOUNDARIES:
+        assert boundary in index
+        # only the latest result of each suite is kept
+        assert len(list((Path(vparams.paths.data_docs) / "validations" / boundary).rglob("*.html"))) == 1
+
+
+def test_a_failed_suite_still_leaves_data_docs_behind(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    failure("raw", replace(data, "val", y=np.full(12, 9)), vparams)
+    assert (Path(vparams.paths.data_docs) / "index.html").is_file()
+
+
+def test_a_failing_stage_writes_nothing_downstream(vparams: Params) -> None:
+    artifacts.write_dataset(Path(vparams.paths.raw), tiny_dataset(COUNTS))
+    strict = with_validation(vparams, min_images=20)
+    with pytest.raises(TrainflowError, match=r"validation clean failed: .*\(split_rows\)"):
+        clean.run(strict)
+    assert not Path(vparams.paths.clean).exists()
+    assert clean.run(vparams)["removed_total"] == 0
+    assert (Path(vparams.paths.clean) / "manifest.json").is_file()
+
+
+def test_summary_table_columns_and_content_hashes() -> None:
+    data = tiny_dataset(COUNTS)
+    table = validation.summary_table(data)
+    for column in ("split", "index", "label", "height", "width", "channels", "dtype", "min", "max", "mean", "std"):
+        assert column in table
+    assert {"nan_count", "hash", "leaked_into_train"} <= set(table.columns)
+    assert len(table) == 54 and table["hash"].is_unique
+    first = table.iloc[0]
+    image = data.splits["train"].x[0]
+    assert (first["height"], first["width"], first["channels"]) == (6, 6, 1)
+    assert first["mean"] == pytest.approx(image.mean()) and first["std"] == pytest.approx(image.std(), rel=1e-5)
+    x = data.splits["train"].x.reshape(30, -1)
+    same = validation.row_hashes(np.concatenate([x[:1], x[:1]]))
+    assert (same[0] == same[1]).all()
+    changed = x[:1].copy()
+    changed[0, -1] ^= 1
+    assert (validation.row_hashes(changed)[0] != same[0]).any()
