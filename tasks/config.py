@@ -56,6 +56,8 @@ class PathsParams(Section):
     gx: str
     data_docs: str
     validation: str
+    reference_stats: str
+    drift_report: str
 
 
 class IngestParams(Section):
@@ -115,6 +117,9 @@ class ValidationParams(Section):
     min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
     max_abs_standardized: Annotated[float, Field(gt=0.0)]
     probability_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]
+    drift_action: Literal["off", "warn", "fail"]
+    drift_label_p_value: Annotated[float, Field(gt=0.0, lt=1.0)]
+    drift_psi: Annotated[float, Field(gt=0.0)]
 
     @model_validator(mode="after")
     def _ordered(self) -> ValidationParams:

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tasks import artifacts, validation
+from tasks import artifacts, drift, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import DataParams, IngestParams, Params
 from tasks.errors import TrainflowError
@@ -63,6 +63,7 @@ def run(params: Params) -> dict:
     """Load the source, split it and write data/raw."""
     dataset = split(load_source(params.data), params.data, params.ingest, params.seed)
     validation.validate_dataset("raw", dataset, params)
+    drift.check(dataset, params)
     manifest = artifacts.write_dataset(params.paths.raw, dataset)
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
     log.info("ingest: %s → %s %s, shape %s", params.data.source, params.paths.raw, counts, manifest["shape"])

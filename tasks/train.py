@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, drift
 from tasks.config import Params, TrainParams
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ def run(params: Params) -> dict:
     model = with_preprocessing(classifier, shape, data.info["normalize"])
     save_model(model, Path(params.paths.model))
     artifacts.write_bytes(Path(params.paths.history), history_csv.read_bytes())
+    drift.write_reference(artifacts.read_dataset(params.paths.clean, mmap=True), params)  # in raw pixel space
     epochs_run = sum(1 for _ in history_csv.open()) - 1
     history_csv.unlink()
     shutil.rmtree(backup_dir, ignore_errors=True)

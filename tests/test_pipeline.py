@@ -36,6 +36,11 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Pat
     index = (workspace / "reports/data_docs/index.html").read_text()
     assert all(boundary in index for boundary in boundaries)
 
+    # the committed reference statistics are of the same digits data: checked, no drift
+    drift = json.loads((workspace / "reports/drift.json").read_text())
+    assert drift["checked"] is True and drift["drifted"] is False
+    assert (workspace / "models/reference_stats.json").is_file()  # rewritten by train for the next ingest
+
     second = sh(workspace, "dvc", "repro")
     assert ran(second.stdout) == []
     assert "up to date" in sh(workspace, "dvc", "status").stdout
