@@ -151,8 +151,10 @@ def stage_detail(stage: str, report: dict[str, Any]) -> str:
     return ""
 
 
-def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | None) -> str:
-    """The flow-run summary: one row per stage (state, duration, counts), then the evaluation metrics."""
+def summary_markdown(
+    results: list[dict[str, Any]], metrics: dict[str, Any] | None, mlflow_run: dict[str, Any] | None = None
+) -> str:
+    """The flow-run summary: one row per stage (state, duration, counts), the metrics, the MLflow run."""
     lines = ["# training flow run", "", "| stage | state | seconds | counts |", "| --- | --- | --- | --- |"]
     for r in results:
         lines.append(f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {stage_detail(r['stage'], r['report'])} |")
@@ -160,6 +162,12 @@ def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | No
         lines += ["", "| split | accuracy | macro F1 | loss |", "| --- | --- | --- | --- |"]
         for split, m in metrics.items():
             lines.append(f"| {split} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {m['loss']:.4f} |")
+    if mlflow_run:
+        lines += [
+            "",
+            f"MLflow run `{mlflow_run['run_id']}` in {mlflow_run['tracking_uri']}: "
+            f"`mlflow ui --backend-store-uri {mlflow_run['tracking_uri']}`, then {mlflow_run['ui_path']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -199,12 +207,18 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
     metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     if metrics:
         metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in ("val", "test")}
+    run_info = Path(root) / params.paths.run_info
+    mlflow_run = json.loads(run_info.read_text()) if run_info.is_file() else None
     create_markdown_artifact(
-        markdown=summary_markdown(results, metrics),
+        markdown=summary_markdown(results, metrics, mlflow_run),
         key=SUMMARY_KEY,
         description="Stages, durations and evaluation metrics of this run",
     )
-    return {"stages": {r["stage"]: {"state": r["state"], "seconds": r["seconds"]} for r in results}, "metrics": metrics}
+    return {
+        "stages": {r["stage"]: {"state": r["state"], "seconds": r["seconds"]} for r in results},
+        "metrics": metrics,
+        "mlflow_run_id": mlflow_run["run_id"] if mlflow_run else None,
+    }
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -57,6 +57,8 @@ class PathsParams(Section):
     data_docs: str
     validation: str
     reference_stats: str
+    run_info: str
+    gate: str
     drift_report: str
 
 
@@ -109,6 +111,17 @@ class EvaluateParams(Section):
 class DeployParams(Section):
     check_samples: PositiveInt
     tolerance: Annotated[float, Field(gt=0.0)]
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: Literal["accuracy", "f1_macro"]
+    min_metric: Annotated[float, Field(ge=0.0, le=1.0)]
+    require_significance: bool
+    significance_level: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class TrackingParams(Section):
+    uri: str = Field(min_length=1)
+    artifacts: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
 
 
 class ValidationParams(Section):
@@ -161,6 +174,7 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     deploy: DeployParams
+    tracking: TrackingParams
     validation: ValidationParams
     schedule: ScheduleParams
 

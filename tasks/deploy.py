@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts
-from tasks.config import Params
+from tasks import artifacts, tracking
+from tasks.config import DeployParams, Params
 from tasks.errors import TrainflowError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,65 @@ def compare(expected: np.ndarray, served: np.ndarray, tolerance: float) -> dict[
     return {"checked": len(expected), "max_abs_diff": diff, "classes_agree": agree, "ok": agree and diff <= tolerance}
 
 
+def mcnemar_p_value(b: int, c: int) -> float:
+    """McNemar's exact test: two-sided binomial p-value of the discordant pairs (1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(b, c), b + c, 0.5).pvalue) if b + c else 1.0
+
+
+def decide(candidate: dict[str, Any], comparison: dict[str, Any], params: DeployParams) -> dict[str, Any]:
+    """The gate: does the candidate take the champion alias? (TFX's blessing, with a significance test.)
+
+    Args:
+        candidate: the candidate's test metrics.
+        comparison: what evaluate found about the champion (``score_champion``).
+        params: the deploy section (metric, minimum, significance).
+    """
+    metric, score = params.metric, float(candidate[params.metric])
+    champion = comparison.get("champion")
+    decision: dict[str, Any] = {
+        "metric": metric,
+        "candidate": score,
+        "champion": None,
+        "champion_version": None,
+        "p_value": None,
+    }
+    if champion is not None:
+        decision["champion_version"] = champion["version"]
+    if score < params.min_metric:
+        return {
+            **decision,
+            "promote": False,
+            "reason": f"{metric} {score:.4f} is below deploy.min_metric {params.min_metric}",
+        }
+    if champion is None:
+        return {**decision, "promote": True, "reason": "no champion yet"}
+    if not champion["comparable"]:
+        return {
+            **decision,
+            "promote": True,
+            "reason": f"champion v{champion['version']} cannot score this test split ({champion['why']})",
+        }
+    best = float(champion["metrics"][metric])
+    p_value = mcnemar_p_value(**comparison["paired"])
+    decision |= {"champion": best, "p_value": p_value, **comparison["paired"]}
+    if score <= best:
+        return {**decision, "promote": False, "reason": f"{metric} {score:.4f} does not beat the champion's {best:.4f}"}
+    if params.require_significance and p_value >= params.significance_level:
+        return {
+            **decision,
+            "promote": False,
+            "reason": f"better ({score:.4f} > {best:.4f}) but not significantly "
+            f"(McNemar p={p_value:.3g} >= {params.significance_level})",
+        }
+    return {
+        **decision,
+        "promote": True,
+        "reason": f"{metric} {score:.4f} beats the champion's {best:.4f} (McNemar p={p_value:.3g})",
+    }
+
+
 def serve_in_fresh_process(serving_dir: Path, x: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         sample, out = Path(tmp) / "x.npy", Path(tmp) / "out.npy"
@@ -70,7 +129,8 @@ def run(params: Params) -> dict:
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     expected = expected_probabilities(Path(params.paths.predictions), params.deploy.check_samples)
-    sample = artifacts.read_dataset(params.paths.clean).splits["test"].x[: len(expected)]
+    clean = artifacts.read_dataset(params.paths.clean)
+    sample = clean.splits["test"].x[: len(expected)]
     serving = Path(params.paths.serving)
     with artifacts.atomic_dir(serving) as tmp:
         model.export(str(tmp), format=SERVING_FORMAT, verbose=False)
@@ -80,15 +140,46 @@ def run(params: Params) -> dict:
                 f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
                 f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
             )
+    gate = decide(
+        artifacts.read_json(Path(params.paths.metrics))["test"],
+        artifacts.read_json(Path(params.paths.gate)),
+        params.deploy,
+    )
+    run_id = tracking.current_run(params)
+    registry = tracking.log_and_register(params, run_id, model, sample[:4], clean.classes, gate["promote"], gate)
     report = {
         "serving_path": str(serving),
         "format": SERVING_FORMAT,
         "input_dtype": "uint8",
         "input_shape": [None, *model.input_shape[1:]],
         **check,
+        "gate": gate,
+        "registry": registry,
     }
     artifacts.write_json(Path(params.paths.deploy_report), report)
+    tracking.set_tags(
+        params,
+        run_id,
+        {
+            "deploy.promoted": str(gate["promote"]).lower(),
+            "deploy.reason": gate["reason"],
+            "deploy.version": registry["version"],
+        },
+    )
+    if gate["p_value"] is not None:
+        tracking.log_metrics(params, run_id, {"gate_p_value": gate["p_value"]})
+    tracking.log_artifacts(params, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
     log.info("deploy: %s checked on %d test images (max |diff| %.2e)", serving, check["checked"], check["max_abs_diff"])
+    name, version = registry["model_name"], registry["version"]
+    if gate["promote"]:
+        log.info("deploy: %s version %d is the new champion: %s", name, version, gate["reason"])
+    else:
+        log.warning(
+            "deploy: %s version %d registered as challenger, NOT promoted: %s; the champion is unchanged",
+            name,
+            version,
+            gate["reason"],
+        )
     return report
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts, validation
+from tasks import artifacts, tracking, validation
 from tasks.config import Params
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,37 @@ def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...]
     plt.close(fig)
 
 
+HEADLINE = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
+def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, int]:
+    """McNemar's discordant pairs on one test split: b = only the candidate right, c = only the champion right."""
+    cand_right, champ_right = candidate.argmax(axis=1) == y, champion.argmax(axis=1) == y
+    return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
+
+
+def score_champion(params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, classes: tuple[str, ...]):
+    """The registry's current champion scored on the candidate's test split, paired with the candidate."""
+    version = tracking.champion_version(params)
+    if version is None:
+        return {"champion": None}
+    entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
+    try:
+        probabilities = np.asarray(
+            tracking.load_model(params, version).predict(x, batch_size=params.evaluate.batch_size, verbose=0)
+        )
+    except Exception as exc:  # a champion trained on another image shape cannot score this split at all
+        return {"champion": {**entry, "comparable": False, "why": str(exc).splitlines()[0][:300]}}
+    if probabilities.shape != candidate.shape:
+        why = f"champion outputs {probabilities.shape[1:]} classes, the candidate {candidate.shape[1:]}"
+        return {"champion": {**entry, "comparable": False, "why": why}}
+    scored = classification_metrics(y, probabilities, classes)
+    return {
+        "champion": {**entry, "comparable": True, "metrics": {k: scored[k] for k in HEADLINE}},
+        "paired": paired_outcomes(y, candidate, probabilities),
+    }
+
+
 def run(params: Params) -> dict:
     """Score the raw-pixel model on the clean val and test splits and write the reports."""
     import keras
@@ -123,6 +154,21 @@ def run(params: Params) -> dict:
     with artifacts.atomic_dir(Path(params.paths.figures)) as tmp:
         figures(Path(params.paths.history), metrics["test"]["confusion_matrix"], data.classes, tmp)
     artifacts.write_json(Path(params.paths.metrics), metrics)
+    comparison = score_champion(params, data.splits["test"].x, y_test, p_test, data.classes)
+    artifacts.write_json(Path(params.paths.gate), comparison)
+
+    run_id = tracking.current_run(params)
+    # Named as in metrics.json (`test.accuracy`), apart from Keras' per-epoch `val_accuracy` curves.
+    scalars = {f"{split}.{k}": metrics[split][k] for split in EVAL_SPLITS for k in HEADLINE}
+    scalars |= {f"test.per_class.{name}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
+    if comparison["champion"] and comparison["champion"]["comparable"]:
+        scalars |= {f"champion.test.{k}": v for k, v in comparison["champion"]["metrics"].items()}
+    tracking.log_metrics(params, run_id, scalars)
+    tracking.log_datasets(params, run_id, params.paths.clean, ("test",))
+    paths = params.paths
+    tracking.log_artifacts(params, run_id, [paths.metrics, paths.confusion, paths.predictions, paths.gate], "evaluate")
+    tracking.log_artifacts(params, run_id, [paths.figures, paths.validation, paths.data_docs])
+    tracking.log_artifacts(params, run_id, [paths.samples], "augment")
     log.info(
         "evaluate: val accuracy %.4f, test accuracy %.4f, test macro F1 %.4f",
         metrics["val"]["accuracy"],

@@ -60,7 +60,7 @@ def load_digits() -> Loaded:
     return Loaded(x=x, y=bunch.target.astype(np.int64))
 
 
-def _as_images(x: np.ndarray, origin: str) -> np.ndarray:
+def as_images(x: np.ndarray, origin: str) -> np.ndarray:
     """uint8 (N, H, W, C) from (N, H, W) or (N, H, W, C) integer-valued pixels in 0–255."""
     if x.ndim == 3:
         x = x[..., None]
@@ -145,7 +145,7 @@ def load_idx_dir(directory: Path) -> Loaded:
             raise TrainflowError(f"{directory}: {prefix} {missing} IDX file missing")
         x = read_idx(images, IDX_IMAGES_MAGIC)
         y = read_idx(labels, IDX_LABELS_MAGIC).astype(np.int64)
-        parts[prefix] = _pair(_as_images(x, str(images)), y, f"{images} / {labels}")
+        parts[prefix] = _pair(as_images(x, str(images)), y, f"{images} / {labels}")
     if not parts:
         raise TrainflowError(f"{directory}: no IDX files (train-images-idx3-ubyte, t10k-images-idx3-ubyte, ...)")
     if len(parts) == 2:
@@ -168,57 +168,69 @@ def load_npz(path: Path) -> Loaded:
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise TrainflowError(f"{path}: not a readable .npz file ({exc})") from None
     train = _pair(
-        _as_images(arrays["x_train"], f"{path}:x_train"),
+        as_images(arrays["x_train"], f"{path}:x_train"),
         _as_labels(arrays["y_train"], f"{path}:y_train"),
         f"{path}:train",
     )
     test = _pair(
-        _as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"), f"{path}:test"
+        as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"), f"{path}:test"
     )
     return Loaded(*train, *test)
 
 
-def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str) -> Loaded:
-    """One sub-folder per class of PNG/JPEG images, resized to ``image_size`` (H, W) when set."""
+def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | None, color_mode: str) -> np.ndarray:
+    """PNG/JPEG files under ``root`` → uint8 (N, H, W, C), converted to ``color_mode`` and resized when asked.
+
+    Raises:
+        TrainflowError: naming the file that is not an image, is corrupt, lies outside ``root`` through a
+            symlink, or differs in size from the first one while ``image_size`` is None.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    real_root = root.resolve()
+    mode = "L" if color_mode == "grayscale" else "RGB"
+    images: list[np.ndarray] = []
+    for file in files:
+        if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
+            raise TrainflowError(f"{file}: symlink points outside the data folder {root}")
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            raise TrainflowError(f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        try:
+            with Image.open(file) as img:
+                img = img.convert(mode)
+                if image_size is not None and img.size != (image_size[1], image_size[0]):
+                    img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+                pixels = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise TrainflowError(f"{file}: corrupt or unreadable image ({exc})") from None
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        if images and pixels.shape != images[0].shape:
+            raise TrainflowError(
+                f"{file}: image size {pixels.shape[:2]} differs from {images[0].shape[:2]}; "
+                "set data.image_size to resize"
+            )
+        images.append(pixels)
+    if not images:
+        raise TrainflowError(f"{root}: no images found")
+    return np.stack(images)
+
+
+def visible_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
+
+
+def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str) -> Loaded:
+    """One sub-folder per class of PNG/JPEG images, resized to ``image_size`` (H, W) when set."""
     if not root.is_dir():
         raise TrainflowError(f"{root}: folder source must be a directory with one sub-folder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise TrainflowError(f"{root}: no class sub-folders")
-    real_root = root.resolve()
-    mode = "L" if color_mode == "grayscale" else "RGB"
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        for file in sorted(class_dir.iterdir()):
-            if file.name.startswith("."):
-                continue
-            if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
-                raise TrainflowError(f"{file}: symlink points outside the data folder {root}")
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                raise TrainflowError(f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})")
-            try:
-                with Image.open(file) as img:
-                    img = img.convert(mode)
-                    if image_size is not None and img.size != (image_size[1], image_size[0]):
-                        img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-                    pixels = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise TrainflowError(f"{file}: corrupt or unreadable image ({exc})") from None
-            if pixels.ndim == 2:
-                pixels = pixels[..., None]
-            if images and pixels.shape != images[0].shape:
-                raise TrainflowError(
-                    f"{file}: image size {pixels.shape[:2]} differs from {images[0].shape[:2]}; "
-                    "set data.image_size to resize"
-                )
-            images.append(pixels)
-            labels.append(label)
-    if not images:
-        raise TrainflowError(f"{root}: no images found")
-    return Loaded(x=np.stack(images), y=np.asarray(labels, dtype=np.int64), classes=tuple(d.name for d in class_dirs))
+    files = [visible_files(d) for d in class_dirs]
+    x = read_images([f for group in files for f in group], root, image_size, color_mode)
+    y = np.concatenate([np.full(len(group), label, dtype=np.int64) for label, group in enumerate(files)])
+    return Loaded(x=x, y=y, classes=tuple(d.name for d in class_dirs))
 
 
 def load_keras(name: str) -> Loaded:
@@ -233,5 +245,5 @@ def load_keras(name: str) -> Loaded:
         raise TransientError(f"data.source=keras:{name}: download failed ({exc})") from None
     origin = f"keras:{name}"
     return Loaded(
-        _as_images(x_train, origin), _as_labels(y_train, origin), _as_images(x_test, origin), _as_labels(y_test, origin)
+        as_images(x_train, origin), _as_labels(y_train, origin), as_images(x_test, origin), _as_labels(y_test, origin)
     )

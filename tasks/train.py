@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks import artifacts, drift
+from tasks import artifacts, drift, tracking
 from tasks.config import Params, TrainParams
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ def fit(
     params: TrainParams,
     backup_dir: Path,
     history_csv: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> None:
     """Compile and fit: early stopping and learning-rate decay on val loss, a checkpoint every epoch, resume."""
     import keras
@@ -141,6 +142,7 @@ def fit(
             monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
         ),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
+        *(extra_callbacks or []),
     ]
     classifier.fit(
         train.x,
@@ -184,20 +186,37 @@ def run(params: Params) -> dict:
     checkpoints = Path(params.paths.checkpoints)
     key = checkpoint_key(cfg, manifest, params.seed)
     backup_dir, history_csv = checkpoints / key, checkpoints / f"{key}.history.csv"
-    if not backup_dir.exists():
-        history_csv.unlink(missing_ok=True)  # no checkpoint to resume from: start the history afresh
+    run_marker = checkpoints / f"{key}.mlflow_run"
+    if backup_dir.exists() and run_marker.is_file():
+        run_id = run_marker.read_text().strip()  # a resumed training continues its MLflow run
+        log.info("train: resuming MLflow run %s from the checkpoint in %s", run_id, backup_dir)
+        tracking.resume_run(params, run_id)
     else:
-        log.info("train: resuming from the checkpoint in %s", backup_dir)
-    checkpoints.mkdir(parents=True, exist_ok=True)
+        history_csv.unlink(missing_ok=True)  # no checkpoint to resume from: start the history afresh
+        run_id = tracking.start_run(params, device)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        artifacts.write_bytes(run_marker, run_id.encode())
 
     classifier = build_classifier(shape, len(data.classes), cfg)
-    fit(classifier, data.splits["train"], data.splits["val"], cfg, backup_dir, history_csv)
+    fit(
+        classifier,
+        data.splits["train"],
+        data.splits["val"],
+        cfg,
+        backup_dir,
+        history_csv,
+        extra_callbacks=[tracking.epoch_callback(params, run_id)],
+    )
     model = with_preprocessing(classifier, shape, data.info["normalize"])
     save_model(model, Path(params.paths.model))
     artifacts.write_bytes(Path(params.paths.history), history_csv.read_bytes())
     drift.write_reference(artifacts.read_dataset(params.paths.clean, mmap=True), params)  # in raw pixel space
     epochs_run = sum(1 for _ in history_csv.open()) - 1
+    tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
+    tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")
+    tracking.set_tags(params, run_id, {"train.epochs_run": epochs_run})
     history_csv.unlink()
+    run_marker.unlink()
     shutil.rmtree(backup_dir, ignore_errors=True)
     report = {**device, "epochs_run": epochs_run, "policy": keras.mixed_precision.global_policy().name}
     log.info(

@@ -108,6 +108,11 @@ def test_flow_runs_every_stage_then_caches_and_leaves_dvc_clean(workspace: Path)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
     assert artifacts and "| deploy | Completed |" in artifacts[0].data
+    assert first["mlflow_run_id"] in artifacts[0].data  # the summary links the MLflow run ...
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}").get_run(first["mlflow_run_id"])
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)  # ... and back
 
     assert "up to date" in sh(workspace, "dvc", "status").stdout
     assert ran(sh(workspace, "dvc", "repro").stdout) == []
