@@ -45,8 +45,9 @@ def stage_specs(root: Path = Path()) -> list[StageSpec]:
     """The pipeline's stages in dvc.yaml order: dvc.yaml is the one list of stages both drivers run."""
     with _open_repo(root) as repo:
         names = [stage.name for stage in repo.index.stages]
-    # Only ingest reaches outside the machine (keras:NAME downloads), so only it retries.
-    return [StageSpec(name=name, retries=2 if name == "ingest" else 0) for name in names]
+    # Every stage may meet a transient fault (ingest's keras:NAME download, the MLflow store); only
+    # TransientError-like failures are retried (_retry_transient), bad data and params fail at once.
+    return [StageSpec(name=name, retries=len(RETRY_DELAYS)) for name in names]
 
 
 def _hashes(root: Path, stage: str, which: str) -> dict[str, Any]:

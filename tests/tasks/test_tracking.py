@@ -218,3 +218,13 @@ def test_batch_prediction_writes_a_csv_from_the_champion(runs: dict, workspace: 
     assert rows[0].startswith("id,predicted,class,probability,p_0") and len(rows) == 11
     predicted = np.array([int(r.split(",")[1]) for r in rows[1:]])
     assert (predicted == test.y[:10]).mean() >= 0.7
+
+
+def test_an_unreachable_store_is_one_line_naming_the_uri(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.errors import TransientError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/dir/mlflow.db")
+    with pytest.raises(
+        TransientError, match=r"MLflow tracking store sqlite:////proc/no/such/dir/mlflow.db is unreachable"
+    ):
+        tracking.client(params)
