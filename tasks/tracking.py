@@ -39,8 +39,8 @@ def client(params: Params) -> Any:
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    tracker = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        tracker = MlflowClient(tracking_uri=uri, registry_uri=uri)
         tracker.search_experiments(max_results=1)
     except Exception as exc:  # an unreachable server or a bad database raise many types
         raise TransientError(f"MLflow tracking store {uri} is unreachable ({str(exc).splitlines()[0][:200]})") from None
