@@ -118,9 +118,7 @@ def score_champion(params: Params, x: np.ndarray, y: np.ndarray, candidate: np.n
         return {"champion": None}
     entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
     try:
-        probabilities = np.asarray(
-            tracking.load_model(params, version).predict(x, batch_size=params.evaluate.batch_size, verbose=0)
-        )
+        probabilities = tracking.predict_probabilities(tracking.load_model(params, version), x)
     except Exception as exc:  # a champion trained on another image shape cannot score this split at all
         return {"champion": {**entry, "comparable": False, "why": str(exc).splitlines()[0][:300]}}
     if probabilities.shape != candidate.shape:

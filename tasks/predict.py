@@ -51,9 +51,11 @@ def predictions_csv(ids: list[str], probabilities: np.ndarray, classes: tuple[st
 
 def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
     """Predict every image of ``source`` with the registered model and write ``output``; returns the count."""
-    model, classes = tracking.load_registered(params, model_uri)
-    ids, x = load_inputs(source, tuple(model.input_shape[1:]))
-    probabilities = np.asarray(model.predict(x, batch_size=params.evaluate.batch_size, verbose=0))
+    model = tracking.load_model(params, model_uri)
+    (spec,) = model.metadata.get_input_schema().inputs
+    ids, x = load_inputs(source, tuple(spec.shape[1:]))
+    probabilities = tracking.predict_probabilities(model, x)
+    classes = tracking.model_classes(model, probabilities.shape[1])
     artifacts.write_bytes(output, predictions_csv(ids, probabilities, classes))
     return len(ids)
 

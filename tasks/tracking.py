@@ -200,27 +200,35 @@ def champion_version(params: Params) -> Any | None:
         return None
 
 
-def load_model(params: Params, version: Any) -> Any:
-    """A registered version as a Keras model (safe mode: no arbitrary code)."""
-    import mlflow.tensorflow
-
-    return mlflow.tensorflow.load_model(f"models:/{params.deploy.model_name}/{version.version}")
-
-
-def load_registered(params: Params, model_uri: str) -> tuple[Any, tuple[str, ...]]:
-    """A registered model (``models:/name@alias`` or ``models:/name/version``) and its class names."""
-    import mlflow.tensorflow
+def load_model(params: Params, version_or_uri: Any) -> Any:
+    """A registered model (a version, or a ``models:/`` URI) as an MLflow pyfunc model."""
+    import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
     client(params)
+    uri = (
+        version_or_uri
+        if isinstance(version_or_uri, str)
+        else (f"models:/{params.deploy.model_name}/{version_or_uri.version}")
+    )
     try:
-        metadata = Model.load(model_uri).metadata or {}
-        model = mlflow.tensorflow.load_model(model_uri)
+        return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise TrainflowError(f"{model_uri}: cannot load from {tracking_uri(params)} ({exc.message[:200]})") from None
-    classes = metadata.get("classes") or [str(i) for i in range(model.output_shape[-1])]
-    return model, tuple(classes)
+        raise TrainflowError(f"{uri}: cannot load from {tracking_uri(params)} ({exc.message[:200]})") from None
+
+
+def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities from a loaded model: the served DataFrame's column, or a bare array."""
+    result = model.predict(x)
+    if hasattr(result, "columns") and "probabilities" in result.columns:
+        return np.stack(result["probabilities"].to_numpy()).astype(np.float32)
+    return np.asarray(result, dtype=np.float32)
+
+
+def model_classes(model: Any, count: int) -> tuple[str, ...]:
+    """The class names a logged model carries ("0".."K-1" when it has none)."""
+    config = getattr(model, "model_config", None) or {}
+    return tuple(config.get("classes") or (str(i) for i in range(count)))
 
 
 def log_and_register(
@@ -239,21 +247,38 @@ def log_and_register(
     """
     import keras
     import mlflow
-    import mlflow.tensorflow
+    import mlflow.pyfunc
+    import pandas as pd
     from mlflow.models import infer_signature
 
     tracker = client(params)
     name = params.deploy.model_name
     probabilities = np.asarray(model.predict(example, verbose=0))
-    requirements = [f"tensorflow=={__import__('tensorflow').__version__}", f"keras=={keras.__version__}"]
+    labels = probabilities.argmax(axis=1)
+    output = pd.DataFrame(
+        {
+            "label": labels.astype(np.int64),
+            "class": [classes[i] for i in labels],
+            "probability": probabilities.max(axis=1).astype(np.float64),
+            "probabilities": [row.astype(np.float64).tolist() for row in probabilities],
+        }
+    )
+    requirements = [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={__import__('tensorflow').__version__}",
+        f"keras=={keras.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.tensorflow.log_model(
-            model,
+        info = mlflow.pyfunc.log_model(
             name="model",
-            signature=infer_signature(example, probabilities),
+            python_model=str(Path(__file__).with_name("serving_model.py")),
+            artifacts={"keras_model": str(Path(params.paths.model).resolve())},
+            model_config={"classes": list(classes)},
+            signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=requirements,
-            metadata={"classes": list(classes)},
         )
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in decision.items()})
     previous = champion_version(params)

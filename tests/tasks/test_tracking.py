@@ -183,7 +183,9 @@ def test_mlflow_models_serve_answers_raw_pixels(runs: dict, workspace: Path) -> 
             f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": test.x[:8].tolist()}).encode()
         )
         assert status == 200
-        served = np.asarray(body["predictions"])
+        served = np.asarray([row["probabilities"] for row in body["predictions"]])
+        assert [row["label"] for row in body["predictions"]] == served.argmax(axis=1).tolist()
+        assert [row["class"] for row in body["predictions"]] == [str(i) for i in served.argmax(axis=1)]
         expected = np.loadtxt(
             workspace / "reports/evaluate/predictions.csv",
             delimiter=",",
