@@ -21,6 +21,7 @@ from prefect.context import TaskRunContext
 
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.errors import TrainflowError, TransientError
+from tasks.lock import workspace_lock
 
 SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
@@ -172,6 +173,19 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _run_stage_task(spec: StageSpec, params: Params, root: str) -> dict[str, Any]:
+    stage_task = run_stage.with_options(
+        name=spec.name, task_run_name=spec.name, retries=spec.retries, retry_delay_seconds=RETRY_DELAYS
+    )
+    state = stage_task(spec.name, params, root, return_state=True)
+    result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
+    if state.name == "Cached" and result["outs"] != _hashes(Path(root), spec.name, "outs"):
+        # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
+        state = stage_task.with_options(refresh_cache=True)(spec.name, params, root, return_state=True)
+        result = state.result()
+    return {**result, "state": state.name}
+
+
 @flow(name="training", log_prints=True)
 def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ingest → … → deploy as Prefect tasks over the same stage code as `dvc repro`.
@@ -186,25 +200,17 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
     """
     path = Path(params_path)
     params = load_params(path, overrides)  # validates every override before any stage runs
-    if overrides:
-        write_overrides(path, overrides)
     root = str(path.resolve().parent)
     if Path.cwd().resolve() != Path(root):
         # params.yaml's paths are relative to the repo root, where dvc.yaml also runs its commands.
         raise TrainflowError(f"{params_path}: run the flow from the folder that holds it (the repo root)")
-    results = []
-    for spec in stage_specs(Path(root)):
-        stage_task = run_stage.with_options(
-            name=spec.name, task_run_name=spec.name, retries=spec.retries, retry_delay_seconds=RETRY_DELAYS
-        )
-        state = stage_task(spec.name, params, root, return_state=True)
-        result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
-        if state.is_completed() and state.name == "Cached" and result["outs"] != _hashes(Path(root), spec.name, "outs"):
-            # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
-            state = stage_task.with_options(refresh_cache=True)(spec.name, params, root, return_state=True)
-            result = state.result()
-        results.append({**result, "state": state.name})
-    record_in_dvc_lock(root)
+    with workspace_lock(Path(root) / params.paths.lock, "Prefect flow training"):
+        if overrides:
+            write_overrides(path, overrides)
+        results = []
+        for spec in stage_specs(Path(root)):
+            results.append(_run_stage_task(spec, params, root))
+        record_in_dvc_lock(root)
     metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     if metrics:
         metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in ("val", "test")}

@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.errors import TrainflowError
+from tasks.lock import workspace_lock
 
 log = logging.getLogger("trainflow")
 
@@ -25,7 +26,8 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)
-        run(params)
+        with workspace_lock(Path(params.paths.lock), f"stage {stage}"):
+            run(params)
     except TrainflowError as exc:
         print(f"error: {stage}: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -58,6 +58,7 @@ class PathsParams(Section):
     validation: str
     reference_stats: str
     run_info: str
+    lock: str
     gate: str
     drift_report: str
 

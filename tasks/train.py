@@ -134,14 +134,19 @@ def fit(
         metrics=["accuracy"],
     )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
+        # The history row is written before the epoch's backup: a kill between the two repeats that epoch
+        # on resume (history_rows keeps the last row per epoch) rather than losing its row. The backup is not
+        # written atomically; double_checkpoint keeps the previous one to fall back on if a kill truncates it.
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.BackupAndRestore(
+            str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
+        ),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
         ),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
         *(extra_callbacks or []),
     ]
     classifier.fit(
@@ -154,6 +159,13 @@ def fit(
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
+
+
+def history_rows(history_csv: Path) -> bytes:
+    """The per-epoch history, keeping the last row of an epoch that was repeated after a resume."""
+    lines = history_csv.read_text().splitlines()
+    by_epoch = {line.split(",", 1)[0]: line for line in lines[1:]}
+    return ("\n".join([lines[0], *by_epoch.values()]) + "\n").encode()
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -209,9 +221,10 @@ def run(params: Params) -> dict:
     )
     model = with_preprocessing(classifier, shape, data.info["normalize"])
     save_model(model, Path(params.paths.model))
-    artifacts.write_bytes(Path(params.paths.history), history_csv.read_bytes())
+    history = history_rows(history_csv)
+    artifacts.write_bytes(Path(params.paths.history), history)
     drift.write_reference(artifacts.read_dataset(params.paths.clean, mmap=True), params)  # in raw pixel space
-    epochs_run = sum(1 for _ in history_csv.open()) - 1
+    epochs_run = history.count(b"\n") - 1
     tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
     tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")
     tracking.set_tags(params, run_id, {"train.epochs_run": epochs_run})
