@@ -160,27 +160,40 @@ def test_a_failing_stage_fails_the_flow_with_its_message_and_stops(workspace: Pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("error", "calls_expected", "completes"), [(TransientError, 3, True), (TrainflowError, 1, False)]
+    ("error", "failures", "calls_expected", "completes", "fraction"),
+    [
+        (TransientError, 2, 3, True, 0.2),  # fails twice, the second retry works
+        (TransientError, 99, 3, False, 0.21),  # never works: fails after the two configured retries
+        (TrainflowError, 99, 1, False, 0.22),  # bad input: not retried
+    ],
 )
 def test_only_transient_ingest_failures_are_retried(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch, error: type[Exception], calls_expected: int, completes: bool
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[Exception],
+    failures: int,
+    calls_expected: int,
+    completes: bool,
+    fraction: float,
 ) -> None:
     calls = []
     real = tasks.sources.load_digits
 
     def flaky() -> Any:
         calls.append(1)
-        if len(calls) < 3:
+        if len(calls) <= failures:
             raise error("the source is unavailable")
         return real()
 
     monkeypatch.setattr(tasks.sources, "load_digits", flaky)
     monkeypatch.setattr(training_module, "RETRY_DELAYS", [0, 0])
-    fraction = 0.2 if completes else 0.25  # a new split: ingest cannot come from the cache
-    state = training(
+    state = training(  # a new split fraction: ingest cannot come from the cache
         params_path="params.yaml",
         overrides={"data.source": "digits", "ingest.val_fraction": fraction},
         return_state=True,
     )
     assert len(calls) == calls_expected
     assert state.is_completed() is completes
+    if not completes:
+        with pytest.raises(error, match="the source is unavailable"):
+            state.result()
