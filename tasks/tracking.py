@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -31,14 +32,20 @@ def tracking_uri(params: Params) -> str:
 
 
 def client(params: Params) -> Any:
-    """An MlflowClient on the tracking/registry URI, checked to be reachable."""
-    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    """An MlflowClient on the tracking/registry URI (also made the fluent API's), checked to be reachable."""
     import mlflow
-    from mlflow import MlflowClient
 
     uri = tracking_uri(params)
+    tracker = _checked_client(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return tracker
+
+
+@functools.cache
+def _checked_client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
     try:
         tracker = MlflowClient(tracking_uri=uri, registry_uri=uri)
         tracker.search_experiments(max_results=1)
