@@ -117,6 +117,7 @@ class DeployParams(Section):
     min_metric: Annotated[float, Field(ge=0.0, le=1.0)]
     require_significance: bool
     significance_level: Annotated[float, Field(gt=0.0, lt=1.0)]
+    max_request_images: PositiveInt
 
 
 class TrackingParams(Section):

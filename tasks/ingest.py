@@ -15,14 +15,17 @@ from tasks.sources import Loaded, load_source
 log = logging.getLogger(__name__)
 
 
-def _stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[Split, Split]:
+def _stratified(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, source: str
+) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     try:
         x_keep, x_out, y_keep, y_out = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as exc:
         raise TrainflowError(
-            f"cannot split {len(y)} images into a stratified {what} split of {fraction:.0%} ({exc})"
+            f"{source}: cannot split {len(y)} images into a stratified {what} split of {fraction:.0%} "
+            f"(ingest.{what}_fraction): too few images per class ({exc})"
         ) from None
     return Split(x_keep, y_keep), Split(x_out, y_out)
 
@@ -48,12 +51,12 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
         classes = tuple(str(i) for i in range(int(labels.max()) + 1))
     if loaded.x_test is None or loaded.y_test is None:
-        pool, test = _stratified(loaded.x, loaded.y, params.test_fraction, seed, "test")
+        pool, test = _stratified(loaded.x, loaded.y, params.test_fraction, seed, "test", data.source)
         val_share = params.val_fraction / (1.0 - params.test_fraction)
     else:
         pool, test = Split(loaded.x, loaded.y), Split(loaded.x_test, loaded.y_test)
         val_share = params.val_fraction
-    train, val = _stratified(pool.x, pool.y, val_share, seed, "val")
+    train, val = _stratified(pool.x, pool.y, val_share, seed, "val", data.source)
     if train.x.shape[1:] != test.x.shape[1:]:
         raise TrainflowError(f"{data.source}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
     return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": data.source})

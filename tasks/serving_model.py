@@ -21,9 +21,18 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.classes = list(context.model_config["classes"])
+        self.max_images = int(context.model_config["max_request_images"])
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        probabilities = np.asarray(self.model.predict(np.asarray(model_input, dtype=np.uint8), verbose=0))
+        images = np.asarray(model_input, dtype=np.uint8)
+        if len(images) > self.max_images:  # a 4xx, not minutes of CPU or an out-of-memory kill
+            from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+            raise MlflowException(
+                f"{len(images)} images in one request; at most {self.max_images} (deploy.max_request_images)",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        probabilities = np.asarray(self.model.predict(images, verbose=0))
         labels = probabilities.argmax(axis=1)
         return pd.DataFrame(
             {

@@ -71,9 +71,17 @@ def as_images(x: np.ndarray, origin: str) -> np.ndarray:
     if x.dtype.kind not in "iuf":
         raise TrainflowError(f"{origin}: pixels must be numeric, got dtype {x.dtype}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise TrainflowError(f"{origin}: pixels contain NaN or infinity")
-    if x.size and (x.min() < 0 or x.max() > 255 or (x.dtype.kind == "f" and not np.all(x == np.rint(x)))):
-        raise TrainflowError(f"{origin}: pixels must be whole numbers in 0–255 (got {x.min()}–{x.max()})")
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        raise TrainflowError(f"{origin}: pixels contain NaN or infinity ({nan} NaN, {inf} infinite)")
+    bad = (x < 0) | (x > 255)
+    if x.dtype.kind == "f":
+        bad |= x != np.rint(x)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise TrainflowError(
+            f"{origin}: pixels must be whole numbers in 0–255 (got {x[tuple(first)]} at image {first[0]}; "
+            f"{int(bad.sum())} bad values in all)"
+        )
     return x.astype(np.uint8)
 
 

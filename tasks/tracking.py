@@ -282,7 +282,7 @@ def log_and_register(
             name="model",
             python_model=str(Path(__file__).with_name("serving_model.py")),
             artifacts={"keras_model": str(Path(params.paths.model).resolve())},
-            model_config={"classes": list(classes)},
+            model_config={"classes": list(classes), "max_request_images": params.deploy.max_request_images},
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=requirements,

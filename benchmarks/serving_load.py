@@ -1,0 +1,98 @@
+"""Bounded load test of a running `mlflow models serve`: N one-image requests from a few threads on loopback.
+
+    python benchmarks/serving_load.py --url http://127.0.0.1:5001/invocations --requests 2000 --threads 4
+
+Prints one JSON line (requests, errors, p50/p99 latency in ms, throughput in requests/s); with --results it also
+writes them as the "Serving load" section of benchmarks/RESULTS.md, keeping the other sections. Exits 1 on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SECTION = "# Serving load"
+
+
+def one_request(url: str, body: bytes) -> tuple[float, bool]:
+    """Latency in seconds and whether the answer was a 200 with one prediction."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            ok = response.status == 200 and len(json.loads(response.read())["predictions"]) == 1
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        ok = False
+    return time.perf_counter() - start, ok
+
+
+def load(url: str, requests: int, threads: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, float | int]:
+    """Send ``requests`` single-image requests (random uint8 pixels of ``shape``) from ``threads`` threads."""
+    rng = np.random.default_rng(seed)
+    bodies = [json.dumps({"inputs": rng.integers(0, 256, (1, *shape)).tolist()}).encode() for _ in range(64)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(lambda i: one_request(url, bodies[i % len(bodies)]), range(requests)))
+    elapsed = time.perf_counter() - start
+    latencies = np.array([latency for latency, _ in results]) * 1000.0
+    return {
+        "requests": requests,
+        "threads": threads,
+        "errors": sum(not ok for _, ok in results),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "throughput_rps": round(requests / elapsed, 1),
+        "seconds": round(elapsed, 2),
+    }
+
+
+def write_results(path: Path, stats: dict[str, float | int], shape: tuple[int, ...]) -> None:
+    """Replace (or append) the "Serving load" section of RESULTS.md."""
+    section = (
+        f"{SECTION}\n\n"
+        "`python benchmarks/serving_load.py --url http://127.0.0.1:PORT/invocations --results benchmarks/RESULTS.md`"
+        " against `mlflow models serve --env-manager local` of the registered model (TINY params, digits) on loopback:"
+        f" {stats['requests']} requests"
+        f" of one {'×'.join(map(str, shape))} uint8 image each from {stats['threads']} threads.\n"
+        f"Machine: {platform.machine()}, CPython {platform.python_version()}, CPU only.\n\n"
+        "| requests | errors | p50 latency (ms) | p99 latency (ms) | throughput (requests/s) |\n"
+        "| --- | --- | --- | --- | --- |\n"
+        f"| {stats['requests']} | {stats['errors']} | {stats['p50_ms']} | {stats['p99_ms']} | "
+        f"{stats['throughput_rps']} |\n"
+    )
+    text = path.read_text() if path.exists() else ""
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^# |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="the server's /invocations URL")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs="+", default=[8, 8, 1], help="one image's H W C")
+    parser.add_argument("--results", type=Path, help="RESULTS.md whose 'Serving load' section to update")
+    args = parser.parse_args(argv)
+    stats = load(args.url, args.requests, args.threads, tuple(args.shape))
+    print(json.dumps(stats))
+    if args.results:
+        write_results(args.results, stats, tuple(args.shape))
+    return 1 if stats["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

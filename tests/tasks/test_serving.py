@@ -1,0 +1,127 @@
+"""`mlflow models serve` of the champion: bad requests get a 4xx with a message, the server keeps answering,
+and a bounded load from a second process sees no errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import artifacts
+from tests.helpers import REPO, TINY, make_workspace, sh, tool_env
+from tests.tasks.test_tracking import free_port
+
+pytestmark = pytest.mark.slow
+
+NAME = "trainflow-classifier"
+
+
+def post(url: str, payload: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A tiny pipeline run whose champion is served on a free loopback port; yields (invocations URL, workspace)."""
+    root = make_workspace(tmp_path_factory.mktemp("serving"), {**TINY, "deploy": {**TINY["deploy"], "min_metric": 0.0}})
+    uri = f"sqlite:///{root}/mlflow.db"
+    sh(root, "dvc", "repro", MLFLOW_TRACKING_URI=uri)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *(str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion"),
+            *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
+        ],
+        cwd=root,
+        env=tool_env(MLFLOW_TRACKING_URI=uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow models serve did not come up in 120 s")
+        yield f"http://127.0.0.1:{port}/invocations", root
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def good_body(root: Path) -> bytes:
+    test = artifacts.read_dataset(root / "data/clean").splits["test"]
+    return json.dumps({"inputs": test.x[:1].tolist()}).encode()
+
+
+BAD = {
+    "malformed_json": (b'{"inputs": [[[', "valid JSON"),
+    "not_a_dict": (b"[1, 2, 3]", "JSON dictionary"),
+    "no_inputs_field": (b'{"pixels": [1]}', "input fields"),
+    "wrong_shape": (b'{"inputs": [[1, 2, 3]]}', "does not match expected shape"),
+    "strings": (json.dumps({"inputs": [[[["a"]] * 8] * 8]}).encode(), "invalid literal"),
+    "over_255": (json.dumps({"inputs": [[[[300]] * 8] * 8]}).encode(), "out of bounds for uint8"),
+    "negative": (json.dumps({"inputs": [[[[-1]] * 8] * 8]}).encode(), "out of bounds for uint8"),
+    "nan": (b'{"inputs": [[[[NaN]]]]}', "NaN"),
+    # 20 MB of zeros in the wrong shape: parsed in full, then refused by the signature.
+    "oversized_20mb": (b'{"inputs": [' + b",".join([b"0"] * 10_000_000) + b"]}", "does not match expected shape"),
+    # well-formed but more images than deploy.max_request_images (4096) allows
+    "too_many_images": (json.dumps({"inputs": np.zeros((4097, 8, 8, 1), int).tolist()}).encode(), "at most 4096"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_a_bad_request_gets_a_4xx_with_a_message_and_the_server_keeps_answering(
+    case: str, served: tuple[str, Path]
+) -> None:
+    url, root = served
+    body, expected = BAD[case]
+    status, answer = post(url, body)
+    assert 400 <= status < 500, (status, answer)
+    assert expected in answer["message"], answer["message"][:500]
+    status, answer = post(url, good_body(root))
+    assert status == 200 and len(answer["predictions"]) == 1
+
+
+def test_fractional_floats_are_silently_truncated_to_uint8(served: tuple[str, Path]) -> None:
+    """Documented behaviour (README): MLflow casts floats to the uint8 signature; 0.9 becomes 0, not an error."""
+    url, _ = served
+    zeros = np.zeros((1, 8, 8, 1))
+    _, as_floats = post(url, json.dumps({"inputs": (zeros + 0.9).tolist()}).encode())
+    _, as_zeros = post(url, json.dumps({"inputs": zeros.astype(int).tolist()}).encode())
+    assert as_floats["predictions"] == as_zeros["predictions"]
+
+
+def test_bounded_load_from_a_second_process_has_no_errors(served: tuple[str, Path]) -> None:
+    url, _ = served
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/serving_load.py"), "--url", url, "--requests", "100"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["requests"] == 100 and stats["errors"] == 0
+    assert 0 < stats["p50_ms"] <= stats["p99_ms"]

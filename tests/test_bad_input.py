@@ -1,0 +1,287 @@
+"""Bad input through the real CLI: one clear `error:` line, exit 1, no traceback, data/raw untouched.
+
+Each case writes its own params file (and data files) under tmp_path and runs `python -m tasks.<stage>` in one
+workspace that a good ingest filled first. The README's "Data problems" table lists the same cases.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.helpers import make_workspace, sh
+
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+DELETE = object()  # a params change that removes the key
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad input: what it writes under tmp_path, the params it changes, and what the message must say."""
+
+    name: str
+    build: Callable[[Path], dict[str, Any]]  # tmp_path → dotted-key params changes
+    expect: tuple[str, ...]  # substrings of the error line ("{tmp}" stands for tmp_path)
+    stage: str = "ingest"
+    extra_args: tuple[str, ...] = field(default=())
+
+
+def tree_digest(folder: Path) -> str:
+    """SHA-256 over every file's relative path and bytes; '' when the folder does not exist."""
+    if not folder.exists():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def digits_like(n: int, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8), np.arange(n, dtype=np.int64) % classes
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(tmp: Path, images: bytes, labels: bytes) -> dict[str, Any]:
+    folder = tmp / "idx"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(images)
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return {"data.source": f"idx:{folder}"}
+
+
+def idx_truncated(tmp: Path) -> dict[str, Any]:
+    x, y = digits_like(30)
+    return write_idx(tmp, idx_bytes(x, IDX_IMAGES_MAGIC)[:-100], idx_bytes(y, IDX_LABELS_MAGIC))
+
+
+def idx_wrong_magic(tmp: Path) -> dict[str, Any]:
+    x, y = digits_like(30)
+    return write_idx(tmp, idx_bytes(x, 0x00000804), idx_bytes(y, IDX_LABELS_MAGIC))
+
+
+def idx_count_mismatch(tmp: Path) -> dict[str, Any]:
+    x, y = digits_like(30)
+    return write_idx(tmp, idx_bytes(x, IDX_IMAGES_MAGIC), idx_bytes(y[:29], IDX_LABELS_MAGIC))
+
+
+def write_folder(tmp: Path, sizes: tuple[tuple[int, int], ...] = ((8, 8),) * 12) -> Path:
+    root = tmp / "images"
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        cls = root / ("cat" if i % 2 else "dog")
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(h, w), dtype=np.uint8)).save(cls / f"{i:03d}.png")
+    return root
+
+
+def folder_non_image(tmp: Path) -> dict[str, Any]:
+    root = write_folder(tmp)
+    (root / "cat" / "notes.txt").write_text("not a picture\n")
+    return {"data.source": f"folder:{root}"}
+
+
+def folder_corrupt_png(tmp: Path) -> dict[str, Any]:
+    root = write_folder(tmp)
+    good = (root / "cat" / "001.png").read_bytes()
+    (root / "cat" / "zzz.png").write_bytes(good[:40])  # a valid signature and header, then nothing
+    return {"data.source": f"folder:{root}"}
+
+
+def folder_mixed_sizes(tmp: Path) -> dict[str, Any]:
+    root = write_folder(tmp, ((8, 8),) * 11 + ((10, 12),))
+    return {"data.source": f"folder:{root}", "data.image_size": None}
+
+
+def folder_symlink_outside(tmp: Path) -> dict[str, Any]:
+    root = write_folder(tmp)
+    outside = tmp / "outside.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(outside)
+    os.symlink(outside, root / "dog" / "link.png")
+    return {"data.source": f"folder:{root}"}
+
+
+def write_npz(tmp: Path, **arrays: np.ndarray) -> dict[str, Any]:
+    path = tmp / "data.npz"
+    np.savez(path, **arrays)
+    return {"data.source": f"npz:{path}"}
+
+
+def npz_with(x_train: np.ndarray | None = None, y_train: np.ndarray | None = None, n: int = 40) -> Callable:
+    def build(tmp: Path) -> dict[str, Any]:
+        x, y = digits_like(n)
+        xt, yt = digits_like(12, seed=1)
+        return write_npz(
+            tmp,
+            x_train=x if x_train is None else x_train,
+            y_train=y if y_train is None else y_train,
+            x_test=xt,
+            y_test=yt,
+        )
+
+    return build
+
+
+def float_images(bad: float) -> np.ndarray:
+    x = digits_like(40)[0].astype(np.float32)
+    x[3, 2, 2] = bad
+    return x
+
+
+def npz_object_array(tmp: Path) -> dict[str, Any]:
+    x, y = digits_like(40)
+    xt, yt = digits_like(12, seed=1)
+    objects = np.empty(len(x), dtype=object)
+    objects[:] = list(x)
+    return write_npz(tmp, x_train=objects, y_train=y, x_test=xt, y_test=yt)
+
+
+def npz_not_an_archive(tmp: Path) -> dict[str, Any]:
+    path = tmp / "data.npz"
+    path.write_bytes(b"\x93NUMPY not really")
+    return {"data.source": f"npz:{path}"}
+
+
+def npz_empty(tmp: Path) -> dict[str, Any]:
+    empty_x, empty_y = np.zeros((0, 8, 8), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+    return write_npz(tmp, x_train=empty_x, y_train=empty_y, x_test=empty_x, y_test=empty_y)
+
+
+def npz_single_class(tmp: Path) -> dict[str, Any]:
+    x, _ = digits_like(40)
+    xt, _ = digits_like(12, seed=1)
+    return write_npz(tmp, x_train=x, y_train=np.zeros(40, np.int64), x_test=xt, y_test=np.zeros(12, np.int64))
+
+
+def raw_missing(tmp: Path) -> dict[str, Any]:
+    return {"paths.raw": str(tmp / "raw")}
+
+
+def raw_corrupt(tmp: Path) -> dict[str, Any]:
+    (tmp / "raw/train").mkdir(parents=True)
+    (tmp / "raw/manifest.json").write_text(json.dumps({"splits": {"train": {}}, "classes": ["0", "1"]}))
+    (tmp / "raw/train/x.npy").write_bytes(b"\x93NUMPY cut short")
+    return {"paths.raw": str(tmp / "raw")}
+
+
+def params_only(**changes: Any) -> Callable[[Path], dict[str, Any]]:
+    return lambda tmp: changes
+
+
+CASES = [
+    Case("idx_truncated", idx_truncated, ("{tmp}/idx/train-images-idx3-ubyte", "truncated")),
+    Case("idx_wrong_magic", idx_wrong_magic, ("{tmp}/idx/train-images-idx3-ubyte", "wrong IDX magic number")),
+    Case("idx_count_mismatch", idx_count_mismatch, ("train-images-idx3-ubyte", "30 images but 29 labels")),
+    Case("folder_non_image", folder_non_image, ("{tmp}/images/cat/notes.txt", "not a PNG/JPEG image")),
+    Case("folder_corrupt_png", folder_corrupt_png, ("{tmp}/images/cat/zzz.png", "corrupt or unreadable image")),
+    Case("folder_mixed_sizes", folder_mixed_sizes, ("differs from", "data.image_size")),
+    Case("folder_symlink_outside", folder_symlink_outside, ("{tmp}/images/dog/link.png", "outside the data folder")),
+    Case("npz_object_array", npz_object_array, ("{tmp}/data.npz", "pickle")),
+    Case("npz_not_an_archive", npz_not_an_archive, ("{tmp}/data.npz", "not an .npz archive")),
+    Case("npz_missing_array", lambda tmp: write_npz(tmp, x_train=digits_like(40)[0]), ("missing arrays", "y_test")),
+    Case("npz_nan_pixels", npz_with(x_train=float_images(np.nan)), ("{tmp}/data.npz:x_train", "1 NaN, 0 infinite")),
+    Case("npz_inf_pixels", npz_with(x_train=float_images(np.inf)), ("{tmp}/data.npz:x_train", "0 NaN, 1 infinite")),
+    Case("npz_pixels_over_255", npz_with(x_train=float_images(300.0)), ("x_train", "0–255", "got 300.0 at image 3")),
+    Case(
+        "npz_fractional_pixels", npz_with(x_train=float_images(0.5)), ("x_train", "whole numbers", "got 0.5 at image 3")
+    ),
+    Case("npz_float_labels", npz_with(y_train=np.arange(40) * 0.5), ("{tmp}/data.npz:y_train", "integer")),
+    Case("npz_empty", npz_empty, ("{tmp}/data.npz", "empty")),
+    Case("npz_single_class", npz_single_class, ("{tmp}/data.npz", "only one class")),
+    Case("npz_smaller_than_split", npz_with(n=4), ("{tmp}/data.npz", "cannot split 4 images", "ingest.val_fraction")),
+    Case("source_path_missing", params_only(**{"data.source": "npz:/no/such/file.npz"}), ("/no/such/file.npz",)),
+    Case("source_unknown_scheme", params_only(**{"data.source": "s3:bucket/x"}), ("data.source", "s3:bucket/x")),
+    Case("params_unknown_key", params_only(**{"ingest.shuffle": True}), ("ingest.shuffle: unknown key",)),
+    Case("params_wrong_type", params_only(**{"train.epochs": "ten"}), ("train.epochs", "'ten'")),
+    Case("params_negative_epochs", params_only(**{"train.epochs": -1}), ("train.epochs", "greater than 0", "-1")),
+    Case(
+        "params_split_sums_to_1",
+        params_only(**{"ingest.val_fraction": 0.5, "ingest.test_fraction": 0.5}),
+        ("ingest", "val_fraction + test_fraction"),
+    ),
+    Case("params_bad_cron", params_only(**{"schedule.cron": "61 * * * *"}), ("schedule", "cron", "61 * * * *")),
+    Case("params_missing_key", params_only(**{"clean.max_removed_fraction": DELETE}), ("clean.max_removed_fraction",)),
+    Case("params_file_missing", params_only(), ("no-such-params.yaml", "not found"), extra_args=("missing",)),
+    Case("clean_raw_missing", raw_missing, ("{tmp}/raw/manifest.json", "not found"), stage="clean"),
+    Case("clean_raw_corrupt", raw_corrupt, ("{tmp}/raw/train", "cannot read split"), stage="clean"),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repo copy whose data/raw and data/clean hold a good run's output (the default digits)."""
+    root = make_workspace(tmp_path_factory.mktemp("bad-input"), {"validation": {"drift_action": "off"}})
+    sh(root, "python", "-m", "tasks.ingest")
+    sh(root, "python", "-m", "tasks.clean")
+    return root
+
+
+def write_params(workspace: Path, tmp: Path, changes: dict[str, Any]) -> Path:
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        if value is DELETE:
+            del raw[section][key]
+        else:
+            raw[section][key] = value
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_fails_with_one_line_and_writes_nothing(case: Case, workspace: Path, tmp_path: Path) -> None:
+    before = {name: tree_digest(workspace / "data" / name) for name in ("raw", "clean")}
+    manifest = json.loads((workspace / "data/raw/manifest.json").read_text())
+    params = write_params(workspace, tmp_path, case.build(tmp_path))
+    if case.extra_args == ("missing",):
+        params = tmp_path / "no-such-params.yaml"
+    done = sh(workspace, "python", "-m", f"tasks.{case.stage}", "--params", str(params), check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {case.stage}: "), last
+    for expected in case.expect:
+        assert expected.format(tmp=tmp_path) in last, last
+    assert {name: tree_digest(workspace / "data" / name) for name in ("raw", "clean")} == before
+    assert json.loads((workspace / "data/raw/manifest.json").read_text()) == manifest
+
+
+def test_labels_out_of_range_are_cleaned_and_counted(workspace: Path, tmp_path: Path) -> None:
+    """Labels outside data.classes pass ingest (raw keeps what the source said); clean drops and counts them."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = bunch.images.astype(np.uint8) * 15, bunch.target.astype(np.int64)
+    y[[5, 50, 500]] = 12  # three labels beyond the 10 named classes
+    y[[7, 70]] = -1
+    source = write_npz(tmp_path, x_train=x[:1400], y_train=y[:1400], x_test=x[1400:], y_test=y[1400:])
+    changes = {
+        **source,
+        "data.classes": [str(i) for i in range(10)],
+        "paths.raw": str(tmp_path / "raw"),
+        "paths.clean": str(tmp_path / "clean"),
+    }
+    params = write_params(workspace, tmp_path, changes)
+    before = tree_digest(workspace / "data/clean")
+    sh(workspace, "python", "-m", "tasks.ingest", "--params", str(params))
+    sh(workspace, "python", "-m", "tasks.clean", "--params", str(params))
+    removed = json.loads((tmp_path / "clean/manifest.json").read_text())["clean"]["removed"]
+    assert sum(counts["bad_label"] for counts in removed.values()) == 5
+    assert tree_digest(workspace / "data/clean") == before
