@@ -4,13 +4,8 @@ and a bounded load from a second process sees no errors."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,21 +13,11 @@ import numpy as np
 import pytest
 
 from tasks import artifacts
-from tests.helpers import REPO, TINY, make_workspace, sh, tool_env
-from tests.tasks.test_tracking import free_port
+from tests.helpers import REPO, TINY, make_workspace, mlflow_serve, post_json, sh
 
 pytestmark = pytest.mark.slow
 
 NAME = "trainflow-classifier"
-
-
-def post(url: str, payload: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +26,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     root = make_workspace(tmp_path_factory.mktemp("serving"), {**TINY, "deploy": {**TINY["deploy"], "min_metric": 0.0}})
     uri = f"sqlite:///{root}/mlflow.db"
     sh(root, "dvc", "repro", MLFLOW_TRACKING_URI=uri)
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *(str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion"),
-            *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
-        ],
-        cwd=root,
-        env=tool_env(MLFLOW_TRACKING_URI=uri),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow models serve did not come up in 120 s")
-        yield f"http://127.0.0.1:{port}/invocations", root
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with mlflow_serve(root, f"models:/{NAME}@champion", uri) as url:
+        yield url, root
 
 
 def good_body(root: Path) -> bytes:
@@ -96,10 +57,10 @@ def test_a_bad_request_gets_a_4xx_with_a_message_and_the_server_keeps_answering(
 ) -> None:
     url, root = served
     body, expected = BAD[case]
-    status, answer = post(url, body)
+    status, answer = post_json(url, body)
     assert 400 <= status < 500, (status, answer)
     assert expected in answer["message"], answer["message"][:500]
-    status, answer = post(url, good_body(root))
+    status, answer = post_json(url, good_body(root))
     assert status == 200 and len(answer["predictions"]) == 1
 
 
@@ -107,8 +68,8 @@ def test_fractional_floats_are_silently_truncated_to_uint8(served: tuple[str, Pa
     """Documented behaviour (README): MLflow casts floats to the uint8 signature; 0.9 becomes 0, not an error."""
     url, _ = served
     zeros = np.zeros((1, 8, 8, 1))
-    _, as_floats = post(url, json.dumps({"inputs": (zeros + 0.9).tolist()}).encode())
-    _, as_zeros = post(url, json.dumps({"inputs": zeros.astype(int).tolist()}).encode())
+    _, as_floats = post_json(url, json.dumps({"inputs": (zeros + 0.9).tolist()}).encode())
+    _, as_zeros = post_json(url, json.dumps({"inputs": zeros.astype(int).tolist()}).encode())
     assert as_floats["predictions"] == as_zeros["predictions"]
 
 

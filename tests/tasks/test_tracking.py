@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +16,7 @@ import yaml
 
 from tasks import artifacts, augment, clean, deploy, evaluate, ingest, normalize, tracking, train
 from tasks.config import Params, load_params
-from tests.helpers import TINY, make_workspace, tool_env
+from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -129,59 +124,11 @@ def test_flat_params_never_log_secrets(workspace: Path) -> None:
     assert tracking.SECRET.search("api_token") and tracking.SECRET.search("password") and tracking.SECRET.search("key")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, payload: bytes) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_mlflow_models_serve_answers_raw_pixels(runs: dict, workspace: Path) -> None:
-    port = free_port()
     name = runs["stronger"]["registry"]["model_name"]
-    env = tool_env(MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"])
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{name}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow models serve did not come up in 120 s")
+    with mlflow_serve(workspace, f"models:/{name}@champion", os.environ["MLFLOW_TRACKING_URI"]) as url:
         test = artifacts.read_dataset(workspace / "data/clean").splits["test"]
-        status, body = post(
-            f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": test.x[:8].tolist()}).encode()
-        )
+        status, body = post_json(url, json.dumps({"inputs": test.x[:8].tolist()}).encode())
         assert status == 200
         served = np.asarray([row["probabilities"] for row in body["predictions"]])
         assert [row["label"] for row in body["predictions"]] == served.argmax(axis=1).tolist()
@@ -197,11 +144,8 @@ def test_mlflow_models_serve_answers_raw_pixels(runs: dict, workspace: Path) -> 
         test_rows = expected[-len(test.y) :][:8]
         assert served.shape == (8, 10)
         np.testing.assert_allclose(served, test_rows, atol=1e-4)
-        status, body = post(f"http://127.0.0.1:{port}/invocations", b'{"inputs": [[1, 2, 3]]}')
+        status, body = post_json(url, b'{"inputs": [[1, 2, 3]]}')
         assert status == 400 and "shape" in body["message"].lower()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_batch_prediction_writes_a_csv_from_the_champion(runs: dict, workspace: Path, tmp_path: Path) -> None:
