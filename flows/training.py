@@ -21,11 +21,11 @@ from prefect.context import TaskRunContext
 
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.errors import TrainflowError, TransientError
+from tasks.evaluate import EVAL_SPLITS, HEADLINE
 from tasks.lock import workspace_lock
 
 SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
-HEADLINE = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
         record_in_dvc_lock(root)
     metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     if metrics:
-        metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in ("val", "test")}
+        metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in EVAL_SPLITS}
     run_info = Path(root) / params.paths.run_info
     mlflow_run = json.loads(run_info.read_text()) if run_info.is_file() else None
     create_markdown_artifact(

@@ -111,7 +111,9 @@ def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) 
     return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
 
 
-def score_champion(params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, classes: tuple[str, ...]):
+def score_champion(
+    params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, classes: tuple[str, ...]
+) -> dict[str, Any]:
     """The registry's current champion scored on the candidate's test split, paired with the candidate."""
     version = tracking.champion_version(params)
     if version is None:
