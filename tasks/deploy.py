@@ -146,7 +146,7 @@ def run(params: Params) -> dict:
         params.deploy,
     )
     run_id = tracking.current_run(params)
-    registry = tracking.log_and_register(params, run_id, model, sample[:4], clean.classes, gate["promote"], gate)
+    registry = tracking.log_and_register(params, run_id, sample[:4], clean.classes, gate["promote"], gate)
     report = {
         "serving_path": str(serving),
         "format": SERVING_FORMAT,

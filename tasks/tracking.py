@@ -241,13 +241,15 @@ def model_classes(model: Any, count: int) -> tuple[str, ...]:
 def log_and_register(
     params: Params,
     run_id: str,
-    model: Any,
     example: np.ndarray,
     classes: tuple[str, ...],
     promote: bool,
     decision: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Log the model (signature: uint8 images → probabilities) to the run, register it, move aliases.
+    """Log the served model to the run, register it, move aliases.
+
+    MLflow infers the signature by running the served model on ``example``: uint8 images in; label, class name,
+    probability and class probabilities out.
 
     Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``.
     Otherwise the new version becomes ``challenger`` and the champion is untouched.
@@ -256,20 +258,9 @@ def log_and_register(
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
-    from mlflow.models import infer_signature
 
     tracker = client(params)
     name = params.deploy.model_name
-    probabilities = np.asarray(model.predict(example, verbose=0))
-    labels = probabilities.argmax(axis=1)
-    output = pd.DataFrame(
-        {
-            "label": labels.astype(np.int64),
-            "class": [classes[i] for i in labels],
-            "probability": probabilities.max(axis=1).astype(np.float64),
-            "probabilities": [row.astype(np.float64).tolist() for row in probabilities],
-        }
-    )
     requirements = [
         f"mlflow=={mlflow.__version__}",
         f"tensorflow=={__import__('tensorflow').__version__}",
@@ -283,7 +274,6 @@ def log_and_register(
             python_model=str(Path(__file__).with_name("serving_model.py")),
             artifacts={"keras_model": str(Path(params.paths.model).resolve())},
             model_config={"classes": list(classes), "max_request_images": params.deploy.max_request_images},
-            signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=requirements,
         )

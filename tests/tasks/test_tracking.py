@@ -108,6 +108,12 @@ def test_first_run_champion_weaker_challenger_stronger_champion(runs: dict, work
 def test_lineage_from_the_champion_to_the_data_hashes(runs: dict, workspace: Path) -> None:
     client = mlflow_client()
     version = client.get_model_version_by_alias(runs["stronger"]["registry"]["model_name"], "champion")
+    from mlflow.models import Model
+
+    signature = Model.load(f"models:/{version.name}/{version.version}").signature
+    (pixels,) = signature.inputs.inputs
+    assert str(pixels.type) == "uint8" and tuple(pixels.shape) == (-1, 8, 8, 1)
+    assert {"label", "class", "probability", "probabilities"} <= set(signature.outputs.input_names())
     run = client.get_run(version.run_id)
     digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
     for data_dir, split in (("data/normalized", "train"), ("data/normalized", "val"), ("data/clean", "test")):
