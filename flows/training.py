@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +27,16 @@ SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """A stage of dvc.yaml and how often its Prefect task retries."""
-
-    name: str
-    retries: int
-
-
 def _open_repo(root: Path) -> Any:
     from dvc.repo import Repo
 
     return Repo(str(root))
 
 
-def stage_specs(root: Path = Path()) -> list[StageSpec]:
+def stage_names(root: Path = Path()) -> list[str]:
     """The pipeline's stages in dvc.yaml order: dvc.yaml is the one list of stages both drivers run."""
     with _open_repo(root) as repo:
-        names = [stage.name for stage in repo.index.stages]
-    # Every stage may meet a transient fault (ingest's keras:NAME download, the MLflow store); only
-    # TransientError-like failures are retried (_retry_transient), bad data and params fail at once.
-    return [StageSpec(name=name, retries=len(RETRY_DELAYS)) for name in names]
+        return [stage.name for stage in repo.index.stages]
 
 
 def _hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
@@ -173,15 +161,17 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _run_stage_task(spec: StageSpec, params: Params, root: str) -> dict[str, Any]:
+def _run_stage_task(stage: str, params: Params, root: str) -> dict[str, Any]:
+    # Every stage may meet a transient fault (ingest's keras:NAME download, the MLflow store); only
+    # TransientError-like failures are retried (_retry_transient), bad data and params fail at once.
     stage_task = run_stage.with_options(
-        name=spec.name, task_run_name=spec.name, retries=spec.retries, retry_delay_seconds=RETRY_DELAYS
+        name=stage, task_run_name=stage, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS
     )
-    state = stage_task(spec.name, params, root, return_state=True)
+    state = stage_task(stage, params, root, return_state=True)
     result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
-    if state.name == "Cached" and result["outs"] != _hashes(Path(root), spec.name, "outs"):
+    if state.name == "Cached" and result["outs"] != _hashes(Path(root), stage, "outs"):
         # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
-        state = stage_task.with_options(refresh_cache=True)(spec.name, params, root, return_state=True)
+        state = stage_task.with_options(refresh_cache=True)(stage, params, root, return_state=True)
         result = state.result()
     return {**result, "state": state.name}
 
@@ -207,9 +197,7 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
     with workspace_lock(Path(root) / params.paths.lock, "Prefect flow training"):
         if overrides:
             write_overrides(path, overrides)
-        results = []
-        for spec in stage_specs(Path(root)):
-            results.append(_run_stage_task(spec, params, root))
+        results = [_run_stage_task(stage, params, root) for stage in stage_names(Path(root))]
         record_in_dvc_lock(root)
     metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     if metrics:
