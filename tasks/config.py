@@ -64,6 +64,7 @@ class PathsParams(Section):
 
 
 class IngestParams(Section):
+    split: Literal["stratified", "ordered"]
     val_fraction: Fraction
     test_fraction: Fraction
 

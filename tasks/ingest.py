@@ -1,4 +1,4 @@
-"""ingest: data.source → data/raw (uint8 N×H×W×C images, int labels, stratified train/val/test, manifest)."""
+"""ingest: data.source → data/raw (uint8 N×H×W×C images, int labels, train/val/test split, manifest)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,16 @@ def _stratified(
     return Split(x_keep, y_keep), Split(x_out, y_out)
 
 
+def _ordered(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Split, Split]:
+    cut = len(y) - round(len(y) * fraction)
+    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
+
+
 def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> Dataset:
-    """Stratified train/val/test split; a source's own test split is kept as the test split.
+    """Train/val/test split, stratified or in the source's order; a source's own test split is kept as test.
+
+    ``ingest.split: ordered`` keeps the source's order: test is the last ``test_fraction`` of the images, val the
+    last ``val_fraction`` (of all images) before it, train the rest (MNIST t10k: first 8,000 / last 2,000).
 
     Args:
         loaded: what the source yielded.
@@ -50,13 +58,18 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
         classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+    def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
+        if params.split == "ordered":
+            return _ordered(x, y, fraction)
+        return _stratified(x, y, fraction, seed, what, data.source)
+
     if loaded.x_test is None or loaded.y_test is None:
-        pool, test = _stratified(loaded.x, loaded.y, params.test_fraction, seed, "test", data.source)
+        pool, test = cut(loaded.x, loaded.y, params.test_fraction, "test")
         val_share = params.val_fraction / (1.0 - params.test_fraction)
     else:
         pool, test = Split(loaded.x, loaded.y), Split(loaded.x_test, loaded.y_test)
         val_share = params.val_fraction
-    train, val = _stratified(pool.x, pool.y, val_share, seed, "val", data.source)
+    train, val = cut(pool.x, pool.y, val_share, "val")
     if train.x.shape[1:] != test.x.shape[1:]:
         raise TrainflowError(f"{data.source}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
     return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": data.source})

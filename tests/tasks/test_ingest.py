@@ -1,4 +1,4 @@
-"""tasks/ingest.py: the stratified, seeded train/val/test split."""
+"""tasks/ingest.py: the stratified, seeded train/val/test split and the ordered one."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def loaded(per_class: list[int], seed: int = 0, with_test: int = 0) -> Loaded:
     return Loaded(x, y, rng.integers(0, 256, (with_test, 4, 4, 1), dtype=np.uint8), y_test)
 
 
-def fractions(val: float = 0.2, test: float = 0.2) -> IngestParams:
-    return IngestParams(val_fraction=val, test_fraction=test)
+def fractions(val: float = 0.2, test: float = 0.2, how: str = "stratified") -> IngestParams:
+    return IngestParams(split=how, val_fraction=val, test_fraction=test)
 
 
 def test_split_sizes_and_stratification(params: Params) -> None:
@@ -106,3 +106,24 @@ def test_default_classes_cover_the_source_test_labels(params: Params) -> None:
     data = loaded([20, 20])
     with_test = Loaded(data.x, data.y, data.x[:3], np.array([0, 1, 2]))
     assert split(with_test, params.data, fractions(), seed=0).classes == ("0", "1", "2")
+
+
+def test_ordered_split_keeps_the_source_order(params: Params) -> None:
+    # the seed script's split: first 80 % to train (here minus val), last 20 % to test, nothing shuffled
+    data = loaded([50, 50])
+    dataset = split(data, params.data, fractions(0.1, 0.2, "ordered"), seed=1)
+    np.testing.assert_array_equal(dataset.splits["test"].x, data.x[80:])
+    np.testing.assert_array_equal(dataset.splits["val"].x, data.x[70:80])
+    np.testing.assert_array_equal(dataset.splits["train"].x, data.x[:70])
+    np.testing.assert_array_equal(dataset.splits["train"].y, data.y[:70])
+    assert split(data, params.data, fractions(0.1, 0.2, "ordered"), seed=2).splits["train"].x.tobytes() == (
+        dataset.splits["train"].x.tobytes()
+    )
+
+
+def test_ordered_split_with_the_source_test_split(params: Params) -> None:
+    data = loaded([40, 40], with_test=10)
+    dataset = split(data, params.data, fractions(0.25, 0.5, "ordered"), seed=0)
+    np.testing.assert_array_equal(dataset.splits["test"].x, data.x_test)
+    np.testing.assert_array_equal(dataset.splits["val"].x, data.x[60:])
+    np.testing.assert_array_equal(dataset.splits["train"].x, data.x[:60])
