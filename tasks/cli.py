@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks import warm
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.errors import TrainflowError
 from tasks.lock import workspace_lock
@@ -17,11 +18,22 @@ from tasks.lock import workspace_lock
 log = logging.getLogger("trainflow")
 
 
-def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None) -> None:
-    """Entry point shared by every stage module."""
+def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None, preload: str = "data") -> None:
+    """Entry point shared by every stage module.
+
+    Args:
+        stage: the stage's name, for messages.
+        run: the stage's ``run(params)``.
+        argv: arguments (default: the command line; given, the stage runs in this process).
+        preload: the warm server profile whose libraries the stage needs (``tasks.warm.PROFILES``).
+    """
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
+    if argv is None and warm.enabled():
+        code = warm.delegate(preload)  # a forked child of a server that has imported the libraries already
+        if code is not None:
+            sys.exit(code)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter hides the stage's log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import subprocess
@@ -20,13 +21,15 @@ log = logging.getLogger(__name__)
 
 SERVING_FORMAT = "tf_saved_model"
 
-# Runs in a fresh interpreter that imports TensorFlow only: proof that the export needs no project code.
+# Runs in a fresh interpreter that imports TensorFlow only: proof that the export needs no project code. It is
+# started early and imports TensorFlow while this process exports; then it reads "<export dir>\t<x.npy>\t<out.npy>".
 FRESH_PROCESS_CHECK = """
 import sys
 import numpy as np
 import tensorflow as tf
-served = tf.saved_model.load(sys.argv[1])
-np.save(sys.argv[3], np.asarray(served.serve(tf.constant(np.load(sys.argv[2])))))
+serving_dir, sample, out = sys.stdin.readline().rstrip("\\n").split("\\t")
+served = tf.saved_model.load(serving_dir)
+np.save(out, np.asarray(served.serve(tf.constant(np.load(sample)))))
 """
 
 
@@ -107,24 +110,57 @@ def decide(candidate: dict[str, Any], comparison: dict[str, Any], params: Deploy
     }
 
 
-def serve_in_fresh_process(serving_dir: Path, x: np.ndarray) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        sample, out = Path(tmp) / "x.npy", Path(tmp) / "out.npy"
-        np.save(sample, x, allow_pickle=False)
-        done = subprocess.run(
-            [sys.executable, "-c", FRESH_PROCESS_CHECK, str(serving_dir), str(sample), str(out)],
-            capture_output=True,
+class FreshProcessCheck:
+    """The export's predictions from a fresh interpreter, overlapped with this process's work.
+
+    The interpreter starts (and imports TensorFlow, seconds) as soon as this is created; ``start`` hands it the
+    export and the images; ``result`` waits for its predictions. Use it as a context manager: leaving kills it.
+    """
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", FRESH_PROCESS_CHECK],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
         )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise TrainflowError(f"{serving_dir}: the exported model does not load in a fresh process ({last})")
-        return np.load(out, allow_pickle=False)
+        self._serving_dir: Path | None = None
+
+    def start(self, serving_dir: Path, x: np.ndarray) -> None:
+        self._serving_dir = serving_dir
+        sample, out = Path(self._tmp.name) / "x.npy", Path(self._tmp.name) / "out.npy"
+        np.save(sample, x, allow_pickle=False)
+        assert self._process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died early: result() reports why
+            self._process.stdin.write(f"{serving_dir}\t{sample}\t{out}\n")
+            self._process.stdin.flush()
+
+    def result(self) -> np.ndarray:
+        _, stderr = self._process.communicate()
+        if self._process.returncode != 0:
+            last = (stderr.strip().splitlines() or ["no output"])[-1]
+            raise TrainflowError(f"{self._serving_dir}: the exported model does not load in a fresh process ({last})")
+        return np.load(Path(self._tmp.name) / "out.npy", allow_pickle=False)
+
+    def __enter__(self) -> FreshProcessCheck:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process.returncode is None:  # result() was not reached
+            self._process.kill()
+            self._process.communicate()
+        self._tmp.cleanup()
 
 
 def run(params: Params) -> dict:
     """Export the model, reload it in a fresh process and check its predictions against evaluate's."""
+    with FreshProcessCheck() as fresh:
+        return _deploy(params, fresh)
+
+
+def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
     import keras
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
@@ -132,21 +168,23 @@ def run(params: Params) -> dict:
     clean = artifacts.read_dataset(params.paths.clean)
     sample = clean.splits["test"].x[: len(expected)]
     serving = Path(params.paths.serving)
-    with artifacts.atomic_dir(serving) as tmp:
-        model.export(str(tmp), format=SERVING_FORMAT, verbose=False)
-        check = compare(expected, serve_in_fresh_process(tmp, sample), params.deploy.tolerance)
-        if not check["ok"]:
-            raise TrainflowError(
-                f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
-                f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
-            )
     gate = decide(
         artifacts.read_json(Path(params.paths.metrics))["test"],
         artifacts.read_json(Path(params.paths.gate)),
         params.deploy,
     )
     run_id = tracking.current_run(params)
-    registry = tracking.log_and_register(params, run_id, sample[:4], clean.classes, gate["promote"], gate)
+    with artifacts.atomic_dir(serving) as tmp:
+        model.export(str(tmp), format=SERVING_FORMAT, verbose=False)
+        fresh.start(tmp, sample)
+        model_uri = tracking.log_model(params, run_id, sample[:4], clean.classes)  # while the fresh process works
+        check = compare(expected, fresh.result(), params.deploy.tolerance)
+        if not check["ok"]:
+            raise TrainflowError(
+                f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
+                f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
+            )
+    registry = tracking.register(params, model_uri, gate["promote"], gate)  # only a checked model is registered
     report = {
         "serving_path": str(serving),
         "format": SERVING_FORMAT,
@@ -186,4 +224,4 @@ def run(params: Params) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("deploy", run)
+    main("deploy", run, preload="model")

@@ -181,4 +181,4 @@ def run(params: Params) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("evaluate", run)
+    main("evaluate", run, preload="model")

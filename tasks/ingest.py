@@ -58,6 +58,7 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
         classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+
     def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
         if params.split == "ordered":
             return _ordered(x, y, fraction)

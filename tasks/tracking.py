@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -238,29 +239,18 @@ def model_classes(model: Any, count: int) -> tuple[str, ...]:
     return tuple(config.get("classes") or (str(i) for i in range(count)))
 
 
-def log_and_register(
-    params: Params,
-    run_id: str,
-    example: np.ndarray,
-    classes: tuple[str, ...],
-    promote: bool,
-    decision: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Log the served model to the run, register it, move aliases.
+def log_model(params: Params, run_id: str, example: np.ndarray, classes: tuple[str, ...]) -> str:
+    """Log the served model (a pyfunc around the Keras model) to the run; its model URI.
 
     MLflow infers the signature by running the served model on ``example``: uint8 images in; label, class name,
     probability and class probabilities out.
-
-    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``.
-    Otherwise the new version becomes ``challenger`` and the champion is untouched.
     """
     import keras
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
 
-    tracker = client(params)
-    name = params.deploy.model_name
+    client(params)  # checks the store and sets the tracking URI
     requirements = [
         f"mlflow=={mlflow.__version__}",
         f"tensorflow=={__import__('tensorflow').__version__}",
@@ -268,7 +258,9 @@ def log_and_register(
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
     ]
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: the int columns are our outputs (labels)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("serving_model.py")),
@@ -277,7 +269,20 @@ def log_and_register(
             input_example=example,
             pip_requirements=requirements,
         )
-    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in decision.items()})
+    return info.model_uri
+
+
+def register(params: Params, model_uri: str, promote: bool, decision: Mapping[str, Any]) -> dict[str, Any]:
+    """Register a logged model under ``deploy.model_name`` and move the aliases.
+
+    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``.
+    Otherwise the new version becomes ``challenger`` and the champion is untouched.
+    """
+    import mlflow
+
+    tracker = client(params)
+    name = params.deploy.model_name
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in decision.items()})
     previous = champion_version(params)
     if promote:
         if previous is not None:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tasks import warm
 from tasks.artifacts import Dataset, Split
 from tasks.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 MakeDataset = Callable[..., Dataset]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_warm_servers() -> Iterator[None]:
+    """Stage processes the tests start hand over to warm servers (tasks/warm.py): stop them at the end."""
+    yield
+    warm.stop_servers()
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 def stage(workspace: Path, name: str) -> subprocess.Popen[bytes]:
+    # The stage's own process is the one killed here (tests/tasks/test_warm.py: a killed caller kills its warm child)
     return subprocess.Popen(
         [sys.executable, "-m", f"tasks.{name}"],
         cwd=workspace,
-        env=tool_env(),
+        env=tool_env(TRAINFLOW_WARM="0"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

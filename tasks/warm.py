@@ -1,0 +1,438 @@
+"""Warm start for stage processes: a fork server that has already imported the heavy libraries.
+
+A `python -m tasks.<stage>` process spends seconds before any work: importing Great Expectations (~2 s), TensorFlow
+and Keras (~3 s), MLflow (~1 s). The first stage process that finds no server starts one per library set in the
+background and runs itself as usual; later stage processes hand their module, arguments, working directory,
+environment, umask and stdin/stdout/stderr to the server, which forks a child that runs the stage exactly as
+``python -m`` would.
+
+What keeps it honest:
+- only third-party libraries are preloaded; every child imports the project's own modules afresh from the caller's
+  working tree, so a code change is always seen;
+- a server serves only callers whose interpreter, site-packages and import-time environment (KERAS_BACKEND, TF_*,
+  CUDA_*, …) are the same as its own, and this file's own text: anything else gets its own server;
+- the caller remains the process DVC (or the user) sees: it forwards SIGINT/SIGTERM/SIGHUP to the child's process
+  group and exits with the child's exit status (or dies of the same signal); a child kills itself and everything it
+  started as soon as its caller dies, even of SIGKILL;
+- the socket lives in a 0700 directory of the user's and the server checks the peer's uid.
+
+``TRAINFLOW_WARM=0`` turns it off; ``TRAINFLOW_WARM_IDLE`` sets how long an idle server stays (seconds, 900);
+``python -m tasks.warm status|stop`` lists or stops this user's servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# What each kind of stage imports before doing anything; a child never imports what its server did not preload.
+PROFILES: dict[str, tuple[str, ...]] = {
+    "data": ("numpy", "pandas", "scipy.stats", "sklearn.model_selection", "great_expectations"),
+    "model": (
+        "numpy",
+        "pandas",
+        "scipy.stats",
+        "sklearn.metrics",
+        "great_expectations",
+        "keras",
+        "mlflow",
+        "mlflow.pyfunc",
+        "matplotlib",
+    ),
+}
+# Variables read when those libraries are imported (or that change what an import does): part of a server's key.
+IMPORT_TIME_ENV = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_", "PYTHON", "LD_", "OMP_", "MKL_", "MPL", "GX_", "HOME")
+ENABLE, IDLE, CHILD = "TRAINFLOW_WARM", "TRAINFLOW_WARM_IDLE", "TRAINFLOW_WARM_CHILD"
+_HEADER = struct.Struct("!I")
+
+
+def enabled() -> bool:
+    """Warm start is on unless TRAINFLOW_WARM=0, and never inside a warm child itself."""
+    return os.environ.get(ENABLE, "1") != "0" and CHILD not in os.environ and hasattr(os, "pidfd_open")
+
+
+def state_dir() -> Path:
+    """This user's socket folder (0700), or an error if someone else owns it."""
+    path = Path(tempfile.gettempdir()) / f"trainflow-warm-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{path}: not a private folder of this user")
+    return path
+
+
+def server_key(profile: str) -> str:
+    """What a server must share with a caller: interpreter, installed packages, import-time environment, this code."""
+    site = [sysconfig.get_paths()[name] for name in ("purelib", "platlib")]
+    facts = {
+        "python": [sys.executable, sys.version, repr(sys.flags)],
+        "site": {path: os.stat(path).st_mtime_ns for path in sorted(set(site)) if os.path.isdir(path)},
+        "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_TIME_ENV)),
+        "profile": [profile, *PROFILES[profile]],
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _socket_path(profile: str) -> Path:
+    return state_dir() / f"{profile}-{server_key(profile)}.sock"
+
+
+# --- the caller ---------------------------------------------------------------------------------------------------
+
+
+def delegate(profile: str) -> int | None:
+    """Run this process's ``python -m`` module in a warm child; None when no server is ready (one is started).
+
+    Returns:
+        The child's exit code. A child that died of a signal makes this process die of the same signal.
+    """
+    main = sys.modules["__main__"]
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    if not module:
+        return None
+    try:
+        path = _socket_path(profile)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(path))
+    except OSError:
+        with contextlib.suppress(OSError):
+            start_servers()
+        return None
+    with conn:
+        request = {
+            "module": module,
+            "args": sys.argv[1:],
+            "cwd": os.getcwd(),
+            "path0": sys.path[0],
+            "env": dict(os.environ),
+            "umask": _umask(),
+        }
+        payload = json.dumps(request).encode()
+        socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
+        conn.sendall(payload)
+        return _wait(conn)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _wait(conn: socket.socket) -> int:
+    """Forward signals to the child's process group until the server reports its exit status."""
+    stream = conn.makefile("r")
+    first = stream.readline().split()
+    if first[:1] != ["pid"]:
+        print("error: warm start: the server did not start the stage; rerun with TRAINFLOW_WARM=0", file=sys.stderr)
+        return 1
+    child = int(first[1])
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, forward)
+    last = stream.readline().split()
+    if last[:1] != ["exit"]:
+        print("error: warm start: lost the stage process (server gone); rerun with TRAINFLOW_WARM=0", file=sys.stderr)
+        return 1
+    code = int(last[1])
+    if code < 0:  # died of a signal: so does this process, as the caller would see without warm start
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def start_servers() -> None:
+    """Start, in the background, the server of the first profile that has none; each server starts the next one.
+
+    One at a time: on a small machine the stage that is running keeps a core to itself.
+    """
+    for profile in PROFILES:
+        path = _socket_path(profile)
+        if not _is_locked(path.with_suffix(".lock")):
+            subprocess.Popen(
+                [sys.executable, "-m", "tasks.warm", "serve", profile],
+                cwd=Path(__file__).resolve().parents[1],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=path.with_suffix(".log").open("ab"),
+                start_new_session=True,
+                close_fds=True,
+            )
+            return
+
+
+def _is_locked(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# --- the server ---------------------------------------------------------------------------------------------------
+
+
+def serve(profile: str, idle_seconds: float) -> None:
+    """Bind, preload the profile's libraries, then fork one child per request until idle for ``idle_seconds``."""
+    path = _socket_path(profile)
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    for attempt in range(10):  # a caller's _is_locked() holds it for an instant
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.05 * attempt)
+    else:
+        return  # another server of this key is running
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()} {profile} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))  # callers queue in the backlog while the imports below run
+    listener.listen(64)
+    os.chdir("/")
+    for name in PROFILES[profile]:
+        __import__(name)
+    os.pwrite(lock, b"ready\n", os.fstat(lock).st_size)
+    with contextlib.suppress(OSError):
+        start_servers()  # the next profile's, now that this one's imports are done
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd → (pid, connection)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    idle_since = time.monotonic()
+    try:
+        while children or time.monotonic() - idle_since < idle_seconds:
+            for key, _ in selector.select(timeout=max(1.0, idle_seconds - (time.monotonic() - idle_since))):
+                if key.fileobj is listener:
+                    started = _accept(listener, selector, children)
+                    if started is not None:
+                        pidfd, pid, conn = started
+                        children[pidfd] = (pid, conn)
+                        selector.register(pidfd, selectors.EVENT_READ)
+                else:
+                    pidfd = key.fd
+                    pid, conn = children.pop(pidfd)
+                    selector.unregister(pidfd)
+                    os.close(pidfd)
+                    _, status = os.waitpid(pid, 0)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+                    conn.close()
+                    idle_since = time.monotonic()
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(lock)
+
+
+def _accept(
+    listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, tuple[int, socket.socket]]
+) -> tuple[int, int, socket.socket] | None:
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        caller_pid, caller_uid, _ = struct.unpack("3i", creds)
+        if caller_uid != os.getuid():
+            raise PermissionError(f"caller uid {caller_uid}")
+        conn.settimeout(10)
+        header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+        (size,) = _HEADER.unpack(header)
+        payload = b""
+        while len(payload) < size:
+            chunk = conn.recv(size - len(payload))
+            if not chunk:
+                raise ConnectionError("caller hung up")
+            payload += chunk
+        request = json.loads(payload)
+        conn.settimeout(None)
+    except (OSError, ValueError, struct.error) as exc:
+        print(f"warm: refused a request: {exc}", file=sys.stderr)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return None
+    pid = os.fork()
+    if pid == 0:
+        selector.close()
+        listener.close()
+        for _, other in children.values():
+            other.close()
+        _child(conn, fds, request, caller_pid)  # never returns
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(f"pid {pid}\n".encode())
+    return os.pidfd_open(pid), pid, conn
+
+
+def _child(conn: socket.socket, fds: list[int], request: dict, caller_pid: int) -> None:
+    """Become the stage process the caller would have been, then exit with its status."""
+    code = 1
+    try:
+        os.setsid()  # its own process group: the caller's signals and the watchdog reach whatever it starts
+        for target, fd in zip((0, 1, 2), fds, strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _watch(caller_pid)
+        os.chdir(request["cwd"])
+        os.umask(request["umask"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ[CHILD] = "1"
+        sys.stdin, sys.stdout, sys.stderr = (_std_stream(fd) for fd in (0, 1, 2))
+        _fresh_state()
+        sys.argv = ["-m", *request["args"]]
+        sys.path[0] = request["path0"]
+        code = _run_module(request["module"])
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        conn.close()
+        os._exit(code)
+
+
+def _watch(caller_pid: int) -> None:
+    """Kill this child's process group as soon as the caller is gone, however it died."""
+    pidfd = os.pidfd_open(caller_pid)
+
+    def watchdog() -> None:
+        poller = selectors.DefaultSelector()
+        poller.register(pidfd, selectors.EVENT_READ)
+        poller.select()
+        os.killpg(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watchdog, name="trainflow-warm-watchdog", daemon=True).start()
+
+
+def _std_stream(fd: int):
+    import io
+
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    if fd == 0:
+        return io.TextIOWrapper(io.open(fd, "rb", closefd=False), line_buffering=False)  # noqa: UP020
+    raw = io.open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)  # noqa: UP020, SIM115
+    interactive = os.isatty(fd)
+    return io.TextIOWrapper(
+        raw,
+        errors="backslashreplace" if fd == 2 else "strict",
+        line_buffering=interactive or fd == 2,
+        write_through=unbuffered or fd == 2,
+    )
+
+
+def _fresh_state() -> None:
+    """What a new interpreter would not share with its siblings: the project's modules, random state, temp dir."""
+    import random
+
+    for name in [n for n in sys.modules if n == "tasks" or n.startswith("tasks.")]:
+        del sys.modules[name]
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    tempfile.tempdir = None
+
+
+def _run_module(module: str) -> int:
+    import atexit
+    import runpy
+
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        import traceback
+
+        traceback.print_exc()
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return code
+
+
+# --- administration -----------------------------------------------------------------------------------------------
+
+
+def servers() -> list[tuple[int, str]]:
+    """(pid, description) of this user's running servers."""
+    found = []
+    for lock in sorted(state_dir().glob("*.lock")):
+        if _is_locked(lock):
+            text = " ".join(lock.read_text().split())
+            found.append((int(text.split()[0]), f"{lock.stem}: {text}"))
+    return found
+
+
+def wait_ready(profile: str, timeout: float = 120.0) -> bool:
+    """Start the servers if need be and wait until ``profile``'s has finished its imports."""
+    lock = _socket_path(profile).with_suffix(".lock")
+    deadline = time.monotonic() + timeout
+    start_servers()
+    while time.monotonic() < deadline:
+        if _is_locked(lock) and lock.read_text().endswith("ready\n"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop_servers() -> int:
+    """SIGTERM every running server of this user; how many there were."""
+    running = servers()
+    for pid, _ in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return len(running)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if command == "serve":
+        serve(sys.argv[2], float(os.environ.get(IDLE, "900")))
+    elif command == "stop":
+        print(f"stopped {stop_servers()} warm server(s)")
+    elif command == "status":
+        for pid, what in servers():
+            print(f"pid {pid}: {what}")
+    else:
+        sys.exit("usage: python -m tasks.warm [status|stop]")
