@@ -1,6 +1,6 @@
 """Bounded load test of a running `mlflow models serve`: N one-image requests from a few threads on loopback.
 
-    python benchmarks/serving_load.py --url http://127.0.0.1:5001/invocations --requests 2000 --threads 4
+    python benchmarks/serving_load.py --url http://127.0.0.1:5001/invocations --requests 2000 --threads 4 --results
 
 Prints one JSON line (requests, errors, p50/p99 latency in ms, throughput in requests/s); with --results it also
 writes them as the "Serving load" section of benchmarks/RESULTS.md, keeping the other sections. Exits 1 on any error.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import time
 import urllib.error
@@ -21,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-SECTION = "# Serving load"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import machine, today, write_section
+
+SECTION = "Serving load"
 
 
 def one_request(url: str, body: bytes) -> tuple[float, bool]:
@@ -56,27 +58,20 @@ def load(url: str, requests: int, threads: int, shape: tuple[int, ...], seed: in
     }
 
 
-def write_results(path: Path, stats: dict[str, float | int], shape: tuple[int, ...]) -> None:
+def write_results(stats: dict[str, float | int], shape: tuple[int, ...]) -> None:
     """Replace (or append) the "Serving load" section of RESULTS.md."""
-    section = (
-        f"{SECTION}\n\n"
-        "`python benchmarks/serving_load.py --url http://127.0.0.1:PORT/invocations --results benchmarks/RESULTS.md`"
+    write_section(
+        SECTION,
+        "`python benchmarks/serving_load.py --url http://127.0.0.1:PORT/invocations --results`"
         " against `mlflow models serve --env-manager local` of the registered model (TINY params, digits) on loopback:"
         f" {stats['requests']} requests"
         f" of one {'×'.join(map(str, shape))} uint8 image each from {stats['threads']} threads.\n"
-        f"Machine: {platform.machine()}, CPython {platform.python_version()}, CPU only.\n\n"
+        f"Machine: {machine()}, CPU only; {today()}.\n\n"
         "| requests | errors | p50 latency (ms) | p99 latency (ms) | throughput (requests/s) |\n"
         "| --- | --- | --- | --- | --- |\n"
         f"| {stats['requests']} | {stats['errors']} | {stats['p50_ms']} | {stats['p99_ms']} | "
-        f"{stats['throughput_rps']} |\n"
+        f"{stats['throughput_rps']} |\n",
     )
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^# |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--shape", type=int, nargs="+", default=[8, 8, 1], help="one image's H W C")
-    parser.add_argument("--results", type=Path, help="RESULTS.md whose 'Serving load' section to update")
+    parser.add_argument("--results", action="store_true", help="update the 'Serving load' section of RESULTS.md")
     args = parser.parse_args(argv)
     stats = load(args.url, args.requests, args.threads, tuple(args.shape))
     print(json.dumps(stats))
     if args.results:
-        write_results(args.results, stats, tuple(args.shape))
+        write_results(stats, tuple(args.shape))
     return 1 if stats["errors"] else 0
 
 

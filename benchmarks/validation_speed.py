@@ -6,7 +6,6 @@ set is the MNIST images tiled 60 times, one pixel changed per copy so every imag
 
 from __future__ import annotations
 
-import platform
 import sys
 import tempfile
 import time
@@ -15,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import machine, today, write_section
 
 from tasks import validation
 from tasks.artifacts import Dataset, Split
@@ -71,21 +73,20 @@ def main() -> None:
             table, whole = measure(as_dataset(xs, ys), params, repeats)
             rows.append(f"| {label} | {table:.3f} | {whole:.3f} |")
             print(rows[-1])
-    results = "\n".join(
-        [
-            "# Validation speed",
-            "",
-            "`python benchmarks/validation_speed.py`: the `raw` suite (11 expectations) on MNIST from "
-            f"`{source.name}/`; best of several runs, after a warm-up that pays GX's import and context setup.",
-            f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}.",
-            "",
-            "| dataset | summary table (s) | whole validation: table + checkpoint + Data Docs (s) |",
-            "| --- | --- | --- |",
-            *rows,
-            "",
-        ]
+    write_section(
+        "Validation speed",
+        "\n".join(
+            [
+                "`python benchmarks/validation_speed.py`: the `raw` suite (11 expectations) on MNIST from "
+                f"`{source.name}/`; best of several runs, after a warm-up that pays GX's import and context setup.",
+                f"Machine: {machine()}; {today()}.",
+                "",
+                "| dataset | summary table (s) | whole validation: table + checkpoint + Data Docs (s) |",
+                "| --- | --- | --- |",
+                *rows,
+            ]
+        ),
     )
-    (REPO / "benchmarks/RESULTS.md").write_text(results)
 
 
 if __name__ == "__main__":
