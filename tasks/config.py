@@ -103,7 +103,16 @@ class TrainParams(Section):
     early_stopping_patience: PositiveInt
     lr_plateau_patience: PositiveInt
     lr_plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)]
+    lr_schedule: Literal["plateau", "cosine"]
+    lr_warmup_epochs: Annotated[int, Field(ge=0)]
+    batch_norm: bool
     mixed_precision: Literal["auto", "on", "off"]
+
+    @model_validator(mode="after")
+    def _room_for_decay(self) -> TrainParams:
+        if self.lr_schedule == "cosine" and self.lr_warmup_epochs >= self.epochs:
+            raise ValueError("lr_warmup_epochs must be less than epochs (the cosine decays over the epochs after it)")
+        return self
 
 
 class EvaluateParams(Section):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,9 @@ def _conv_padding(size: int) -> str:
 def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams) -> keras.Model:
     """The network on normalised float inputs: ``cnn`` (the seed's two conv/pool blocks) or ``mlp``.
 
+    With ``params.batch_norm`` every convolution and hidden dense layer is followed by batch normalisation
+    before its ReLU (and drops its bias, which the normalisation's offset replaces).
+
     Args:
         input_shape: (H, W, C) of one image.
         num_classes: width of the softmax output.
@@ -74,25 +79,42 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
     from keras import layers
 
     regularizer = keras.regularizers.L2(params.l2) if params.l2 else None
+
+    def activated(layer: keras.Layer, x: Any) -> Any:
+        if not params.batch_norm:
+            return layer(x)
+        # momentum 0.9, not Keras' 0.99: a short training (a few hundred steps) must still leave moving statistics
+        # that match the data, or inference sees inputs scaled unlike anything seen in training.
+        return layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(layer(x)))
+
+    activation = None if params.batch_norm else "relu"
+    use_bias = not params.batch_norm
     inputs = keras.Input(shape=input_shape, name="normalized")
     x = inputs
     if params.model == "cnn":
         size = min(input_shape[0], input_shape[1])
         for filters in params.filters:
             padding = _conv_padding(size)
-            x = layers.Conv2D(filters, 3, activation="relu", padding=padding, kernel_regularizer=regularizer)(x)
+            conv = layers.Conv2D(
+                filters, 3, activation=activation, padding=padding, use_bias=use_bias, kernel_regularizer=regularizer
+            )
+            x = activated(conv, x)
             size = size - 2 if padding == "valid" else size
             if size >= 2:
                 x = layers.MaxPooling2D(2)(x)
                 size //= 2
         x = layers.Flatten()(x)
-        x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=regularizer)(x)
-        x = layers.Dropout(params.dropout)(x)
+        dense = layers.Dense(
+            params.dense_units, activation=activation, use_bias=use_bias, kernel_regularizer=regularizer
+        )
+        x = layers.Dropout(params.dropout)(activated(dense, x))
     else:
         x = layers.Flatten()(x)
         for _ in range(2):
-            x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=regularizer)(x)
-            x = layers.Dropout(params.dropout)(x)
+            dense = layers.Dense(
+                params.dense_units, activation=activation, use_bias=use_bias, kernel_regularizer=regularizer
+            )
+            x = layers.Dropout(params.dropout)(activated(dense, x))
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{params.model}_classifier")
 
@@ -116,6 +138,33 @@ def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: constant (``plateau``, lowered by ReduceLROnPlateau) or a per-step schedule.
+
+    ``cosine`` rises linearly from 0 to ``params.learning_rate`` over ``lr_warmup_epochs``, then follows a cosine
+    down to 0 at the last step of ``params.epochs``. It is a function of the optimizer's step count, which the
+    checkpoint saves, so a resumed training continues the curve where it stopped.
+
+    Args:
+        params: the train section.
+        steps_per_epoch: batches per epoch.
+
+    Returns:
+        What ``keras.optimizers.Adam(learning_rate=...)`` takes.
+    """
+    import keras
+
+    if params.lr_schedule == "plateau":
+        return params.learning_rate
+    warmup = params.lr_warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else params.learning_rate,
+        decay_steps=(params.epochs - params.lr_warmup_epochs) * steps_per_epoch,
+        warmup_target=params.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def fit(
     classifier: keras.Model,
     train: artifacts.Split,
@@ -124,14 +173,26 @@ def fit(
     backup_dir: Path,
     history_csv: Path,
     extra_callbacks: list[Any] | None = None,
-) -> None:
-    """Compile and fit: early stopping and learning-rate decay on val loss, a checkpoint every epoch, resume."""
+) -> float:
+    """Compile and fit: early stopping on val loss, the learning rate of ``params.lr_schedule``, a checkpoint every
+    epoch, resume. Returns the seconds ``model.fit`` took."""
     import keras
 
+    steps_per_epoch = math.ceil(len(train.y) / params.batch_size)
     classifier.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate(params, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+    )
+    # A schedule owns the learning rate; ReduceLROnPlateau could not set it (and would fight it).
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
+            )
+        ]
+        if params.lr_schedule == "plateau"
+        else []
     )
     callbacks = [
         # The history row is written before the epoch's backup: a kill between the two repeats that epoch
@@ -144,11 +205,10 @@ def fit(
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
-        ),
+        *plateau,
         *(extra_callbacks or []),
     ]
+    start = time.perf_counter()
     classifier.fit(
         train.x,
         train.y,
@@ -159,6 +219,7 @@ def fit(
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    return time.perf_counter() - start
 
 
 def history_rows(history_csv: Path) -> bytes:
@@ -210,7 +271,7 @@ def run(params: Params) -> dict:
         artifacts.write_bytes(run_marker, run_id.encode())
 
     classifier = build_classifier(shape, len(data.classes), cfg)
-    fit(
+    fit_seconds = fit(
         classifier,
         data.splits["train"],
         data.splits["val"],
@@ -227,15 +288,21 @@ def run(params: Params) -> dict:
     epochs_run = history.count(b"\n") - 1
     tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
     tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")
-    tracking.set_tags(params, run_id, {"train.epochs_run": epochs_run})
+    tracking.set_tags(params, run_id, {"train.epochs_run": epochs_run, "train.fit_seconds": f"{fit_seconds:.1f}"})
     history_csv.unlink()
     run_marker.unlink()
     shutil.rmtree(backup_dir, ignore_errors=True)
-    report = {**device, "epochs_run": epochs_run, "policy": keras.mixed_precision.global_policy().name}
+    report = {
+        **device,
+        "epochs_run": epochs_run,
+        "fit_seconds": round(fit_seconds, 1),
+        "policy": keras.mixed_precision.global_policy().name,
+    }
     log.info(
-        "train: %s saved after %d epochs on %s (%s)",
+        "train: %s saved after %d epochs (model.fit %.1f s) on %s (%s)",
         params.paths.model,
         epochs_run,
+        fit_seconds,
         device["device_name"],
         device["backend"],
     )
@@ -245,4 +312,4 @@ def run(params: Params) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("train", run)
+    main("train", run, preload="model")

@@ -1,4 +1,5 @@
-"""tasks/train.py: the networks' shapes, the raw-pixel wrapper, a tiny fit and the checkpoint key."""
+"""tasks/train.py: the networks' shapes, batch norm, the learning-rate schedule, the raw-pixel wrapper, a tiny fit
+and its resume, and the checkpoint key."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from tasks.artifacts import Split, describe
 from tasks.config import NormalizeParams, Params, TrainParams
 from tasks.normalize import apply, statistics
-from tasks.train import _conv_padding, build_classifier, checkpoint_key, fit, with_preprocessing
+from tasks.train import _conv_padding, build_classifier, checkpoint_key, fit, learning_rate, with_preprocessing
 from tests.conftest import MakeDataset
 
 
@@ -39,6 +40,88 @@ def test_cnn_uses_the_seed_layers(tiny: TrainParams) -> None:
     assert [c.filters for c in convs] == [4, 8]
     assert all(c.padding == "valid" and c.kernel_regularizer is not None for c in convs)
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in net.layers) == 2
+
+
+@pytest.mark.parametrize(("model", "expected"), [("cnn", 3), ("mlp", 2)])
+def test_batch_norm_before_every_hidden_relu(tiny: TrainParams, model: str, expected: int) -> None:
+    plain = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"model": model}))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    net = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"model": model, "batch_norm": True}))
+    norms = [i for i, layer in enumerate(net.layers) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == expected
+    for i in norms:  # weights without bias → batch norm → ReLU
+        assert isinstance(net.layers[i - 1], keras.layers.Conv2D | keras.layers.Dense)
+        assert not net.layers[i - 1].use_bias and net.layers[i - 1].activation is keras.activations.linear
+        assert net.layers[i + 1].activation is keras.activations.relu
+    out = keras.ops.convert_to_numpy(net(np.zeros((2, 28, 28, 1), np.float32), training=False))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_plateau_is_a_constant_learning_rate(tiny: TrainParams) -> None:
+    assert learning_rate(tiny, steps_per_epoch=10) == tiny.learning_rate
+
+
+def test_cosine_warms_up_then_decays_to_zero(tiny: TrainParams) -> None:
+    cfg = tiny.model_copy(update={"lr_schedule": "cosine", "epochs": 5, "lr_warmup_epochs": 1, "learning_rate": 0.01})
+    schedule = learning_rate(cfg, steps_per_epoch=10)
+    at = {step: float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 30, 50)}
+    assert at[0] == 0.0
+    assert at[5] == pytest.approx(0.005)  # halfway up the linear warm-up
+    assert at[10] == pytest.approx(0.01)  # the peak at the end of the warm-up
+    assert at[30] == pytest.approx(0.005)  # halfway down the cosine (epochs 1..5)
+    assert at[50] == pytest.approx(0.0, abs=1e-9)
+    no_warmup = learning_rate(cfg.model_copy(update={"lr_warmup_epochs": 0}), steps_per_epoch=10)
+    assert float(keras.ops.convert_to_numpy(no_warmup(0))) == pytest.approx(0.01)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _Probe(keras.callbacks.Callback):
+    """Records the optimizer's step and learning rate at every epoch start; raises at ``stop_at``, like a kill."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        super().__init__()
+        self.stop_at, self.seen = stop_at, {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.stop_at:
+            raise _Interrupt
+        optimizer = self.model.optimizer
+        self.seen[epoch] = (int(optimizer.iterations), float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+
+
+def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
+    tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset
+) -> None:
+    keras.utils.set_random_seed(0)
+    cfg = tiny.model_copy(
+        update={"batch_norm": True, "lr_schedule": "cosine", "epochs": 3, "lr_warmup_epochs": 1, "learning_rate": 0.01}
+    )
+    data = make_dataset({"train": 64, "val": 16}, shape=(8, 8, 1), num_classes=2)
+    train = Split(data.splits["train"].x.astype(np.float32) / 255, data.splits["train"].y)
+    val = Split(data.splits["val"].x.astype(np.float32) / 255, data.splits["val"].y)
+    steps = 64 // cfg.batch_size
+    schedule = learning_rate(cfg, steps)
+    backup, history = tmp_path / "backup", tmp_path / "history.csv"
+
+    killed = _Probe(stop_at=2)
+    with pytest.raises(_Interrupt):
+        fit(build_classifier((8, 8, 1), 2, cfg), train, val, cfg, backup, history, extra_callbacks=[killed])
+    assert backup.exists()
+
+    resumed, classifier = _Probe(), build_classifier((8, 8, 1), 2, cfg)
+    seconds = fit(classifier, train, val, cfg, backup, history, extra_callbacks=[resumed])
+    assert seconds > 0
+    assert list(resumed.seen) == [2]  # epochs 0 and 1 came from the checkpoint
+    step, rate = resumed.seen[2]
+    assert step == 2 * steps  # the optimizer's step count was restored, so the schedule continues
+    assert rate == pytest.approx(float(keras.ops.convert_to_numpy(schedule(2 * steps))))
+    assert int(classifier.optimizer.iterations) == 3 * steps
+    with history.open() as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    assert not backup.exists()
 
 
 @pytest.mark.parametrize(
