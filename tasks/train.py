@@ -64,8 +64,8 @@ def _conv_padding(size: int) -> str:
 def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams) -> keras.Model:
     """The network on normalised float inputs: ``cnn`` (the seed's two conv/pool blocks) or ``mlp``.
 
-    With ``params.batch_norm`` every convolution and hidden dense layer is followed by batch normalisation
-    before its ReLU (and drops its bias, which the normalisation's offset replaces).
+    With ``params.batch_norm`` every conv block and hidden dense layer normalises its pre-activations: conv (no
+    bias) → max pooling → batch norm → ReLU, dense (no bias) → batch norm → ReLU.
 
     Args:
         input_shape: (H, W, C) of one image.
@@ -79,42 +79,42 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
     from keras import layers
 
     regularizer = keras.regularizers.L2(params.l2) if params.l2 else None
+    bias, activation = (False, None) if params.batch_norm else (True, "relu")
 
-    def activated(layer: keras.Layer, x: Any) -> Any:
-        if not params.batch_norm:
-            return layer(x)
-        # momentum 0.9, not Keras' 0.99: a short training (a few hundred steps) must still leave moving statistics
-        # that match the data, or inference sees inputs scaled unlike anything seen in training.
-        return layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(layer(x)))
+    def relu(x: Any) -> Any:
+        # Momentum 0.9, not Keras' 0.99: a short training (a few hundred steps) must still leave moving statistics
+        # that match the data, or inference sees activations scaled unlike anything seen in training.
+        return layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x)) if params.batch_norm else x
 
-    activation = None if params.batch_norm else "relu"
-    use_bias = not params.batch_norm
     inputs = keras.Input(shape=input_shape, name="normalized")
     x = inputs
     if params.model == "cnn":
         size = min(input_shape[0], input_shape[1])
         for filters in params.filters:
             padding = _conv_padding(size)
-            conv = layers.Conv2D(
-                filters, 3, activation=activation, padding=padding, use_bias=use_bias, kernel_regularizer=regularizer
-            )
-            x = activated(conv, x)
+            x = layers.Conv2D(
+                filters, 3, activation=activation, padding=padding, use_bias=bias, kernel_regularizer=regularizer
+            )(x)
             size = size - 2 if padding == "valid" else size
             if size >= 2:
+                # Pooling before the ReLU gives the same result (max commutes with ReLU), and with batch norm it
+                # normalises a quarter of the activations: on CPU, normalising the full first map nearly doubles
+                # the training time for no better accuracy.
                 x = layers.MaxPooling2D(2)(x)
                 size //= 2
+            x = relu(x)
         x = layers.Flatten()(x)
-        dense = layers.Dense(
-            params.dense_units, activation=activation, use_bias=use_bias, kernel_regularizer=regularizer
+        x = relu(
+            layers.Dense(params.dense_units, activation=activation, use_bias=bias, kernel_regularizer=regularizer)(x)
         )
-        x = layers.Dropout(params.dropout)(activated(dense, x))
+        x = layers.Dropout(params.dropout)(x)
     else:
         x = layers.Flatten()(x)
         for _ in range(2):
             dense = layers.Dense(
-                params.dense_units, activation=activation, use_bias=use_bias, kernel_regularizer=regularizer
+                params.dense_units, activation=activation, use_bias=bias, kernel_regularizer=regularizer
             )
-            x = layers.Dropout(params.dropout)(activated(dense, x))
+            x = layers.Dropout(params.dropout)(relu(dense(x)))
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{params.model}_classifier")
 

@@ -42,18 +42,23 @@ def test_cnn_uses_the_seed_layers(tiny: TrainParams) -> None:
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in net.layers) == 2
 
 
-@pytest.mark.parametrize(("model", "expected"), [("cnn", 3), ("mlp", 2)])
-def test_batch_norm_before_every_hidden_relu(tiny: TrainParams, model: str, expected: int) -> None:
-    plain = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"model": model}))
+@pytest.mark.parametrize(
+    ("model", "shape", "expected"), [("cnn", (28, 28, 1), 3), ("cnn", (8, 8, 1), 3), ("mlp", (8, 8, 1), 2)]
+)
+def test_batch_norm_before_every_hidden_relu(
+    tiny: TrainParams, model: str, shape: tuple[int, int, int], expected: int
+) -> None:
+    plain = build_classifier(shape, 10, tiny.model_copy(update={"model": model}))
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
-    net = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"model": model, "batch_norm": True}))
+    net = build_classifier(shape, 10, tiny.model_copy(update={"model": model, "batch_norm": True}))
     norms = [i for i, layer in enumerate(net.layers) if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == expected
-    for i in norms:  # weights without bias → batch norm → ReLU
-        assert isinstance(net.layers[i - 1], keras.layers.Conv2D | keras.layers.Dense)
-        assert not net.layers[i - 1].use_bias and net.layers[i - 1].activation is keras.activations.linear
+    for i in norms:  # weights without bias → (max pooling) → batch norm → ReLU
+        before = net.layers[i - 2] if isinstance(net.layers[i - 1], keras.layers.MaxPooling2D) else net.layers[i - 1]
+        assert isinstance(before, keras.layers.Conv2D | keras.layers.Dense)
+        assert not before.use_bias and before.activation is keras.activations.linear
         assert net.layers[i + 1].activation is keras.activations.relu
-    out = keras.ops.convert_to_numpy(net(np.zeros((2, 28, 28, 1), np.float32), training=False))
+    out = keras.ops.convert_to_numpy(net(np.zeros((2, *shape), np.float32), training=False))
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
