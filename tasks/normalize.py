@@ -32,9 +32,12 @@ def statistics(x_train: np.ndarray, params: NormalizeParams) -> dict:
 
 def apply(x: np.ndarray, stats: dict) -> np.ndarray:
     """float32 ``(x * scale - mean) / std``: what the saved model's preprocessing layers compute."""
-    mean = np.asarray(stats["mean"], dtype=np.float32)
-    std = np.asarray(stats["std"], dtype=np.float32)
-    return ((x.astype(np.float32) * np.float32(stats["scale"]) - mean) / std).astype(np.float32)
+    out = x.astype(np.float32)  # one copy, then in place
+    out *= np.float32(stats["scale"])
+    if stats["method"] == "standardize":
+        out -= np.asarray(stats["mean"], dtype=np.float32)
+        out /= np.asarray(stats["std"], dtype=np.float32)
+    return out
 
 
 def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:

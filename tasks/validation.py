@@ -61,8 +61,10 @@ def row_hashes(flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hex(hashes: np.ndarray) -> list[str]:
-    return [f"{a:016x}{b:016x}" for a, b in zip(hashes[:, 0].tolist(), hashes[:, 1].tolist(), strict=True)]
+def _hex(hashes: np.ndarray) -> np.ndarray:
+    """Each row's two 64-bit words as one 32-digit hex string (vectorised: one hex() of the whole buffer)."""
+    text = np.ascontiguousarray(hashes, dtype=">u8").tobytes().hex().encode()
+    return np.frombuffer(text, dtype="S32").astype("U32")
 
 
 def _image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -72,21 +74,41 @@ def _image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     stats = {k: np.empty(n, dtype=np.float64) for k in ("min", "max", "mean", "std")}
     stats |= {k: np.zeros(n, dtype=np.int64) for k in ("nan_count", "inf_count")}
     hashes = np.empty((n, 2), dtype=np.uint64)
-    is_float = flat.dtype.kind == "f"
+    is_float, pixels = flat.dtype.kind == "f", flat.shape[1]
     for start in range(0, n, CHUNK):
         part = slice(start, start + CHUNK)
         rows = flat[part]
-        values = rows.astype(np.float32, copy=False)
-        if is_float:
+        if is_float and not np.isfinite(rows).all():  # the counts are zero otherwise
             stats["nan_count"][part] = np.isnan(rows).sum(axis=1)
             stats["inf_count"][part] = np.isinf(rows).sum(axis=1)
-        if rows.shape[1]:
+        if pixels:
             stats["min"][part] = rows.min(axis=1)
             stats["max"][part] = rows.max(axis=1)
-            stats["mean"][part] = values.mean(axis=1, dtype=np.float64)
-            stats["std"][part] = values.std(axis=1, dtype=np.float64)
+            if rows.dtype == np.uint8:  # exact integer sums (squares fit 16 bits)
+                total = rows.sum(axis=1, dtype=np.int64)
+                squares = (rows.astype(np.uint16) ** 2).sum(axis=1, dtype=np.uint64)
+            else:  # BLAS in float32: ample for statistics that no expectation bounds tightly
+                values = rows.astype(np.float32, copy=False)
+                total = values @ np.ones(pixels, dtype=np.float32)
+                squares = np.einsum("ij,ij->i", values, values)
+            mean = total / pixels
+            stats["mean"][part] = mean
+            stats["std"][part] = np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))
         hashes[part] = row_hashes(rows)
-    return {**stats, "hash": _hex(hashes)}
+    return {**stats, "hash": hashes}
+
+
+def _in_train(hashes: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Which rows' 128-bit hashes also occur in ``train``: candidates on the first word, confirmed on both."""
+    found = np.isin(hashes[:, 0], train[:, 0])
+    if found.any():
+        known = set(map(tuple, train[np.isin(train[:, 0], hashes[found, 0])].tolist()))
+        found[found] = [tuple(h) in known for h in hashes[found].tolist()]
+    return found
+
+
+def _categorical(values: list[str], codes: np.ndarray) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, categories=pd.Index(values, dtype=object))
 
 
 def summary_table(dataset: Dataset, reference: Dataset | None = None) -> pd.DataFrame:
@@ -96,52 +118,63 @@ def summary_table(dataset: Dataset, reference: Dataset | None = None) -> pd.Data
     inf_count, hash, plus dataset-level facts per row: split_rows (images in the row's split), class_fraction
     (share of the row's label in its split), split_label, leaked_into_train (a val/test image whose content is
     also in train) and, with ``reference`` (augment's input), changed_by_augment (a val/test image that differs
-    from the reference's image at the same index).
+    from the reference's image at the same index). Repeated strings are categoricals, so 100,000 rows take
+    tenths of a second.
 
     Args:
         dataset: the dataset at a boundary.
         reference: the dataset before augment; val/test must be unchanged relative to it.
     """
-    frames = []
-    for name, split in dataset.splits.items():
-        x, y = split.x, np.asarray(split.y)
+    names = list(dataset.splits)
+    shapes = sorted({"x".join(str(d) for d in s.x.shape[1:]) for s in dataset.splits.values()})
+    dtypes = sorted({str(s.x.dtype) for s in dataset.splits.values()})
+    labels_seen = sorted({int(v) for s in dataset.splits.values() for v in np.unique(np.asarray(s.y))})
+    pairs = [f"{name}:{label}" for name in names for label in labels_seen]
+    frames, all_hashes = [], {}
+    for code, (name, split) in enumerate(dataset.splits.items()):
+        x, y = split.x, np.asarray(split.y).astype(np.int64)
         n = len(y)
         height, width, channels = (*x.shape[1:], 1, 1, 1)[:3]
-        _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+        values, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+        stats = _image_stats(x)
+        all_hashes[name] = stats.pop("hash")
+        pair_codes = (code * len(labels_seen) + np.searchsorted(labels_seen, values))[inverse] if n else inverse
         frame = pd.DataFrame(
             {
-                "split": np.full(n, name, dtype=object),
+                "split": _categorical(names, np.full(n, code)),
                 "index": np.arange(n),
-                "label": y.astype(np.int64),
+                "label": y,
                 "height": np.full(n, height),
                 "width": np.full(n, width),
                 "channels": np.full(n, channels),
-                "shape": np.full(n, "x".join(str(d) for d in x.shape[1:]), dtype=object),
-                "dtype": np.full(n, str(x.dtype), dtype=object),
-                **_image_stats(x),
+                "shape": _categorical(shapes, np.full(n, shapes.index("x".join(str(d) for d in x.shape[1:])))),
+                "dtype": _categorical(dtypes, np.full(n, dtypes.index(str(x.dtype)))),
+                **stats,
+                "hash": _hex(all_hashes[name]),
                 "split_rows": np.full(n, n),
                 "class_fraction": (counts / max(n, 1))[inverse] if n else np.zeros(0),
+                "split_label": _categorical(pairs, pair_codes.astype(np.int64)),
             }
         )
-        frame["id"] = name + "/" + frame["index"].astype(str)
-        frame["split_label"] = name + ":" + frame["label"].astype(str)
         if reference is not None:
-            changed = np.zeros(n, dtype=bool) if name == "train" else _changed(frame["hash"], reference, name)
+            changed = np.zeros(n, dtype=bool) if name == "train" else _changed(all_hashes[name], reference, name)
             frame["changed_by_augment"] = changed
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
-    train_hashes = table.loc[table["split"] == "train", "hash"]
-    table["leaked_into_train"] = (table["split"] != "train") & table["hash"].isin(train_hashes)
+    table.insert(2, "id", np.arange(len(table)))  # unique by construction: names the row in failure reports
+    train = all_hashes.get("train", np.zeros((0, 2), np.uint64))
+    leaked = [np.zeros(len(h), bool) if name == "train" else _in_train(h, train) for name, h in all_hashes.items()]
+    table["leaked_into_train"] = np.concatenate(leaked) if leaked else np.zeros(0, bool)
     return table
 
 
-def _changed(hashes: pd.Series, reference: Dataset, name: str) -> np.ndarray:
+def _changed(hashes: np.ndarray, reference: Dataset, name: str) -> np.ndarray:
     if name not in reference.splits:
         return np.ones(len(hashes), dtype=bool)
-    before = _hex(row_hashes(np.asarray(reference.splits[name].x).reshape(len(reference.splits[name].y), -1)))
+    before = row_hashes(np.asarray(reference.splits[name].x).reshape(len(reference.splits[name].y), -1))
     if len(before) != len(hashes):  # images added or dropped: every row of the split is suspect
         return np.ones(len(hashes), dtype=bool)
-    return hashes.to_numpy() != np.asarray(before, dtype=object)
+    return (hashes != before).any(axis=1)
 
 
 def prediction_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
