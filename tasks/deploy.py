@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -13,24 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts, tracking
+from tasks import artifacts, tracking, warm
 from tasks.config import DeployParams, Params
 from tasks.errors import TrainflowError
 
 log = logging.getLogger(__name__)
 
 SERVING_FORMAT = "tf_saved_model"
-
-# Runs in a fresh interpreter that imports TensorFlow only: proof that the export needs no project code. It is
-# started early and imports TensorFlow while this process exports; then it reads "<export dir>\t<x.npy>\t<out.npy>".
-FRESH_PROCESS_CHECK = """
-import sys
-import numpy as np
-import tensorflow as tf
-serving_dir, sample, out = sys.stdin.readline().rstrip("\\n").split("\\t")
-served = tf.saved_model.load(serving_dir)
-np.save(out, np.asarray(served.serve(tf.constant(np.load(sample)))))
-"""
 
 
 def expected_probabilities(predictions_csv: Path, count: int) -> np.ndarray:
@@ -119,12 +109,14 @@ class FreshProcessCheck:
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory()
+        env = {k: v for k, v in os.environ.items() if k != warm.CHILD}  # it may use warm start in its own right
         self._process = subprocess.Popen(
-            [sys.executable, "-c", FRESH_PROCESS_CHECK],
+            [sys.executable, "-m", "tasks.serving_check"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self._serving_dir: Path | None = None
 

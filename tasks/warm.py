@@ -53,11 +53,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "mlflow.pyfunc",
         "matplotlib",
     ),
+    "serving": ("numpy", "tensorflow"),  # deploy's check of the export: TensorFlow and nothing else
 }
 # Variables read when those libraries are imported (or that change what an import does): part of a server's key.
 IMPORT_TIME_ENV = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_", "PYTHON", "LD_", "OMP_", "MKL_", "MPL", "GX_", "HOME")
 ENABLE, IDLE, CHILD = "TRAINFLOW_WARM", "TRAINFLOW_WARM_IDLE", "TRAINFLOW_WARM_CHILD"
 _HEADER = struct.Struct("!I")
+STARTUP_WAIT = 10.0  # seconds a first caller waits for the server it started to bind its socket
 
 
 def enabled() -> bool:
@@ -96,7 +98,9 @@ def _socket_path(profile: str) -> Path:
 
 
 def delegate(profile: str) -> int | None:
-    """Run this process's ``python -m`` module in a warm child; None when no server is ready (one is started).
+    """Run this process's ``python -m`` module in a warm child; None when no server can (the caller runs it).
+
+    The first caller of a session starts the servers and queues on its own while that server imports.
 
     Returns:
         The child's exit code. A child that died of a signal makes this process die of the same signal.
@@ -107,11 +111,14 @@ def delegate(profile: str) -> int | None:
         return None
     try:
         path = _socket_path(profile)
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(path))
     except OSError:
+        return None
+    conn = _connect(path)
+    if conn is None:  # none running: start them, and queue on ours rather than import the same libraries twice
         with contextlib.suppress(OSError):
             start_servers()
+        conn = _connect(path, wait=STARTUP_WAIT)
+    if conn is None:
         return None
     with conn:
         request = {
@@ -123,9 +130,27 @@ def delegate(profile: str) -> int | None:
             "umask": _umask(),
         }
         payload = json.dumps(request).encode()
-        socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
-        conn.sendall(payload)
+        try:
+            socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
+            conn.sendall(payload)
+        except OSError:
+            return None  # the server went away: nothing was started
         return _wait(conn)
+
+
+def _connect(path: Path, wait: float = 0.0) -> socket.socket | None:
+    """A connection to the server at ``path``, retried for ``wait`` seconds while it binds; None if there is none."""
+    deadline = time.monotonic() + wait
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(path))
+            return conn
+        except OSError:
+            conn.close()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
 
 def _umask() -> int:
@@ -134,13 +159,12 @@ def _umask() -> int:
     return mask
 
 
-def _wait(conn: socket.socket) -> int:
+def _wait(conn: socket.socket) -> int | None:
     """Forward signals to the child's process group until the server reports its exit status."""
     stream = conn.makefile("r")
     first = stream.readline().split()
     if first[:1] != ["pid"]:
-        print("error: warm start: the server did not start the stage; rerun with TRAINFLOW_WARM=0", file=sys.stderr)
-        return 1
+        return None  # the server hung up before starting anything (see its log): the caller runs the stage itself
     child = int(first[1])
 
     def forward(signum: int, _frame: object) -> None:
@@ -161,9 +185,10 @@ def _wait(conn: socket.socket) -> int:
 
 
 def start_servers() -> None:
-    """Start, in the background, the server of the first profile that has none; each server starts the next one.
+    """Start, in the background, the server of the first profile (in PROFILES order) that has none running.
 
-    One at a time: on a small machine the stage that is running keeps a core to itself.
+    Each server starts the next one once its own imports are done: one import at a time next to the running stage,
+    in the order the pipeline needs them (data, then model, then deploy's serving check).
     """
     for profile in PROFILES:
         path = _socket_path(profile)

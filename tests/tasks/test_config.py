@@ -95,6 +95,7 @@ def test_bad_epochs_named(raw: dict[str, Any], value: Any) -> None:
         ("normalize.method", "minmax"),
         ("train.model", "resnet"),
         ("train.mixed_precision", "yes"),
+        ("train.distribute", "horovod"),
         ("data.color_mode", "cmyk"),
         ("data.image_size", [0, 28]),
         ("data.classes", [0, 1]),
@@ -199,3 +200,33 @@ def test_params_file_must_be_a_mapping(tmp_path: Path, text: str) -> None:
 def test_parse_params_rejects_non_mapping() -> None:
     with pytest.raises(TrainflowError, match="expected a mapping"):
         parse_params(["seed"], origin="x.yaml")
+
+
+def _project_imports(module: Path) -> set[str]:
+    """The tasks.* modules a module imports anywhere in its body (module level or inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "tasks":
+            found |= {f"tasks.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("tasks.")}
+    return found
+
+
+def test_every_stage_depends_on_the_project_modules_it_runs() -> None:
+    # dvc repro must rerun a stage when any project module it executes changes: its deps list them all
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        seen, todo = set(), [f"tasks.{name}"]
+        while todo:
+            module = todo.pop()
+            if module not in seen and (REPO / (module.replace(".", "/") + ".py")).is_file():
+                seen.add(module)
+                todo += _project_imports(REPO / (module.replace(".", "/") + ".py"))
+        deps = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("tasks/")}
+        missing = {module.replace(".", "/") + ".py" for module in seen} - deps
+        assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
