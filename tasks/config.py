@@ -107,6 +107,7 @@ class TrainParams(Section):
     lr_warmup_epochs: Annotated[int, Field(ge=0)]
     batch_norm: bool
     mixed_precision: Literal["auto", "on", "off"]
+    distribute: Literal["none", "mirrored"]
 
     @model_validator(mode="after")
     def _room_for_decay(self) -> TrainParams:

@@ -12,6 +12,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from tasks import artifacts, drift, tracking
 from tasks.config import Params, TrainParams
+from tasks.errors import TrainflowError
 
 if TYPE_CHECKING:
     import keras
@@ -129,6 +132,40 @@ def with_preprocessing(classifier: keras.Model, input_shape: tuple[int, ...], st
     if stats["method"] == "standardize":
         x = layers.Normalization(mean=stats["mean"], variance=np.square(stats["std"]).tolist(), name="standardize")(x)
     return keras.Model(inputs, classifier(x), name="trainflow_model")
+
+
+@contextmanager
+def distribution(params: TrainParams) -> Iterator[int]:
+    """Build, compile and fit inside this; yields how many replicas train in sync.
+
+    ``train.distribute: mirrored`` trains one replica per visible GPU with all-reduced gradients (TensorFlow's
+    ``MirroredStrategy``; JAX: Keras' ``DataParallel``); ``train.batch_size`` is then the global batch, split across
+    the replicas. On a machine without GPUs the replicas are its logical CPUs (one unless configured otherwise).
+    ``none`` uses the default device.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if params.distribute == "none":
+        yield 1
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    elif backend == "jax":
+        data_parallel = keras.distribution.DataParallel()
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(data_parallel)
+        try:
+            yield len(data_parallel.device_mesh.devices.flatten())
+        finally:
+            keras.distribution.set_distribution(previous)
+    else:
+        raise TrainflowError(f"train.distribute=mirrored needs KERAS_BACKEND tensorflow or jax, not {backend}")
 
 
 def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int) -> str:
@@ -270,25 +307,30 @@ def run(params: Params) -> dict:
         checkpoints.mkdir(parents=True, exist_ok=True)
         artifacts.write_bytes(run_marker, run_id.encode())
 
-    classifier = build_classifier(shape, len(data.classes), cfg)
-    fit_seconds = fit(
-        classifier,
-        data.splits["train"],
-        data.splits["val"],
-        cfg,
-        backup_dir,
-        history_csv,
-        extra_callbacks=[tracking.epoch_callback(params, run_id)],
-    )
-    model = with_preprocessing(classifier, shape, data.info["normalize"])
-    save_model(model, Path(params.paths.model))
+    with distribution(cfg) as replicas:
+        classifier = build_classifier(shape, len(data.classes), cfg)
+        fit_seconds = fit(
+            classifier,
+            data.splits["train"],
+            data.splits["val"],
+            cfg,
+            backup_dir,
+            history_csv,
+            extra_callbacks=[tracking.epoch_callback(params, run_id)],
+        )
+        model = with_preprocessing(classifier, shape, data.info["normalize"])
+        save_model(model, Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)
     drift.write_reference(artifacts.read_dataset(params.paths.clean, mmap=True), params)  # in raw pixel space
     epochs_run = history.count(b"\n") - 1
     tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
     tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")
-    tracking.set_tags(params, run_id, {"train.epochs_run": epochs_run, "train.fit_seconds": f"{fit_seconds:.1f}"})
+    tracking.set_tags(
+        params,
+        run_id,
+        {"train.epochs_run": epochs_run, "train.fit_seconds": f"{fit_seconds:.1f}", "train.replicas": replicas},
+    )
     history_csv.unlink()
     run_marker.unlink()
     shutil.rmtree(backup_dir, ignore_errors=True)
@@ -296,6 +338,7 @@ def run(params: Params) -> dict:
         **device,
         "epochs_run": epochs_run,
         "fit_seconds": round(fit_seconds, 1),
+        "replicas": replicas,
         "policy": keras.mixed_precision.global_policy().name,
     }
     log.info(

@@ -4,6 +4,9 @@ and its resume, and the checkpoint key."""
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -13,8 +16,16 @@ import pytest
 from tasks.artifacts import Split, describe
 from tasks.config import NormalizeParams, Params, TrainParams
 from tasks.normalize import apply, statistics
-from tasks.train import _conv_padding, build_classifier, checkpoint_key, fit, learning_rate, with_preprocessing
-from tests.conftest import MakeDataset
+from tasks.train import (
+    _conv_padding,
+    build_classifier,
+    checkpoint_key,
+    distribution,
+    fit,
+    learning_rate,
+    with_preprocessing,
+)
+from tests.conftest import REPO, MakeDataset
 
 
 @pytest.fixture
@@ -177,3 +188,53 @@ def test_checkpoint_key(tiny: TrainParams, make_dataset: MakeDataset) -> None:
     assert checkpoint_key(tiny.model_copy(update={"learning_rate": 0.01}), manifest, 42) != key
     assert checkpoint_key(tiny, manifest, 43) != key
     assert checkpoint_key(tiny, describe(make_dataset(seed=1)), 42) != key
+
+
+# Two logical CPUs stand in for two GPUs: MirroredStrategy then really runs two replicas and all-reduces.
+TWO_REPLICAS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tasks.artifacts import Split
+from tasks.config import load_params
+from tasks.train import build_classifier, distribution, fit
+params = load_params(__import__("pathlib").Path(sys.argv[1])).train
+cfg = params.model_copy(update={"distribute": "mirrored", "filters": (4, 8), "dense_units": 16, "epochs": 3,
+                                "batch_size": 32, "learning_rate": 0.01, "dropout": 0.0})
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+y = np.arange(256) % 2
+x = (rng.random((256, 8, 8, 1)) * 0.2 + y[:, None, None, None] * 0.8).astype("float32")  # trivially separable
+with distribution(cfg) as replicas:
+    net = build_classifier((8, 8, 1), 2, cfg)
+    variable = net.trainable_variables[0]
+    mirrored = type(getattr(variable, "value", variable)).__name__
+    fit(net, Split(x, y), Split(x[:64], y[:64]), cfg, __import__("pathlib").Path(sys.argv[2]) / "b",
+        __import__("pathlib").Path(sys.argv[2]) / "h.csv")
+accuracy = float((net.predict(x, verbose=0).argmax(axis=1) == y).mean())
+print(json.dumps({"replicas": replicas, "variable": mirrored, "accuracy": accuracy}))
+"""
+
+
+def test_mirrored_strategy_trains_with_two_replicas(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_REPLICAS, str(REPO / "params.yaml"), str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert "Mirrored" in result["variable"]  # the weights are mirrored on both replicas
+    assert result["accuracy"] > 0.9
+
+
+def test_no_distribution_is_one_replica(tiny: TrainParams) -> None:
+    with distribution(tiny) as replicas:
+        assert replicas == 1
