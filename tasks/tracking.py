@@ -55,11 +55,19 @@ def _checked_client(uri: str) -> Any:
     return tracker
 
 
+REMOTE_SCHEMES = ("http://", "https://", "databricks")  # a tracking server keeps (or proxies) the artifacts
+
+
 def experiment_id(tracker: Any, params: Params) -> str:
-    """Get or create the experiment, its artifacts in the local folder from params (not ./mlruns)."""
+    """Get or create the experiment; with a local store its artifacts go to ``tracking.artifacts`` (not ./mlruns).
+
+    Against a tracking server (``MLFLOW_TRACKING_URI=http://…``) the server decides where artifacts live.
+    """
     found = tracker.get_experiment_by_name(params.tracking.experiment)
     if found is not None:
         return found.experiment_id
+    if tracking_uri(params).startswith(REMOTE_SCHEMES):
+        return tracker.create_experiment(params.tracking.experiment)
     location = Path(params.tracking.artifacts).resolve().as_uri()
     return tracker.create_experiment(params.tracking.experiment, artifact_location=location)
 

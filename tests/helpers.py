@@ -94,40 +94,59 @@ def post_json(url: str, payload: bytes, timeout: float = 60) -> tuple[int, dict[
 
 
 @contextmanager
-def mlflow_serve(workspace: Path, model_uri: str, tracking_uri: str) -> Iterator[str]:
-    """A real `mlflow models serve` on a free loopback port; yields its /invocations URL, then stops it."""
-    port = free_port()
+def background_server(cwd: Path, args: list[str], ready_url: str, env: dict[str, str]) -> Iterator[None]:
+    """Run a server process until its ``ready_url`` answers (120 s at most); stop it and its workers afterwards."""
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=workspace,
-        env=tool_env(MLFLOW_TRACKING_URI=tracking_uri),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                urllib.request.urlopen(ready_url, timeout=2)
                 break
             except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"{' '.join(args)} exited {server.returncode}")
                 time.sleep(1)
         else:
-            pytest.fail(f"mlflow models serve {model_uri} did not come up in 120 s")
-        yield f"http://127.0.0.1:{port}/invocations"
+            pytest.fail(f"{' '.join(args)} did not answer {ready_url} in 120 s")
+        yield
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn/gunicorn workers
         server.wait(timeout=30)
+
+
+@contextmanager
+def mlflow_serve(workspace: Path, model_uri: str, tracking_uri: str) -> Iterator[str]:
+    """A real `mlflow models serve` on a free loopback port; yields its /invocations URL, then stops it."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    args = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with background_server(
+        workspace, args, f"http://127.0.0.1:{port}/ping", tool_env(MLFLOW_TRACKING_URI=tracking_uri)
+    ):
+        yield f"http://127.0.0.1:{port}/invocations"
+
+
+@contextmanager
+def mlflow_tracking_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite database backend, proxied artifacts under ``root``) on a free loopback port."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with background_server(root, args, f"http://127.0.0.1:{port}/health", tool_env()):
+        yield f"http://127.0.0.1:{port}"

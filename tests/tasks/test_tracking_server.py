@@ -1,0 +1,40 @@
+"""A real `mlflow server` (database backend) instead of the embedded SQLite store: configuration, no code change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import TINY, make_workspace, mlflow_tracking_server, sh
+
+pytestmark = pytest.mark.slow
+
+
+def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    workspace = make_workspace(tmp_path / "workspace", {**TINY, "deploy": {"min_metric": 0.1}})
+    with mlflow_tracking_server(tmp_path / "server") as uri:
+        done = sh(workspace, "dvc", "repro", MLFLOW_TRACKING_URI=uri)
+        assert "Running stage 'deploy'" in done.stdout
+
+        run_id = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
+        server = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        run = server.get_run(run_id)
+        assert run.data.params["train.epochs"] == "2" and run.data.metrics["test.accuracy"] > 0.5
+        assert len(server.get_metric_history(run_id, "val_loss")) == 2
+        champion = server.get_model_version_by_alias("trainflow-classifier", "champion")
+        assert champion.run_id == run_id
+        # artifacts went through the server to its own store, nothing to the workspace's local store
+        assert any((tmp_path / "server/artifacts").rglob("MLmodel"))
+        assert not (workspace / "mlflow.db").exists() and not (workspace / "mlartifacts").exists()
+        # and the champion loads from the server's registry and answers raw pixels
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.pyfunc.load_model("models:/trainflow-classifier@champion")
+        x = np.load(workspace / "data/clean/test/x.npy")[:3]
+        answer = model.predict(x)
+        assert len(answer) == 3 and set(answer.columns) >= {"label", "probabilities"}
