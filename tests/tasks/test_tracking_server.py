@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.helpers import TINY, make_workspace, mlflow_tracking_server, sh
@@ -14,7 +14,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> None:
-    import mlflow
     from mlflow import MlflowClient
 
     workspace = make_workspace(tmp_path / "workspace", {**TINY, "deploy": {"min_metric": 0.1}})
@@ -32,9 +31,14 @@ def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> 
         # artifacts went through the server to its own store, nothing to the workspace's local store
         assert any((tmp_path / "server/artifacts").rglob("MLmodel"))
         assert not (workspace / "mlflow.db").exists() and not (workspace / "mlartifacts").exists()
-        # and the champion loads from the server's registry and answers raw pixels
-        mlflow.set_tracking_uri(uri)
-        model = mlflow.pyfunc.load_model("models:/trainflow-classifier@champion")
-        x = np.load(workspace / "data/clean/test/x.npy")[:3]
-        answer = model.predict(x)
-        assert len(answer) == 3 and set(answer.columns) >= {"label", "probabilities"}
+        # and the champion loads from the server's registry and answers raw pixels (in its own process: MLflow's
+        # set_tracking_uri also sets MLFLOW_TRACKING_URI, which must not leak into later tests)
+        load = (
+            "import json, sys, mlflow, numpy as np; "
+            "model = mlflow.pyfunc.load_model('models:/trainflow-classifier@champion'); "
+            "answer = model.predict(np.load(sys.argv[1])[:3]); "
+            "print(json.dumps({'rows': len(answer), 'columns': sorted(answer.columns)}))"
+        )
+        done = sh(workspace, sys.executable, "-c", load, "data/clean/test/x.npy", MLFLOW_TRACKING_URI=uri)
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        assert answer["rows"] == 3 and {"label", "probabilities"} <= set(answer["columns"])
