@@ -44,12 +44,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results import machine, spread, today, write_section  # noqa: E402
+from validation_speed import tiled  # noqa: E402
 
 from tests.helpers import STAGES, make_workspace, ran, tool_env  # noqa: E402
 
 EPOCHS = 10
+PRESET = ROOT / "benchmarks/quality_preset.yaml"  # its ingest.* keys are the seed script's split
+SEED_SPLIT = {k.split(".", 1)[1]: v for k, v in yaml.safe_load(PRESET.read_text()).items() if k.startswith("ingest.")}
 SAME_AS_BASELINE = {
-    "ingest": {"split": "ordered", "test_fraction": 0.2, "val_fraction": 0.02},
+    "ingest": SEED_SPLIT,
     "augment": {"copies": 0},
     "train": {"epochs": EPOCHS, "dropout": 0.0, "early_stopping_patience": EPOCHS, "lr_plateau_patience": EPOCHS},
 }
@@ -209,11 +212,9 @@ def data_stages(mnist: Path, repeats: int, tmp: Path) -> dict[str, Any]:
 
     loaded = load_idx_dir(mnist)
     x, y = (loaded.x_test, loaded.y_test) if loaded.x_test is not None else (loaded.x, loaded.y)
-    copies = 6
-    big_x = np.concatenate([x] * copies)
-    big_x[:, 0, 0, 0] = np.repeat(np.arange(copies, dtype=np.uint8), len(x))  # every copy stays distinct
+    big_x, big_y = tiled(x, y, 6)  # every copy stays distinct
     source = tmp / "mnist_x6.npz"
-    big_y, test = np.concatenate([y] * copies), len(x)  # the last copy is the test split
+    test = len(x)  # the last copy is the test split
     np.savez(source, x_train=big_x[:-test], y_train=big_y[:-test], x_test=big_x[-test:], y_test=big_y[-test:])
     root = new_workspace(tmp, "data_stages", f"npz:{source}", {"ingest": {"split": "ordered"}})
     run(root, sys.executable, "-m", "tasks.ingest")
@@ -260,9 +261,8 @@ def startup(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def quality(mnist: Path, repeats: int, tmp: Path) -> list[dict[str, float]]:
-    preset = yaml.safe_load((ROOT / "benchmarks/quality_preset.yaml").read_text())
-    overrides = {"ingest": SAME_AS_BASELINE["ingest"]}
-    root = new_workspace(tmp, "quality", f"idx:{mnist}", overrides)
+    preset = yaml.safe_load(PRESET.read_text())
+    root = new_workspace(tmp, "quality", f"idx:{mnist}", {})
     results = []
     for seed in range(1, repeats + 1):
         chosen = {**preset, "data.source": f"idx:{mnist}", "seed": seed}  # the preset's path is relative to the repo
