@@ -1,4 +1,9 @@
-"""Artifact I/O shared by the stages: split datasets as .npy + manifest, JSON, atomic writes."""
+"""Artifact I/O shared by the stages: sharded datasets (.npy shards + manifest), JSON, atomic writes.
+
+A dataset folder holds ``<split>/x-00000.npy`` and ``<split>/y-00000.npy`` shards of at most ``data.shard_size``
+images and a ``manifest.json`` listing each split's shards (count, SHA-256). Stages read and write one shard at a
+time, so their memory is bounded by the shard size, not the dataset size.
+"""
 
 from __future__ import annotations
 
@@ -61,25 +66,6 @@ def class_counts(y: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, counts, strict=True)}
 
 
-def describe(dataset: Dataset) -> dict[str, Any]:
-    """The manifest of a dataset: counts, shape, classes, content hashes, plus the stage's info."""
-    train = dataset.splits["train"]
-    return {
-        "classes": list(dataset.classes),
-        "shape": list(dataset.image_shape),
-        "dtype": str(train.x.dtype),
-        "splits": {
-            name: {
-                "count": len(split.y),
-                "sha256": content_hash(split),
-                "class_counts": class_counts(split.y, dataset.classes),
-            }
-            for name, split in dataset.splits.items()
-        },
-        **dataset.info,
-    }
-
-
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces ``target``, on error it is removed."""
@@ -128,29 +114,151 @@ def read_json(path: Path) -> Any:
         raise TrainflowError(f"{path}: not valid JSON ({exc})") from None
 
 
-def write_dataset(path: Path, dataset: Dataset) -> dict[str, Any]:
-    """Write every split as ``<split>/x.npy`` and ``<split>/y.npy`` plus ``manifest.json``, atomically."""
-    manifest = describe(dataset)
+def shard_files(root: Path, split: str, index: int) -> tuple[Path, Path]:
+    """The image and label files of shard ``index`` of ``split`` under a dataset folder."""
+    return Path(root) / split / f"x-{index:05d}.npy", Path(root) / split / f"y-{index:05d}.npy"
+
+
+def write_shard(root: Path, split: str, index: int, shard: Split) -> dict[str, Any]:
+    """Save one shard into a dataset folder being built (a temporary folder of :func:`atomic_dir`).
+
+    Returns:
+        The shard's manifest entry: ``{"count", "sha256", "class_counts"}`` (labels as given, counted per value).
+    """
+    x_path, y_path = shard_files(root, split, index)
+    x_path.parent.mkdir(exist_ok=True)
+    np.save(x_path, shard.x, allow_pickle=False)
+    np.save(y_path, shard.y, allow_pickle=False)
+    values, counts = np.unique(np.asarray(shard.y), return_counts=True)
+    return {
+        "count": len(shard.y),
+        "sha256": content_hash(shard),
+        "label_counts": {int(v): int(n) for v, n in zip(values, counts, strict=True)},
+    }
+
+
+def chunks(split: Split, size: int | None) -> Iterator[Split]:
+    """``split`` cut into consecutive pieces of at most ``size`` images (one piece, possibly empty, for None)."""
+    n = len(split.y)
+    step = size or max(n, 1)
+    for start in range(0, max(n, 1), step):
+        yield Split(split.x[start : start + step], split.y[start : start + step])
+
+
+def manifest(
+    shards: Mapping[str, list[dict[str, Any]]],
+    classes: tuple[str, ...],
+    shape: tuple[int, ...],
+    dtype: str,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The manifest of a dataset from its shards' entries (in order): counts, hashes, class counts, shards."""
+    splits = {}
+    for name, entries in shards.items():
+        counts = np.zeros(len(classes), dtype=np.int64)
+        for entry in entries:
+            for label, n in entry["label_counts"].items():
+                if 0 <= int(label) < len(classes):
+                    counts[int(label)] += n
+        digest = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
+        splits[name] = {
+            "count": sum(e["count"] for e in entries),
+            "sha256": digest,
+            "class_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+            "shards": [{"count": e["count"], "sha256": e["sha256"]} for e in entries],
+        }
+    return {"classes": list(classes), "shape": list(shape), "dtype": dtype, "splits": splits, **info}
+
+
+def write_manifest(root: Path, content: Mapping[str, Any]) -> None:
+    (Path(root) / MANIFEST).write_text(json.dumps(content, indent=2) + "\n")
+
+
+def write_dataset(path: Path, dataset: Dataset, shard_size: int | None = None) -> dict[str, Any]:
+    """Write an in-memory dataset in shards of at most ``shard_size`` images (None: one per split), atomically."""
+    entries: dict[str, list[dict[str, Any]]] = {}
     with atomic_dir(Path(path)) as tmp:
         for name, split in dataset.splits.items():
-            (tmp / name).mkdir()
-            np.save(tmp / name / "x.npy", split.x, allow_pickle=False)
-            np.save(tmp / name / "y.npy", split.y, allow_pickle=False)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+            entries[name] = [write_shard(tmp, name, i, part) for i, part in enumerate(chunks(split, shard_size))]
+        train = dataset.splits["train"]
+        content = manifest(entries, dataset.classes, dataset.image_shape, str(train.x.dtype), dataset.info)
+        write_manifest(tmp, content)
+    return content
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A dataset on disk, read one shard at a time."""
+
+    path: Path
+    manifest: Mapping[str, Any]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["shape"])
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.manifest["splits"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {k: v for k, v in self.manifest.items() if k not in {"classes", "shape", "dtype", "splits"}}
+
+    def count(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["count"])
+
+    def shard_counts(self, split: str) -> list[int]:
+        return [int(s["count"]) for s in self.manifest["splits"][split]["shards"]]
+
+    def shard(self, split: str, index: int, mmap: bool = False) -> Split:
+        """Shard ``index`` of ``split`` (never unpickled; memory-mapped images with ``mmap``)."""
+        x_path, y_path = shard_files(self.path, split, index)
+        try:
+            x = np.load(x_path, allow_pickle=False, mmap_mode="r" if mmap else None)
+            y = np.load(y_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise TrainflowError(f"{x_path.parent}: cannot read shard {index} ({exc})") from None
+        if len(x) != self.shard_counts(split)[index] or len(y) != len(x):
+            raise TrainflowError(
+                f"{x_path.parent}: shard {index} has {len(x)} images and {len(y)} labels, "
+                f"the manifest says {self.shard_counts(split)[index]}"
+            )
+        return Split(x, y)
+
+    def shards(self, split: str, mmap: bool = False) -> Iterator[Split]:
+        for index in range(len(self.shard_counts(split))):
+            yield self.shard(split, index, mmap)
+
+    def labels(self, split: str) -> np.ndarray:
+        """All labels of a split (small: 8 bytes per image)."""
+        count = len(self.shard_counts(split))
+        parts = [np.load(shard_files(self.path, split, i)[1], allow_pickle=False) for i in range(count)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def load(self, split: str, mmap: bool = False) -> Split:
+        """A whole split in memory (a single shard stays memory-mapped with ``mmap``)."""
+        parts = list(self.shards(split, mmap))
+        if len(parts) == 1:
+            return parts[0]
+        return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+
+
+def open_dataset(path: Path) -> Stored:
+    """A dataset written by :func:`write_dataset` or a stage's shard writers (its manifest read, no shard yet)."""
+    path = Path(path)
+    content = read_json(path / MANIFEST)
+    if not isinstance(content, dict) or not all("shards" in s for s in content.get("splits", {}).values()):
+        raise TrainflowError(f"{path / MANIFEST}: not a sharded dataset manifest (rerun the stage that writes it)")
+    return Stored(path, content)
 
 
 def read_dataset(path: Path, mmap: bool = False) -> Dataset:
-    """Read a dataset written by :func:`write_dataset` (never with pickle)."""
-    path = Path(path)
-    manifest = read_json(path / MANIFEST)
-    splits = {}
-    for name in manifest["splits"]:
-        try:
-            x = np.load(path / name / "x.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
-            y = np.load(path / name / "y.npy", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise TrainflowError(f"{path / name}: cannot read split ({exc})") from None
-        splits[name] = Split(x, y)
-    info = {k: v for k, v in manifest.items() if k not in {"classes", "shape", "dtype", "splits"}}
-    return Dataset(splits=splits, classes=tuple(manifest["classes"]), info=info)
+    """A whole dataset in memory (tests, small splits); stages stream shards with :func:`open_dataset` instead."""
+    stored = open_dataset(path)
+    splits = {name: stored.load(name, mmap) for name in stored.splits}
+    return Dataset(splits=splits, classes=stored.classes, info=stored.info)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, validation
+from tasks import artifacts, parallel, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import AugmentParams, Params
 
@@ -62,19 +63,24 @@ def random_affine(x: np.ndarray, params: AugmentParams, rng: np.random.Generator
     return out
 
 
-def augment(dataset: Dataset, params: AugmentParams, rng: np.random.Generator) -> tuple[Dataset, dict]:
-    """Append ``params.copies`` transformed copies of the train split; val and test are passed through.
+def copy_rng(seed: int, copy: int, shard: int) -> np.random.Generator:
+    """The random stream of one augmented copy of one train shard: independent of which worker runs it, or when."""
+    return np.random.default_rng([seed, copy, shard])
+
+
+def augment(dataset: Dataset, params: AugmentParams, seed: int) -> tuple[Dataset, dict]:
+    """Append ``params.copies`` transformed copies of the train split (one shard); val and test are passed through.
 
     Args:
         dataset: the cleaned dataset.
         params: the augment section (copies, rotation, zoom, shift).
-        rng: the only source of randomness.
+        seed: the only source of randomness (copy ``c`` of shard ``i`` draws from ``copy_rng(seed, c, i)``).
 
     Returns:
         The augmented dataset (originals first, then each copy in order) and a small report.
     """
     train = dataset.splits["train"]
-    copies = [random_affine(train.x, params, rng) for _ in range(params.copies)]
+    copies = [random_affine(train.x, params, copy_rng(seed, c, 0)) for c in range(1, params.copies + 1)]
     x = np.concatenate([train.x, *copies]) if copies else np.asarray(train.x)
     y = np.tile(train.y, params.copies + 1)
     splits = {**dataset.splits, "train": Split(x, y)}
@@ -82,14 +88,13 @@ def augment(dataset: Dataset, params: AugmentParams, rng: np.random.Generator) -
     return Dataset(splits=splits, classes=dataset.classes, info={**dataset.info, "augment": report}), report
 
 
-def sample_grid(dataset: Dataset, original_count: int, count: int) -> bytes:
-    """PNG: the first ``count`` train images (top row) above their augmented copies."""
+def sample_grid(rows: list[np.ndarray], count: int) -> bytes:
+    """PNG: the first ``count`` images of each of ``rows`` (the originals, then their augmented copies) as a grid."""
     from PIL import Image
 
-    x = dataset.splits["train"].x
-    count = min(count, original_count)
-    rows = [x[i * original_count : i * original_count + count] for i in range(min(len(x) // original_count, 4))]
-    h, w, c = x.shape[1:]
+    count = min([count, *(len(r) for r in rows)])
+    rows = [r[:count] for r in rows]
+    h, w, c = rows[0].shape[1:]
     zoom = max(1, 64 // max(h, w))
     grid = np.zeros((len(rows) * (h + 2), count * (w + 2), c), dtype=np.uint8)
     for r, images in enumerate(rows):
@@ -102,16 +107,46 @@ def sample_grid(dataset: Dataset, original_count: int, count: int) -> bytes:
     return buffer.getvalue()
 
 
-def run(params: Params) -> dict:
-    """Read data/clean, augment train, write data/augmented and the sample grid."""
-    rng = np.random.default_rng(params.seed)
-    cleaned = artifacts.read_dataset(params.paths.clean)
-    augmented, report = augment(cleaned, params.augment, rng)
-    validation.validate_dataset("augmented", augmented, params, reference=cleaned)
-    artifacts.write_dataset(params.paths.augmented, augmented)
-    grid = sample_grid(augmented, report["train_original"], params.augment.sample_count)
-    artifacts.write_bytes(params.paths.samples, grid)
-    log.info("augment: train %d → %d images", report["train_original"], len(augmented.splits["train"].y))
+def augment_shard(
+    clean: str, out: str, split: str, index: int, copy: int, out_index: int, params: AugmentParams, seed: int
+) -> tuple:
+    """Write copy ``copy`` (0: the originals) of one shard as shard ``out_index``; its manifest entry and summary."""
+    shard = artifacts.open_dataset(Path(clean)).shard(split, index)
+    x = random_affine(shard.x, params, copy_rng(seed, copy, index)) if copy else np.asarray(shard.x)
+    summary = validation.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
+    return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
+
+
+def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+    """Read data/clean shard by shard, augment train, validate, write data/augmented and the sample grid."""
+    cleaned = artifacts.open_dataset(Path(params.paths.clean))
+    calls, entries = [], {}
+    for name in cleaned.splits:
+        n = len(cleaned.shard_counts(name))
+        copies = params.augment.copies + 1 if name == "train" else 1
+        plan = [(i, c, c * n + i) for c in range(copies) for i in range(n)]  # originals first, then each copy
+        calls += [(str(cleaned.path), None, name, i, c, out, params.augment, params.seed) for i, c, out in plan]
+        entries[name] = [None] * len(plan)
+    report = {
+        "train_original": cleaned.count("train"),
+        "train_added": cleaned.count("train") * params.augment.copies,
+        "copies": params.augment.copies,
+    }
+    with artifacts.atomic_dir(Path(params.paths.augmented)) as tmp:
+        calls = [(c[0], str(tmp), *c[2:]) for c in calls]
+        written = mapper("augment", augment_shard, calls)
+        for call, (entry, _) in zip(calls, written, strict=True):
+            entries[call[2]][call[5]] = entry
+        validation.validate_summaries("augmented", [summary for _, summary in written], cleaned.classes, params)
+        info = {**cleaned.info, "augment": report}
+        content = artifacts.manifest(entries, cleaned.classes, cleaned.image_shape, cleaned.manifest["dtype"], info)
+        artifacts.write_manifest(tmp, content)
+        n = len(cleaned.shard_counts("train"))
+        written_train = artifacts.Stored(tmp, content)
+        rows = [written_train.shard("train", c * n).x for c in range(min(params.augment.copies + 1, 4))]
+        grid = sample_grid(rows, params.augment.sample_count)
+    artifacts.write_bytes(Path(params.paths.samples), grid)
+    log.info("augment: train %d → %d images", report["train_original"], sum(e["count"] for e in entries["train"]))
     return report
 
 

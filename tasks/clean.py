@@ -1,12 +1,18 @@
-"""clean: data/raw → data/clean (drops bad labels, blank images, duplicates and train images leaked into val/test)."""
+"""clean: data/raw → data/clean (drops bad labels, blank images, duplicates and train images leaked into val/test).
+
+Shard by shard: one pass finds each image's problems and content hash, a global step over the hashes alone picks
+the duplicates and leaks, a second pass writes the kept images. Memory: a shard per worker plus the hashes.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, validation
+from tasks import artifacts, parallel, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import CleanParams, Params
 from tasks.errors import TrainflowError
@@ -17,71 +23,125 @@ REASONS = ("bad_label", "constant", "duplicate", "leak")
 
 
 def image_keys(x: np.ndarray) -> np.ndarray:
-    """One opaque key per image (its raw bytes), comparable with ``np.unique`` and ``np.isin``."""
-    rows = np.ascontiguousarray(x).reshape(len(x), -1)
-    return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
+    """One opaque 128-bit content key per image, comparable with ``np.unique`` and ``np.isin``."""
+    return _keys(validation.row_hashes(np.asarray(x).reshape(len(x), -1)))
 
 
-def _first_occurrences(keys: np.ndarray) -> np.ndarray:
-    keep = np.zeros(len(keys), dtype=bool)
-    keep[np.unique(keys, return_index=True)[1]] = True
-    return keep
+def _keys(hashes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(hashes).view(np.dtype((np.void, 16))).ravel()
 
 
-def clean(dataset: Dataset, params: CleanParams) -> tuple[Dataset, dict]:
-    """Remove noise and outliers from every split.
+def inspect(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image of one shard: a valid label, constant (blank), and its content hash ((N, 2) uint64)."""
+    y = np.asarray(y)
+    good_label = (y >= 0) & (y < num_classes)
+    flat = np.asarray(x).reshape(len(x), -1)
+    constant = flat.min(axis=1) == flat.max(axis=1) if flat.shape[1] else np.ones(len(x), bool)
+    return good_label, constant & good_label, validation.row_hashes(flat)
 
-    Per split: labels outside the class set, constant (blank) images and exact duplicates (the first
-    copy stays). Then any train image that also appears in val or test is removed from train.
 
-    Args:
-        dataset: the raw dataset.
-        params: the clean section (``max_removed_fraction``).
+def decide(
+    found: Mapping[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], params: CleanParams
+) -> tuple[dict[str, list[np.ndarray]], dict]:
+    """Which images to keep, from every shard's :func:`inspect` result (splits and shards in order).
+
+    Per split: labels outside the class set, constant images and exact duplicates (the first copy stays; duplicates
+    only among valid images, so a bad copy never wins). Then any train image also in val or test leaves train.
 
     Returns:
-        The cleaned dataset and a report ``{"removed": {split: {reason: n}}, "removed_total", "input_total"}``.
+        A keep mask per shard and the report ``{"removed": {split: {reason: n}}, "removed_total", "input_total"}``.
 
     Raises:
         TrainflowError: when more than ``max_removed_fraction`` of all images would be removed.
     """
+    keep: dict[str, list[np.ndarray]] = {}
     removed: dict[str, dict[str, int]] = {}
-    kept: dict[str, Split] = {}
-    keys: dict[str, np.ndarray] = {}
-    for name, split in dataset.splits.items():
-        x, y = np.asarray(split.x), np.asarray(split.y)
+    kept_keys: dict[str, np.ndarray] = {}
+    for name, shards in found.items():
         counts = dict.fromkeys(REASONS, 0)
-        good_label = (y >= 0) & (y < len(dataset.classes))
-        flat = x.reshape(len(x), -1)
-        constant = good_label & (flat.min(axis=1) == flat.max(axis=1))
-        counts["bad_label"] = int((~good_label).sum())
-        counts["constant"] = int(constant.sum())
-        valid = good_label & ~constant
-        valid_keys = image_keys(x[valid])  # duplicates only among valid images: a bad copy never wins
-        unique = _first_occurrences(valid_keys)
-        counts["duplicate"] = int((~unique).sum())
-        removed[name], keys[name] = counts, valid_keys[unique]
-        kept[name] = Split(x[valid][unique], y[valid][unique])
-    held_out = [keys[name] for name in kept if name != "train"]
-    if "train" in kept and held_out:
-        leak = np.isin(keys["train"], np.concatenate(held_out))
-        removed["train"]["leak"] = int(leak.sum())
-        kept["train"] = Split(kept["train"].x[~leak], kept["train"].y[~leak])
-    input_total = sum(len(s.y) for s in dataset.splits.values())
+        valid = [good & ~constant for good, constant, _ in shards]
+        counts["bad_label"] = int(sum((~good).sum() for good, _, _ in shards))
+        counts["constant"] = int(sum(constant.sum() for _, constant, _ in shards))
+        keys = _keys(np.concatenate([h[v] for (_, _, h), v in zip(shards, valid, strict=True)]))
+        first = np.zeros(len(keys), dtype=bool)
+        first[np.unique(keys, return_index=True)[1]] = True
+        counts["duplicate"] = int((~first).sum())
+        masks, start = [], 0
+        for v in valid:
+            mask = v.copy()
+            mask[v] = first[start : start + int(v.sum())]
+            start += int(v.sum())
+            masks.append(mask)
+        keep[name], removed[name], kept_keys[name] = masks, counts, keys[first]
+    held_out = [kept_keys[name] for name in found if name != "train"]
+    if "train" in found and held_out:
+        leak_keys = np.concatenate(held_out)
+        for mask, (_, _, hashes) in zip(keep["train"], found["train"], strict=True):
+            leaked = np.zeros(len(mask), dtype=bool)
+            leaked[mask] = np.isin(_keys(hashes[mask]), leak_keys)
+            removed["train"]["leak"] += int(leaked.sum())
+            mask &= ~leaked
+    input_total = sum(len(good) for shards in found.values() for good, _, _ in shards)
     removed_total = sum(sum(c.values()) for c in removed.values())
     if input_total and removed_total / input_total > params.max_removed_fraction:
         raise TrainflowError(
             f"clean would remove {removed_total} of {input_total} images ({removed_total / input_total:.1%}), "
             f"more than clean.max_removed_fraction={params.max_removed_fraction} ({removed})"
         )
-    report = {"removed": removed, "removed_total": removed_total, "input_total": input_total}
+    return keep, {"removed": removed, "removed_total": removed_total, "input_total": input_total}
+
+
+def clean(dataset: Dataset, params: CleanParams) -> tuple[Dataset, dict]:
+    """Remove noise and outliers from an in-memory dataset (each split one shard); see :func:`decide`.
+
+    Returns:
+        The cleaned dataset and the report of :func:`decide`.
+    """
+    found = {name: [inspect(s.x, s.y, len(dataset.classes))] for name, s in dataset.splits.items()}
+    keep, report = decide(found, params)
+    kept = {
+        name: Split(np.asarray(s.x)[keep[name][0]], np.asarray(s.y)[keep[name][0]])
+        for name, s in dataset.splits.items()
+    }
     return Dataset(splits=kept, classes=dataset.classes, info={**dataset.info, "clean": report}), report
 
 
-def run(params: Params) -> dict:
-    """Read data/raw, clean it, write data/clean."""
-    cleaned, report = clean(artifacts.read_dataset(params.paths.raw), params.clean)
-    validation.validate_dataset("clean", cleaned, params)
-    artifacts.write_dataset(params.paths.clean, cleaned)
+# ---------------------------------------------------------------------------------------------- per-shard work
+
+
+def inspect_shard(raw: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    stored = artifacts.open_dataset(Path(raw))
+    shard = stored.shard(split, index)
+    return inspect(shard.x, shard.y, len(stored.classes))
+
+
+def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, hashes: np.ndarray) -> tuple:
+    """Write the kept images of one shard; returns its manifest entry and validation summary."""
+    shard = artifacts.open_dataset(Path(raw)).shard(split, index)
+    kept = Split(shard.x[keep], shard.y[keep])
+    summary = validation.summarize(split, index, kept.x, kept.y, hashes=hashes[keep])
+    return artifacts.write_shard(Path(out), split, index, kept), summary
+
+
+def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+    """Read data/raw shard by shard, clean it, validate and write data/clean."""
+    raw = artifacts.open_dataset(Path(params.paths.raw))
+    shards = [(name, i) for name in raw.splits for i in range(len(raw.shard_counts(name)))]
+    inspected = mapper("clean-inspect", inspect_shard, [(str(raw.path), name, i) for name, i in shards])
+    found: dict[str, list] = {name: [] for name in raw.splits}
+    for (name, _), result in zip(shards, inspected, strict=True):
+        found[name].append(result)
+    keep, report = decide(found, params.clean)
+    with artifacts.atomic_dir(Path(params.paths.clean)) as tmp:
+        calls = [(str(raw.path), str(tmp), name, i, keep[name][i], found[name][i][2]) for name, i in shards]
+        written = mapper("clean-write", write_kept, calls)
+        entries = {name: [] for name in raw.splits}
+        for (name, _), (entry, _) in zip(shards, written, strict=True):
+            entries[name].append(entry)
+        validation.validate_summaries("clean", [summary for _, summary in written], raw.classes, params)
+        info = {**raw.info, "clean": report}
+        content = artifacts.manifest(entries, raw.classes, raw.image_shape, raw.manifest["dtype"], info)
+        artifacts.write_manifest(tmp, content)
     log.info("clean: removed %d of %d images %s", report["removed_total"], report["input_total"], report["removed"])
     return report
 

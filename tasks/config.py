@@ -28,6 +28,7 @@ class DataParams(Section):
     image_size: tuple[PositiveInt, PositiveInt] | None
     color_mode: Literal["grayscale", "rgb"]
     classes: tuple[str, ...] | None
+    shard_size: PositiveInt
 
     @field_validator("source")
     @classmethod

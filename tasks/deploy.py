@@ -157,8 +157,8 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     expected = expected_probabilities(Path(params.paths.predictions), params.deploy.check_samples)
-    clean = artifacts.read_dataset(params.paths.clean)
-    sample = clean.splits["test"].x[: len(expected)]
+    clean = artifacts.open_dataset(Path(params.paths.clean))
+    sample = np.asarray(clean.load("test", mmap=True).x[: len(expected)])
     serving = Path(params.paths.serving)
     gate = decide(
         artifacts.read_json(Path(params.paths.metrics))["test"],

@@ -7,6 +7,7 @@ per-image mean; per-class mean intensity shifts are reported. TFDV has this; the
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,40 @@ BINS = 20  # equal-width bins of per-image mean intensity over 0–255 for the P
 EPSILON = 1e-4  # floor for empty bins/classes: PSI and chi-square are undefined on zeros
 
 
-def statistics(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
-    """Label counts, the histogram of per-image mean intensity, and per-class pixel mean/std (uint8 scale)."""
-    flat = np.asarray(x).reshape(len(x), -1).astype(np.float32)
-    means = flat.mean(axis=1) if len(flat) else np.zeros(0)
-    histogram = np.histogram(means, bins=BINS, range=(0.0, 255.0))[0]
+def statistics(parts: Iterable[tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> dict[str, Any]:
+    """Label counts, the histogram of per-image mean intensity, and per-class pixel mean/std (uint8 scale).
+
+    Args:
+        parts: (images, labels) pieces of the data, e.g. one per shard: accumulated, never concatenated.
+        classes: the class names labels index into.
+    """
+    k = len(classes)
+    histogram = np.zeros(BINS, dtype=np.int64)
+    totals = np.zeros((3, k))  # pixels, sum, sum of squares per class
+    labels, count = np.zeros(k, dtype=np.int64), 0
+    for x, y in parts:
+        y = np.asarray(y)
+        flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+        means = flat.mean(axis=1) if flat.size else np.zeros(len(flat))
+        histogram += np.histogram(means, bins=BINS, range=(0.0, 255.0))[0]
+        known = (y >= 0) & (y < k)
+        labels += np.bincount(y[known], minlength=k)
+        np.add.at(totals[0], y[known], flat.shape[1])
+        np.add.at(totals[1], y[known], flat[known].sum(axis=1))
+        np.add.at(totals[2], y[known], (flat[known] ** 2).sum(axis=1))
+        count += len(y)
     per_class = {}
     for label, name in enumerate(classes):
-        pixels = flat[y == label]
+        pixels = totals[0, label]
+        mean = totals[1, label] / pixels if pixels else None
         per_class[name] = {
-            "mean": float(pixels.mean()) if pixels.size else None,
-            "std": float(pixels.std()) if pixels.size else None,
+            "mean": float(mean) if pixels else None,
+            "std": float(np.sqrt(max(totals[2, label] / pixels - mean * mean, 0.0))) if pixels else None,
         }
     return {
-        "count": len(y),
-        "label_counts": artifacts.class_counts(np.asarray(y), classes),
-        "intensity_histogram": (histogram / max(len(means), 1)).tolist(),
+        "count": count,
+        "label_counts": {name: int(n) for name, n in zip(classes, labels, strict=True)},
+        "intensity_histogram": (histogram / max(count, 1)).tolist(),
         "per_class": per_class,
     }
 
@@ -75,10 +94,10 @@ def compare(reference: dict[str, Any], current: dict[str, Any], params: Validati
     }
 
 
-def write_reference(dataset: Dataset, params: Params) -> None:
+def write_reference(stored: artifacts.Stored, params: Params) -> None:
     """Save the statistics of the train split the model is being trained on: the next ingest compares to it."""
-    train = dataset.splits["train"]
-    artifacts.write_json(Path(params.paths.reference_stats), statistics(train.x, train.y, dataset.classes))
+    parts = ((shard.x, shard.y) for shard in stored.shards("train", mmap=True))
+    artifacts.write_json(Path(params.paths.reference_stats), statistics(parts, stored.classes))
 
 
 def check(dataset: Dataset, params: Params) -> dict[str, Any]:
@@ -93,9 +112,8 @@ def check(dataset: Dataset, params: Params) -> dict[str, Any]:
         why = "validation.drift_action=off" if action == "off" else f"no reference yet ({reference_path})"
         report: dict[str, Any] = {"checked": False, "drifted": False, "why": why}
     else:
-        x = np.concatenate([s.x for s in dataset.splits.values()])
-        y = np.concatenate([s.y for s in dataset.splits.values()])
         reference = artifacts.read_json(reference_path)
+        parts = ((s.x, s.y) for s in dataset.splits.values())
         if list(reference["label_counts"]) != list(dataset.classes):
             raise TrainflowError(
                 f"{reference_path}: reference classes {list(reference['label_counts'])} differ from the "
@@ -104,7 +122,7 @@ def check(dataset: Dataset, params: Params) -> dict[str, Any]:
         report = {
             "checked": True,
             "action": action,
-            **compare(reference, statistics(x, y, dataset.classes), params.validation),
+            **compare(reference, statistics(parts, dataset.classes), params.validation),
         }
         if report["drifted"] and action == "fail":
             raise TrainflowError(f"data drift against {reference_path}: {'; '.join(report['reasons'])}")

@@ -138,7 +138,8 @@ def run(params: Params) -> dict:
     import keras
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
-    data = artifacts.read_dataset(params.paths.clean)
+    stored = artifacts.open_dataset(Path(params.paths.clean))
+    data = artifacts.Dataset({split: stored.load(split, mmap=True) for split in EVAL_SPLITS}, stored.classes)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     metrics: dict[str, Any] = {}
     for split in EVAL_SPLITS:

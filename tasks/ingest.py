@@ -81,7 +81,7 @@ def run(params: Params) -> dict:
     dataset = split(load_source(params.data), params.data, params.ingest, params.seed)
     validation.validate_dataset("raw", dataset, params)
     drift.check(dataset, params)
-    manifest = artifacts.write_dataset(params.paths.raw, dataset)
+    manifest = artifacts.write_dataset(params.paths.raw, dataset, params.data.shard_size)
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
     log.info("ingest: %s → %s %s, shape %s", params.data.source, params.paths.raw, counts, manifest["shape"])
     return manifest

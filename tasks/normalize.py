@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, validation
+from tasks import artifacts, parallel, validation
 from tasks.artifacts import Dataset, Split
 from tasks.config import NormalizeParams, Params
 
@@ -15,17 +16,25 @@ log = logging.getLogger(__name__)
 SCALE = 1.0 / 255.0
 
 
-def statistics(x_train: np.ndarray, params: NormalizeParams) -> dict:
-    """Per-channel statistics of the train split after scaling to [0, 1]; identity for ``scale``."""
-    channels = x_train.shape[-1]
+def channel_sums(x: np.ndarray) -> np.ndarray:
+    """(3, C) float64: pixel count, sum and sum of squares per channel of ``x`` scaled to [0, 1]."""
+    channels = x.shape[-1]
+    flat = np.asarray(x).reshape(-1, channels).astype(np.float64) * SCALE
+    return np.stack([np.full(channels, len(flat), dtype=np.float64), flat.sum(axis=0), (flat * flat).sum(axis=0)])
+
+
+def statistics(sums: list[np.ndarray], channels: int, params: NormalizeParams) -> dict:
+    """Per-channel statistics of the train split from its shards' :func:`channel_sums`; identity for ``scale``."""
     if params.method == "scale":
         return {"method": "scale", "scale": SCALE, "mean": [0.0] * channels, "std": [1.0] * channels}
-    flat = x_train.reshape(-1, channels).astype(np.float64) * SCALE
-    std = flat.std(axis=0)
+    count, total, squares = np.sum(sums, axis=0) if sums else np.zeros((3, channels))
+    count = np.maximum(count, 1.0)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return {
         "method": "standardize",
         "scale": SCALE,
-        "mean": flat.mean(axis=0).tolist(),
+        "mean": mean.tolist(),
         "std": np.where(std > 0, std, 1.0).tolist(),
     }
 
@@ -41,21 +50,52 @@ def apply(x: np.ndarray, stats: dict) -> np.ndarray:
 
 
 def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:
-    """Normalise every split with statistics computed on train only.
+    """Normalise every split of an in-memory dataset with statistics computed on train only.
 
     Returns:
         The float32 dataset and the statistics (also stored in its manifest as ``normalize``).
     """
-    stats = statistics(np.asarray(dataset.splits["train"].x), params)
+    train = np.asarray(dataset.splits["train"].x)
+    stats = statistics([channel_sums(train)], train.shape[-1], params)
     splits = {name: Split(apply(np.asarray(s.x), stats), np.asarray(s.y)) for name, s in dataset.splits.items()}
     return Dataset(splits=splits, classes=dataset.classes, info={**dataset.info, "normalize": stats}), stats
 
 
-def run(params: Params) -> dict:
-    """Read data/augmented, normalise, write data/normalized (statistics in its manifest)."""
-    normalized, stats = normalize(artifacts.read_dataset(params.paths.augmented), params.normalize)
-    validation.validate_dataset("normalized", normalized, params)
-    artifacts.write_dataset(params.paths.normalized, normalized)
+# ---------------------------------------------------------------------------------------------- per-shard work
+
+
+def sums_shard(augmented: str, index: int) -> np.ndarray:
+    return channel_sums(artifacts.open_dataset(Path(augmented)).shard("train", index).x)
+
+
+def normalize_shard(augmented: str, out: str, split: str, index: int, stats: dict) -> tuple:
+    """Write one shard normalised; its manifest entry and validation summary."""
+    shard = artifacts.open_dataset(Path(augmented)).shard(split, index)
+    x = apply(shard.x, stats)
+    summary = validation.summarize(split, index, x, shard.y)
+    return artifacts.write_shard(Path(out), split, index, Split(x, shard.y)), summary
+
+
+def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+    """Read data/augmented shard by shard, normalise, validate, write data/normalized (statistics in its manifest)."""
+    augmented = artifacts.open_dataset(Path(params.paths.augmented))
+    channels = augmented.image_shape[-1]
+    sums = []
+    if params.normalize.method != "scale":
+        calls = [(str(augmented.path), i) for i in range(len(augmented.shard_counts("train")))]
+        sums = mapper("normalize-statistics", sums_shard, calls)
+    stats = statistics(sums, channels, params.normalize)
+    shards = [(name, i) for name in augmented.splits for i in range(len(augmented.shard_counts(name)))]
+    with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
+        calls = [(str(augmented.path), str(tmp), name, i, stats) for name, i in shards]
+        written = mapper("normalize", normalize_shard, calls)
+        entries: dict[str, list] = {name: [] for name in augmented.splits}
+        for (name, _), (entry, _) in zip(shards, written, strict=True):
+            entries[name].append(entry)
+        validation.validate_summaries("normalized", [s for _, s in written], augmented.classes, params)
+        info = {**augmented.info, "normalize": stats}
+        content = artifacts.manifest(entries, augmented.classes, augmented.image_shape, "float32", info)
+        artifacts.write_manifest(tmp, content)
     log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
     return stats
 

@@ -202,10 +202,62 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     )
 
 
+def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
+    """Batches of a stored split with at most two shards in memory: training streams data of any size.
+
+    With a seed, every epoch visits the shards in a fresh random order and each shard's images in a random order
+    (a shuffle buffer of one shard, as sharded input pipelines do); without, in stored order (validation).
+    """
+    import keras
+
+    counts = stored.shard_counts(split)
+
+    class ShardBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch, self.loaded = 0, {}
+            self.order = self._plan()
+
+        def _plan(self) -> np.ndarray:
+            """(N, 2) int64: the shard and position of each image, in this epoch's order."""
+            rng = np.random.default_rng([seed, self.epoch]) if seed is not None else None
+            parts = []
+            for shard in rng.permutation(len(counts)) if rng is not None else range(len(counts)):
+                positions = rng.permutation(counts[shard]) if rng is not None else np.arange(counts[shard])
+                parts.append(np.stack([np.full(len(positions), shard), positions], axis=1))
+            return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+        def _shard(self, index: int) -> artifacts.Split:
+            if index not in self.loaded:
+                if len(self.loaded) >= 2:  # batches run through shards in order: the oldest is done with
+                    self.loaded.pop(next(iter(self.loaded)))
+                self.loaded[index] = stored.shard(split, int(index))
+            return self.loaded[index]
+
+        def __len__(self) -> int:
+            return math.ceil(len(self.order) / batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = self.order[index * batch_size : (index + 1) * batch_size]
+            xs, ys = [], []
+            for shard in dict.fromkeys(rows[:, 0].tolist()):
+                data, where = self._shard(shard), rows[rows[:, 0] == shard, 1]
+                xs.append(data.x[where])
+                ys.append(data.y[where])
+            return (xs[0], ys[0]) if len(xs) == 1 else (np.concatenate(xs), np.concatenate(ys))
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            if seed is not None:
+                self.order = self._plan()
+
+    return ShardBatches()
+
+
 def fit(
     classifier: keras.Model,
-    train: artifacts.Split,
-    val: artifacts.Split,
+    train: keras.utils.PyDataset,
+    val: keras.utils.PyDataset,
     params: TrainParams,
     backup_dir: Path,
     history_csv: Path,
@@ -215,7 +267,7 @@ def fit(
     epoch, resume. Returns the seconds ``model.fit`` took."""
     import keras
 
-    steps_per_epoch = math.ceil(len(train.y) / params.batch_size)
+    steps_per_epoch = len(train)
     classifier.compile(
         optimizer=keras.optimizers.Adam(learning_rate(params, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
@@ -247,12 +299,10 @@ def fit(
     ]
     start = time.perf_counter()
     classifier.fit(
-        train.x,
-        train.y,
-        validation_data=(val.x, val.y),
+        train,
+        validation_data=val,
         epochs=params.epochs,
-        batch_size=params.batch_size,
-        shuffle=True,
+        shuffle=False,  # train shuffles itself, shard by shard (shard_batches)
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -289,8 +339,8 @@ def run(params: Params) -> dict:
     if cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(params.seed)
-    data = artifacts.read_dataset(params.paths.normalized)
-    manifest = artifacts.describe(data)
+    data = artifacts.open_dataset(Path(params.paths.normalized))
+    manifest = data.manifest
     shape = data.image_shape
 
     checkpoints = Path(params.paths.checkpoints)
@@ -311,8 +361,8 @@ def run(params: Params) -> dict:
         classifier = build_classifier(shape, len(data.classes), cfg)
         fit_seconds = fit(
             classifier,
-            data.splits["train"],
-            data.splits["val"],
+            shard_batches(data, "train", cfg.batch_size, params.seed),
+            shard_batches(data, "val", cfg.batch_size, None),
             cfg,
             backup_dir,
             history_csv,
@@ -322,7 +372,7 @@ def run(params: Params) -> dict:
         save_model(model, Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)
-    drift.write_reference(artifacts.read_dataset(params.paths.clean, mmap=True), params)  # in raw pixel space
+    drift.write_reference(artifacts.open_dataset(Path(params.paths.clean)), params)  # in raw pixel space
     epochs_run = history.count(b"\n") - 1
     tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
     tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")

@@ -1,4 +1,4 @@
-"""Great Expectations at every stage boundary: per-image summary table → suite → checkpoint → Data Docs.
+"""Great Expectations at every stage boundary: shard summaries → summary table → suite → checkpoint → Data Docs.
 
 The only module that knows GX's API. A stage calls :func:`validate_dataset` (or :func:`validate_predictions`)
 before it writes its output; a failed suite raises a TrainflowError listing every failed expectation.
@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ def row_hashes(flat: np.ndarray) -> np.ndarray:
     Each 64-bit word of a row is mixed (xor-shift, multiply), then combined with position-dependent
     odd multipliers (wrapping arithmetic), so equal rows hash equal and a changed pixel changes the hash.
     """
+    if not flat.size:
+        return np.zeros((len(flat), 2), dtype=np.uint64)
     data = np.ascontiguousarray(flat).view(np.uint8).reshape(len(flat), -1)
     pad = (-data.shape[1]) % 8
     if pad:
@@ -61,17 +64,11 @@ def row_hashes(flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hex(hashes: np.ndarray) -> np.ndarray:
-    """Each row's two 64-bit words as one 32-digit hex string (vectorised: one hex() of the whole buffer)."""
-    text = np.ascontiguousarray(hashes, dtype=">u8").tobytes().hex().encode()
-    return np.frombuffer(text, dtype="S32").astype("U32")
-
-
-def _image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    """min, max, mean, std, NaN and inf counts and content hash of each image, in chunks of CHUNK images."""
+def _image_stats(x: np.ndarray, with_hashes: bool = True) -> dict[str, np.ndarray]:
+    """Per image: min, max, pixel sum and sum of squares, NaN and inf counts and content hash, CHUNK at a time."""
     n = len(x)
     flat = np.asarray(x).reshape(n, -1)
-    stats = {k: np.empty(n, dtype=np.float64) for k in ("min", "max", "mean", "std")}
+    stats = {k: np.zeros(n, dtype=np.float64) for k in ("min", "max", "sum", "squares")}
     stats |= {k: np.zeros(n, dtype=np.int64) for k in ("nan_count", "inf_count")}
     hashes = np.empty((n, 2), dtype=np.uint64)
     is_float, pixels = flat.dtype.kind == "f", flat.shape[1]
@@ -85,17 +82,15 @@ def _image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
             stats["min"][part] = rows.min(axis=1)
             stats["max"][part] = rows.max(axis=1)
             if rows.dtype == np.uint8:  # exact integer sums (squares fit 16 bits)
-                total = rows.sum(axis=1, dtype=np.int64)
-                squares = (rows.astype(np.uint16) ** 2).sum(axis=1, dtype=np.uint64)
+                stats["sum"][part] = rows.sum(axis=1, dtype=np.int64)
+                stats["squares"][part] = (rows.astype(np.uint16) ** 2).sum(axis=1, dtype=np.uint64)
             else:  # BLAS in float32: ample for statistics that no expectation bounds tightly
                 values = rows.astype(np.float32, copy=False)
-                total = values @ np.ones(pixels, dtype=np.float32)
-                squares = np.einsum("ij,ij->i", values, values)
-            mean = total / pixels
-            stats["mean"][part] = mean
-            stats["std"][part] = np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))
-        hashes[part] = row_hashes(rows)
-    return {**stats, "hash": hashes}
+                stats["sum"][part] = values @ np.ones(pixels, dtype=np.float32)
+                stats["squares"][part] = np.einsum("ij,ij->i", values, values)
+        if with_hashes:
+            hashes[part] = row_hashes(rows)
+    return {**stats, "hash": hashes} if with_hashes else stats
 
 
 def _in_train(hashes: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -107,74 +102,124 @@ def _in_train(hashes: np.ndarray, train: np.ndarray) -> np.ndarray:
     return found
 
 
-def _categorical(values: list[str], codes: np.ndarray) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes, categories=pd.Index(values, dtype=object))
+@dataclass(frozen=True)
+class ShardSummary:
+    """What the suites need of one shard: per-label aggregates and each image's label and content hash.
+
+    Small (24 bytes per image plus a row per label), so a stage's workers return these instead of pixels.
+    """
+
+    split: str
+    shard: int
+    shape: tuple[int, ...]
+    dtype: str
+    pixels: int  # per image
+    labels: np.ndarray  # (n,) int64
+    hashes: np.ndarray  # (n, 2) uint64
+    groups: dict[str, np.ndarray]  # per distinct label: label, images, min, max, sum, squares, nan/inf counts, changed
 
 
-def summary_table(dataset: Dataset, reference: Dataset | None = None) -> pd.DataFrame:
-    """One row per image: what the suites check.
-
-    Columns: split, index, id, label, height, width, channels, shape, dtype, min, max, mean, std, nan_count,
-    inf_count, hash, plus dataset-level facts per row: split_rows (images in the row's split), class_fraction
-    (share of the row's label in its split), split_label, leaked_into_train (a val/test image whose content is
-    also in train) and, with ``reference`` (augment's input), changed_by_augment (a val/test image that differs
-    from the reference's image at the same index). Repeated strings are categoricals, so 100,000 rows take
-    tenths of a second.
+def summarize(
+    split: str,
+    shard: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    reference: np.ndarray | None = None,
+    hashes: np.ndarray | None = None,
+) -> ShardSummary:
+    """Aggregate one shard's images per label.
 
     Args:
-        dataset: the dataset at a boundary.
-        reference: the dataset before augment; val/test must be unchanged relative to it.
+        split, shard: where the images are.
+        x, y: the shard's images and labels.
+        reference: the same shard before the stage (augment's val/test); ``changed`` counts images that differ.
+        hashes: the images' :func:`row_hashes` when the stage has them already.
     """
-    names = list(dataset.splits)
-    shapes = sorted({"x".join(str(d) for d in s.x.shape[1:]) for s in dataset.splits.values()})
-    dtypes = sorted({str(s.x.dtype) for s in dataset.splits.values()})
-    labels_seen = sorted({int(v) for s in dataset.splits.values() for v in np.unique(np.asarray(s.y))})
-    pairs = [f"{name}:{label}" for name in names for label in labels_seen]
-    frames, all_hashes = [], {}
-    for code, (name, split) in enumerate(dataset.splits.items()):
-        x, y = split.x, np.asarray(split.y).astype(np.int64)
-        n = len(y)
-        height, width, channels = (*x.shape[1:], 1, 1, 1)[:3]
-        values, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-        stats = _image_stats(x)
-        all_hashes[name] = stats.pop("hash")
-        pair_codes = (code * len(labels_seen) + np.searchsorted(labels_seen, values))[inverse] if n else inverse
-        frame = pd.DataFrame(
-            {
-                "split": _categorical(names, np.full(n, code)),
-                "index": np.arange(n),
-                "label": y,
-                "height": np.full(n, height),
-                "width": np.full(n, width),
-                "channels": np.full(n, channels),
-                "shape": _categorical(shapes, np.full(n, shapes.index("x".join(str(d) for d in x.shape[1:])))),
-                "dtype": _categorical(dtypes, np.full(n, dtypes.index(str(x.dtype)))),
-                **stats,
-                "hash": _hex(all_hashes[name]),
-                "split_rows": np.full(n, n),
-                "class_fraction": (counts / max(n, 1))[inverse] if n else np.zeros(0),
-                "split_label": _categorical(pairs, pair_codes.astype(np.int64)),
+    y = np.asarray(y).astype(np.int64)
+    stats = _image_stats(x, hashes is None)
+    hashes = stats.pop("hash") if hashes is None else hashes
+    labels, inverse = np.unique(y, return_inverse=True)
+    k = len(labels)
+    groups: dict[str, np.ndarray] = {"label": labels, "images": np.bincount(inverse, minlength=k)}
+    for key in ("sum", "squares", "nan_count", "inf_count"):
+        groups[key] = np.bincount(inverse, weights=stats[key], minlength=k)
+    groups["min"], groups["max"] = np.full(k, np.inf), np.full(k, -np.inf)
+    np.minimum.at(groups["min"], inverse, stats["min"])
+    np.maximum.at(groups["max"], inverse, stats["max"])
+    if reference is not None:
+        before = row_hashes(np.asarray(reference).reshape(len(reference), -1))
+        changed = np.ones(len(y), bool) if len(before) != len(y) else (hashes != before).any(axis=1)
+        groups["changed"] = np.bincount(inverse, weights=changed, minlength=k)
+    pixels = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
+    return ShardSummary(split, shard, tuple(int(d) for d in x.shape[1:]), str(x.dtype), pixels, y, hashes, groups)
+
+
+def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
+    """One row per split × shard × label: what the suites check.
+
+    Columns: split, shard, label, id (``split/shard/label``), images, height, width, channels, shape, dtype, min,
+    max, mean, std (over the row's pixels), nan_count, inf_count, split_rows (images in the row's split),
+    class_fraction (share of the row's label in its split), split_label, leaked_into_train (val/test images whose
+    content is also in train) and, when the summaries carry it, changed_by_augment (val/test images that differ
+    from the stage's input). Its size grows with shards and classes, not images.
+    """
+    train = [s.hashes for s in summaries if s.split == "train"]
+    train_hashes = np.concatenate(train) if train else np.zeros((0, 2), np.uint64)
+    split_rows: dict[str, int] = {}
+    label_rows: dict[tuple[str, int], int] = {}
+    for s in summaries:
+        split_rows[s.split] = split_rows.get(s.split, 0) + len(s.labels)
+        for label, n in zip(s.groups["label"].tolist(), s.groups["images"].tolist(), strict=True):
+            label_rows[s.split, label] = label_rows.get((s.split, label), 0) + n
+    with_changed = any("changed" in s.groups for s in summaries)
+    rows = []
+    for s in summaries:
+        leaked = np.zeros(len(s.labels), bool) if s.split == "train" else _in_train(s.hashes, train_hashes)
+        inverse = np.searchsorted(s.groups["label"], s.labels)
+        leaked_per_label = np.bincount(inverse, weights=leaked, minlength=len(s.groups["label"]))
+        height, width, channels = (*s.shape, 1, 1, 1)[:3]
+        for g, label in enumerate(s.groups["label"].tolist()):
+            images, values = int(s.groups["images"][g]), max(int(s.groups["images"][g]) * s.pixels, 1)
+            mean = s.groups["sum"][g] / values
+            row = {
+                "split": s.split,
+                "shard": s.shard,
+                "label": label,
+                "id": f"{s.split}/{s.shard}/{label}",
+                "images": images,
+                "height": height,
+                "width": width,
+                "channels": channels,
+                "shape": "x".join(map(str, s.shape)),
+                "dtype": s.dtype,
+                "min": float(s.groups["min"][g]),
+                "max": float(s.groups["max"][g]),
+                "mean": float(mean),
+                "std": float(np.sqrt(max(s.groups["squares"][g] / values - mean * mean, 0.0))),
+                "nan_count": int(s.groups["nan_count"][g]),
+                "inf_count": int(s.groups["inf_count"][g]),
+                "split_rows": split_rows[s.split],
+                "class_fraction": label_rows[s.split, label] / split_rows[s.split],
+                "split_label": f"{s.split}:{label}",
+                "leaked_into_train": int(leaked_per_label[g]),
             }
-        )
-        if reference is not None:
-            changed = np.zeros(n, dtype=bool) if name == "train" else _changed(all_hashes[name], reference, name)
-            frame["changed_by_augment"] = changed
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    table.insert(2, "id", np.arange(len(table)))  # unique by construction: names the row in failure reports
-    train = all_hashes.get("train", np.zeros((0, 2), np.uint64))
-    leaked = [np.zeros(len(h), bool) if name == "train" else _in_train(h, train) for name, h in all_hashes.items()]
-    table["leaked_into_train"] = np.concatenate(leaked) if leaked else np.zeros(0, bool)
-    return table
+            if with_changed:
+                row["changed_by_augment"] = int(s.groups.get("changed", np.zeros(len(s.groups["label"])))[g])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["split", "split_rows", "split_label", "id"])
 
 
-def _changed(hashes: np.ndarray, reference: Dataset, name: str) -> np.ndarray:
-    if name not in reference.splits:
-        return np.ones(len(hashes), dtype=bool)
-    before = row_hashes(np.asarray(reference.splits[name].x).reshape(len(reference.splits[name].y), -1))
-    if len(before) != len(hashes):  # images added or dropped: every row of the split is suspect
-        return np.ones(len(hashes), dtype=bool)
-    return (hashes != before).any(axis=1)
+def summarize_dataset(dataset: Dataset, shard_size: int | None, reference: Dataset | None = None) -> list[ShardSummary]:
+    """Summaries of an in-memory dataset cut into the shards :func:`artifacts.write_dataset` would write."""
+    summaries = []
+    for name, split in dataset.splits.items():
+        before = list(artifacts.chunks(reference.splits[name], shard_size)) if reference and name != "train" else None
+        for i, part in enumerate(artifacts.chunks(split, shard_size)):
+            ref = None
+            if reference is not None:
+                ref = part.x if name == "train" else (before[i].x if before and i < len(before) else part.x[:0])
+            summaries.append(summarize(name, i, part.x, part.y, ref))
+    return summaries
 
 
 def prediction_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
@@ -237,10 +282,10 @@ def image_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[st
         expectations += [
             e.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(k))),
             e.ExpectColumnValuesToBeBetween(column="class_fraction", min_value=v.min_class_fraction),
-            e.ExpectColumnValuesToBeInSet(column="leaked_into_train", value_set=[False]),
+            e.ExpectColumnValuesToBeBetween(column="leaked_into_train", min_value=0, max_value=0),
         ]
     if boundary == "augmented":
-        expectations.append(e.ExpectColumnValuesToBeInSet(column="changed_by_augment", value_set=[False]))
+        expectations.append(e.ExpectColumnValuesToBeBetween(column="changed_by_augment", min_value=0, max_value=0))
     return expectations
 
 
@@ -325,7 +370,8 @@ def setup_checkpoint(context: Any, boundary: str, expectations: list[Any]) -> An
             name=boundary,
             validation_definitions=[definition],
             actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
-            result_format={"result_format": "SUMMARY"},
+            # SUMMARY plus the id of the rows that failed: the error names the split, shard and label
+            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]},
         )
     )
 
@@ -342,6 +388,12 @@ def _forget_previous_results(context: Any, boundary: str, paths: PathsParams) ->
 # ---------------------------------------------------------------------------------------------- running
 
 
+def _split_counts(table: pd.DataFrame) -> dict[str, int]:
+    if "images" in table:  # an image summary: rows are split × shard × label groups
+        return {str(k): int(v) for k, v in table.groupby("split", sort=False)["images"].sum().items()}
+    return {str(k): int(v) for k, v in table["split"].value_counts(sort=False).items()}
+
+
 def _observed(result: Mapping[str, Any]) -> str:
     if result.get("observed_value") is not None:
         return f"observed {result['observed_value']}"
@@ -349,7 +401,11 @@ def _observed(result: Mapping[str, Any]) -> str:
         return f"missing {list(result['partial_missing_list'])[:5]}"
     if result.get("unexpected_count"):
         sample = list(result.get("partial_unexpected_list") or [])[:3]
-        return f"observed {result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}"
+        where = [
+            row.get("id") for row in (result.get("partial_unexpected_index_list") or [])[:3] if isinstance(row, dict)
+        ]
+        at = f" at {where}" if where else ""
+        return f"observed {result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}{at}"
     return "observed nothing"
 
 
@@ -389,7 +445,7 @@ def run_suite(boundary: str, table: pd.DataFrame, expectations: list[Any], param
         "boundary": boundary,
         "success": True,
         "rows": len(table),
-        "splits": {str(k): int(v) for k, v in table["split"].value_counts(sort=False).items()},
+        "splits": _split_counts(table),
         "expectations": [
             f"{r.expectation_config.type}({r.expectation_config.kwargs.get('column', 'table')})" for r in result.results
         ],
@@ -402,25 +458,34 @@ def run_suite(boundary: str, table: pd.DataFrame, expectations: list[Any], param
     return summary
 
 
-def validate_dataset(
-    boundary: str, dataset: Dataset, params: Params, reference: Dataset | None = None
+def validate_summaries(
+    boundary: str, summaries: list[ShardSummary], classes: tuple[str, ...], params: Params
 ) -> dict[str, Any]:
-    """Summarise ``dataset`` and validate it with the suite of ``boundary`` (raw, clean, augmented, normalized).
-
-    Args:
-        boundary: which suite.
-        dataset: the stage's output, before it is written.
-        params: the whole config (paths, validation thresholds, normalize method).
-        reference: augment's input, to check that val/test are unchanged.
+    """Validate a dataset at ``boundary`` (raw, clean, augmented, normalized) from its shards' summaries.
 
     Returns:
         The JSON summary written to ``paths.validation/<boundary>.json``.
     """
     if boundary not in IMAGE_BOUNDARIES:
         raise ValueError(f"unknown image boundary {boundary!r}")
-    table = summary_table(dataset, reference if boundary == "augmented" else None)
-    expectations = image_expectations(boundary, dataset.classes, tuple(dataset.splits), params)
-    return run_suite(boundary, table, expectations, params)
+    splits = tuple(dict.fromkeys(s.split for s in summaries))
+    expectations = image_expectations(boundary, classes, splits, params)
+    return run_suite(boundary, summary_table(summaries), expectations, params)
+
+
+def validate_dataset(
+    boundary: str, dataset: Dataset, params: Params, reference: Dataset | None = None
+) -> dict[str, Any]:
+    """Validate an in-memory dataset, cut into ``data.shard_size`` shards as it will be written.
+
+    Args:
+        boundary: which suite.
+        dataset: the stage's output, before it is written.
+        params: the whole config (paths, validation thresholds, normalize method, shard size).
+        reference: augment's input, to check that val/test are unchanged.
+    """
+    summaries = summarize_dataset(dataset, params.data.shard_size, reference if boundary == "augmented" else None)
+    return validate_summaries(boundary, summaries, dataset.classes, params)
 
 
 def validate_predictions(

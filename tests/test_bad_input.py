@@ -175,8 +175,10 @@ def raw_missing(tmp: Path) -> dict[str, Any]:
 
 def raw_corrupt(tmp: Path) -> dict[str, Any]:
     (tmp / "raw/train").mkdir(parents=True)
-    (tmp / "raw/manifest.json").write_text(json.dumps({"splits": {"train": {}}, "classes": ["0", "1"]}))
-    (tmp / "raw/train/x.npy").write_bytes(b"\x93NUMPY cut short")
+    shards = {"count": 5, "shards": [{"count": 5, "sha256": "0"}]}
+    manifest = {"splits": {"train": shards}, "classes": ["0", "1"], "shape": [8, 8, 1], "dtype": "uint8"}
+    (tmp / "raw/manifest.json").write_text(json.dumps(manifest))
+    (tmp / "raw/train/x-00000.npy").write_bytes(b"\x93NUMPY cut short")
     return {"paths.raw": str(tmp / "raw")}
 
 
@@ -219,7 +221,7 @@ CASES = [
     Case("params_missing_key", params_only(**{"clean.max_removed_fraction": DELETE}), ("clean.max_removed_fraction",)),
     Case("params_file_missing", params_only(), ("no-such-params.yaml", "not found"), extra_args=("missing",)),
     Case("clean_raw_missing", raw_missing, ("{tmp}/raw/manifest.json", "not found"), stage="clean"),
-    Case("clean_raw_corrupt", raw_corrupt, ("{tmp}/raw/train", "cannot read split"), stage="clean"),
+    Case("clean_raw_corrupt", raw_corrupt, ("{tmp}/raw/train", "cannot read shard 0"), stage="clean"),
 ]
 
 

@@ -13,6 +13,7 @@ from tasks.artifacts import (
     Split,
     atomic_dir,
     content_hash,
+    open_dataset,
     read_dataset,
     read_json,
     write_bytes,
@@ -39,8 +40,49 @@ def test_write_read_roundtrip(tmp_path: Path, make_dataset: MakeDataset) -> None
             np.testing.assert_array_equal(back.splits[name].x, split.x)
             np.testing.assert_array_equal(back.splits[name].y, split.y)
             assert back.splits[name].x.dtype == split.x.dtype
-            assert content_hash(back.splits[name]) == manifest["splits"][name]["sha256"]
+            (shard,) = manifest["splits"][name]["shards"]  # no shard size: one shard per split
+            assert content_hash(back.splits[name]) == shard["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_shards_hold_at_most_shard_size_images_and_read_back_in_order(
+    tmp_path: Path, make_dataset: MakeDataset
+) -> None:
+    dataset = make_dataset({"train": 30, "val": 9, "test": 0})
+    manifest = write_dataset(tmp_path / "d", dataset, shard_size=7)
+    train = manifest["splits"]["train"]
+    assert [s["count"] for s in train["shards"]] == [7, 7, 7, 7, 2]
+    assert [s["count"] for s in manifest["splits"]["val"]["shards"]] == [7, 2]
+    assert [s["count"] for s in manifest["splits"]["test"]["shards"]] == [0]  # an empty split keeps one empty shard
+    assert sorted(p.name for p in (tmp_path / "d" / "train").iterdir())[:2] == ["x-00000.npy", "x-00001.npy"]
+    stored = open_dataset(tmp_path / "d")
+    assert stored.shard_counts("train") == [7, 7, 7, 7, 2] and stored.count("train") == 30
+    np.testing.assert_array_equal(stored.shard("train", 1).x, dataset.splits["train"].x[7:14])
+    np.testing.assert_array_equal(stored.labels("train"), dataset.splits["train"].y)
+    whole = stored.load("train")
+    np.testing.assert_array_equal(whole.x, dataset.splits["train"].x)
+    assert stored.load("test").x.shape == (0, 6, 6, 1)
+    for entry, shard in zip(train["shards"], stored.shards("train"), strict=True):
+        assert entry["sha256"] == content_hash(shard)
+    # The split's hash covers every shard: another shard size (same images) is another artifact.
+    other = write_dataset(tmp_path / "e", dataset, shard_size=10)
+    assert other["splits"]["train"]["sha256"] != train["sha256"]
+    assert other["splits"]["train"]["class_counts"] == train["class_counts"] == {"c0": 10, "c1": 10, "c2": 10}
+
+
+def test_a_shard_that_disagrees_with_the_manifest_is_named(tmp_path: Path, make_dataset: MakeDataset) -> None:
+    write_dataset(tmp_path / "d", make_dataset(), shard_size=10)
+    np.save(tmp_path / "d" / "train" / "x-00001.npy", np.zeros((3, 6, 6, 1), np.uint8))
+    stored = open_dataset(tmp_path / "d")
+    stored.shard("train", 0)
+    with pytest.raises(TrainflowError, match=r"d/train: shard 1 has 3 images and 10 labels, the manifest says 10"):
+        stored.shard("train", 1)
+
+
+def test_a_manifest_without_shards_asks_for_a_rerun(tmp_path: Path) -> None:
+    write_json(tmp_path / "d" / "manifest.json", {"classes": ["a"], "splits": {"train": {"count": 1}}})
+    with pytest.raises(TrainflowError, match=r"d/manifest\.json: not a sharded dataset manifest"):
+        open_dataset(tmp_path / "d")
 
 
 def test_content_hash_changes_with_data_dtype_and_shape() -> None:
@@ -128,6 +170,6 @@ def test_json_roundtrip_and_errors(tmp_path: Path) -> None:
 
 def test_read_dataset_missing_split_file_named(tmp_path: Path, make_dataset: MakeDataset) -> None:
     write_dataset(tmp_path / "d", make_dataset())
-    (tmp_path / "d" / "val" / "y.npy").unlink()
-    with pytest.raises(TrainflowError, match=r"d/val: cannot read split"):
+    (tmp_path / "d" / "val" / "y-00000.npy").unlink()
+    with pytest.raises(TrainflowError, match=r"d/val: cannot read shard 0"):
         read_dataset(tmp_path / "d")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tasks.artifacts import content_hash
-from tasks.augment import affine, augment, random_affine, sample_grid
+from tasks.augment import affine, augment, copy_rng, random_affine, sample_grid
 from tasks.config import AugmentParams
 from tests.conftest import MakeDataset
 
@@ -21,7 +21,7 @@ def augment_params(copies: int = 2, **overrides: float) -> AugmentParams:
 
 def test_val_and_test_pass_through_byte_identical(make_dataset: MakeDataset) -> None:
     dataset = make_dataset()
-    out, _ = augment(dataset, augment_params(), np.random.default_rng(0))
+    out, _ = augment(dataset, augment_params(), 0)
     for name in ("val", "test"):
         assert content_hash(out.splits[name]) == content_hash(dataset.splits[name])
 
@@ -29,7 +29,7 @@ def test_val_and_test_pass_through_byte_identical(make_dataset: MakeDataset) -> 
 def test_train_grows_by_copies_with_labels_tiled(make_dataset: MakeDataset) -> None:
     dataset = make_dataset({"train": 12, "val": 3, "test": 3})
     train = dataset.splits["train"]
-    out, report = augment(dataset, augment_params(copies=3), np.random.default_rng(0))
+    out, report = augment(dataset, augment_params(copies=3), 0)
     x, y = out.splits["train"].x, out.splits["train"].y
     assert x.shape == (48, *train.x.shape[1:]) and x.dtype == np.uint8
     np.testing.assert_array_equal(y, np.concatenate([train.y] * 4))
@@ -41,16 +41,22 @@ def test_train_grows_by_copies_with_labels_tiled(make_dataset: MakeDataset) -> N
 
 def test_same_seed_same_output_other_seed_differs(make_dataset: MakeDataset) -> None:
     dataset = make_dataset()
-    first, _ = augment(dataset, augment_params(), np.random.default_rng(5))
-    again, _ = augment(dataset, augment_params(), np.random.default_rng(5))
-    other, _ = augment(dataset, augment_params(), np.random.default_rng(6))
+    first, _ = augment(dataset, augment_params(), 5)
+    again, _ = augment(dataset, augment_params(), 5)
+    other, _ = augment(dataset, augment_params(), 6)
     assert content_hash(first.splits["train"]) == content_hash(again.splits["train"])
     assert content_hash(first.splits["train"]) != content_hash(other.splits["train"])
 
 
+def test_each_copy_of_each_shard_has_its_own_random_stream() -> None:
+    draws = {(c, i): copy_rng(7, c, i).random() for c in (1, 2) for i in (0, 1)}
+    assert len(set(draws.values())) == 4
+    assert copy_rng(7, 2, 1).random() == draws[2, 1]  # the same call draws the same, whichever worker runs it
+
+
 def test_copies_zero_leaves_train_unchanged(make_dataset: MakeDataset) -> None:
     dataset = make_dataset()
-    out, report = augment(dataset, augment_params(copies=0), np.random.default_rng(0))
+    out, report = augment(dataset, augment_params(copies=0), 0)
     assert content_hash(out.splits["train"]) == content_hash(dataset.splits["train"])
     assert report["train_added"] == 0
 
@@ -92,8 +98,9 @@ def test_random_affine_without_ranges_is_identity() -> None:
 
 def test_sample_grid_is_a_png_of_the_expected_size(make_dataset: MakeDataset) -> None:
     dataset = make_dataset({"train": 10, "val": 2, "test": 2}, shape=(6, 6, 1))
-    out, report = augment(dataset, augment_params(copies=2), np.random.default_rng(0))
-    png = sample_grid(out, report["train_original"], 4)
+    out, report = augment(dataset, augment_params(copies=2), 0)
+    n = report["train_original"]
+    png = sample_grid([out.splits["train"].x[c * n : (c + 1) * n] for c in range(3)], 4)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     with Image.open(io.BytesIO(png)) as image:
         image.verify()
@@ -105,7 +112,7 @@ def test_sample_grid_is_a_png_of_the_expected_size(make_dataset: MakeDataset) ->
 
 def test_sample_grid_rgb_and_count_capped(make_dataset: MakeDataset) -> None:
     dataset = make_dataset({"train": 3, "val": 2, "test": 2}, shape=(32, 32, 3))
-    png = sample_grid(dataset, 3, 12)
+    png = sample_grid([dataset.splits["train"].x], 12)
     with Image.open(io.BytesIO(png)) as image:
         assert image.mode == "RGB"
         assert image.size == (3 * 34 * 2, 34 * 2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks import drift
-from tasks.artifacts import Dataset, Split
+from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.config import Params
 from tasks.errors import TrainflowError
 from tasks.sources import load_digits
@@ -26,7 +26,11 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def dparams(params: Params, tmp_path: Path) -> Params:
     paths = params.paths.model_copy(
-        update={"reference_stats": str(tmp_path / "reference.json"), "drift_report": str(tmp_path / "drift.json")}
+        update={
+            "reference_stats": str(tmp_path / "reference.json"),
+            "drift_report": str(tmp_path / "drift.json"),
+            "clean": str(tmp_path / "clean"),
+        }
     )
     return params.model_copy(update={"paths": paths})
 
@@ -41,14 +45,18 @@ def halves(x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray],
 
 def test_two_halves_of_the_same_data_do_not_drift(digits: tuple[np.ndarray, np.ndarray], params: Params) -> None:
     (xa, ya), (xb, yb) = halves(*digits)
-    report = drift.compare(drift.statistics(xa, ya, CLASSES), drift.statistics(xb, yb, CLASSES), params.validation)
+    report = drift.compare(
+        drift.statistics([(xa, ya)], CLASSES), drift.statistics([(xb, yb)], CLASSES), params.validation
+    )
     assert not report["drifted"], report["reasons"]
     assert report["label_p_value"] > 0.5 and report["intensity_psi"] < 0.05
 
 
 def test_darker_images_drift_in_intensity(digits: tuple[np.ndarray, np.ndarray], params: Params) -> None:
     (xa, ya), (xb, yb) = halves(*digits)
-    report = drift.compare(drift.statistics(xa, ya, CLASSES), drift.statistics(xb // 3, yb, CLASSES), params.validation)
+    report = drift.compare(
+        drift.statistics([(xa, ya)], CLASSES), drift.statistics([(xb // 3, yb)], CLASSES), params.validation
+    )
     assert report["drifted"] and report["intensity_psi"] > params.validation.drift_psi
     assert all(shift < 0 for shift in report["per_class_mean_shift"].values())
 
@@ -57,7 +65,7 @@ def test_a_skewed_label_distribution_drifts(digits: tuple[np.ndarray, np.ndarray
     (xa, ya), (xb, yb) = halves(*digits)
     skewed = yb < 5
     report = drift.compare(
-        drift.statistics(xa, ya, CLASSES), drift.statistics(xb[skewed], yb[skewed], CLASSES), params.validation
+        drift.statistics([(xa, ya)], CLASSES), drift.statistics([(xb[skewed], yb[skewed])], CLASSES), params.validation
     )
     assert report["drifted"] and report["label_p_value"] < params.validation.drift_label_p_value
     assert any("label distribution" in reason for reason in report["reasons"])
@@ -75,7 +83,12 @@ def test_check_without_a_reference_reports_that_and_passes(dparams: Params, digi
 
 def test_check_warns_or_fails_on_drift_as_params_say(dparams: Params, digits: tuple) -> None:
     (xa, ya), (xb, yb) = halves(*digits)
-    drift.write_reference(dataset(xa, ya), dparams)
+    write_dataset(Path(dparams.paths.clean), dataset(xa, ya), shard_size=100)  # train's reference: shard by shard
+    drift.write_reference(open_dataset(Path(dparams.paths.clean)), dparams)
+    whole = drift.statistics([(xa, ya)], CLASSES)
+    reference = json.loads(Path(dparams.paths.reference_stats).read_text())
+    assert reference["label_counts"] == whole["label_counts"]
+    np.testing.assert_allclose(reference["intensity_histogram"], whole["intensity_histogram"])
     assert drift.check(dataset(xb, yb), with_action(dparams, "fail"))["drifted"] is False
     assert drift.check(dataset(xb // 3, yb), with_action(dparams, "warn"))["drifted"] is True
     Path(dparams.paths.drift_report).unlink()

@@ -6,7 +6,7 @@ import numpy as np
 
 from tasks.artifacts import Dataset, Split
 from tasks.config import NormalizeParams
-from tasks.normalize import apply, normalize, statistics
+from tasks.normalize import apply, channel_sums, normalize, statistics
 from tests.conftest import MakeDataset
 
 SCALE = NormalizeParams(method="scale")
@@ -52,7 +52,7 @@ def test_standardize_uses_train_statistics_only(make_dataset: MakeDataset) -> No
 def test_constant_channel_std_falls_back_to_one() -> None:
     x = np.zeros((4, 2, 2, 2), dtype=np.uint8)
     x[..., 1] = np.arange(4)[:, None, None] * 60
-    stats = statistics(x, STANDARDIZE)
+    stats = statistics([channel_sums(x)], 2, STANDARDIZE)
     assert stats["std"][0] == 1.0 and stats["std"][1] > 0
     assert np.isfinite(apply(x, stats)).all()
 
@@ -61,3 +61,12 @@ def test_apply_matches_the_formula() -> None:
     x = np.array([[[[0], [51]], [[102], [255]]]], dtype=np.uint8)
     stats = {"method": "standardize", "scale": 1 / 255, "mean": [0.5], "std": [0.25]}
     np.testing.assert_allclose(apply(x, stats)[0, ..., 0], [[-2.0, -1.2], [-0.4, 2.0]], rtol=1e-6)
+
+
+def test_statistics_over_shards_equal_the_whole() -> None:
+    x = np.random.default_rng(0).integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
+    whole = statistics([channel_sums(x)], 3, STANDARDIZE)
+    sharded = statistics([channel_sums(x[:20]), channel_sums(x[20:45]), channel_sums(x[45:])], 3, STANDARDIZE)
+    np.testing.assert_allclose(sharded["mean"], whole["mean"], rtol=1e-12)
+    np.testing.assert_allclose(sharded["std"], whole["std"], rtol=1e-12)
+    np.testing.assert_allclose(whole["std"], (x / 255).reshape(-1, 3).std(axis=0), rtol=1e-9)

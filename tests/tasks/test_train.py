@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.artifacts import Split, describe
+from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.config import NormalizeParams, Params, TrainParams
-from tasks.normalize import apply, statistics
+from tasks.normalize import apply, channel_sums, statistics
 from tasks.train import (
     _conv_padding,
     build_classifier,
@@ -23,6 +23,7 @@ from tasks.train import (
     distribution,
     fit,
     learning_rate,
+    shard_batches,
     with_preprocessing,
 )
 from tests.conftest import REPO, MakeDataset
@@ -116,8 +117,7 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
         update={"batch_norm": True, "lr_schedule": "cosine", "epochs": 3, "lr_warmup_epochs": 1, "learning_rate": 0.01}
     )
     data = make_dataset({"train": 64, "val": 16}, shape=(8, 8, 1), num_classes=2)
-    train = Split(data.splits["train"].x.astype(np.float32) / 255, data.splits["train"].y)
-    val = Split(data.splits["val"].x.astype(np.float32) / 255, data.splits["val"].y)
+    train, val = streams(tmp_path, data, cfg.batch_size)
     steps = 64 // cfg.batch_size
     schedule = learning_rate(cfg, steps)
     backup, history = tmp_path / "backup", tmp_path / "history.csv"
@@ -140,6 +140,41 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
     assert not backup.exists()
 
 
+def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24) -> tuple:
+    """Train and val of ``data``, scaled to [0, 1], stored in shards and streamed as train streams them."""
+    scaled = {name: Split(s.x.astype(np.float32) / 255, s.y) for name, s in data.splits.items()}
+    write_dataset(tmp_path / "normalized", Dataset(scaled, data.classes), shard_size)
+    stored = open_dataset(tmp_path / "normalized")
+    return shard_batches(stored, "train", batch_size, 0), shard_batches(stored, "val", batch_size, None)
+
+
+def test_shard_batches_visit_every_image_once_per_epoch_shard_by_shard(
+    tmp_path: Path, make_dataset: MakeDataset
+) -> None:
+    data = make_dataset({"train": 50, "val": 9}, shape=(2, 2, 1))
+    data.splits["train"].x[:, 0, 0, 0] = np.arange(50)  # each image's id in its first pixel
+    write_dataset(tmp_path / "d", data, shard_size=16)
+    stored = open_dataset(tmp_path / "d")
+    train = shard_batches(stored, "train", 8, seed=3)
+    assert len(train) == 7  # ceil(50 / 8)
+    orders = []
+    for _ in range(2):
+        batches = [train[i] for i in range(len(train))]
+        assert [len(x) for x, _ in batches] == [8] * 6 + [2]
+        seen = np.concatenate([x[:, 0, 0, 0] for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        assert sorted(seen.tolist()) == list(range(50))  # every image exactly once
+        np.testing.assert_array_equal(labels, data.splits["train"].y[seen])  # labels travel with their images
+        assert len(train.loaded) <= 2  # at most two shards in memory
+        orders.append(seen)
+        train.on_epoch_end()
+    assert not np.array_equal(orders[0], orders[1])  # a fresh order every epoch
+    again = shard_batches(stored, "train", 8, seed=3)
+    np.testing.assert_array_equal(np.concatenate([again[i][0][:, 0, 0, 0] for i in range(7)]), orders[0])
+    val = shard_batches(stored, "val", 4, seed=None)
+    np.testing.assert_array_equal(np.concatenate([val[i][1] for i in range(len(val))]), data.splits["val"].y)
+
+
 @pytest.mark.parametrize(
     ("size", "padding"),
     [(28, "valid"), (13, "valid"), (8, "valid"), (6, "valid"), (5, "same"), (3, "same"), (1, "same")],
@@ -155,7 +190,7 @@ def test_with_preprocessing_equals_normalize_then_classifier(
 ) -> None:
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
-    stats = statistics(x, NormalizeParams(method=method))
+    stats = statistics([channel_sums(x)], shape[-1], NormalizeParams(method=method))
     classifier = build_classifier(shape, 3, tiny)
     model = with_preprocessing(classifier, shape, stats)
     assert model.inputs[0].dtype == "uint8"
@@ -167,8 +202,7 @@ def test_with_preprocessing_equals_normalize_then_classifier(
 def test_one_epoch_fit_writes_history(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset) -> None:
     keras.utils.set_random_seed(0)
     data = make_dataset({"train": 64, "val": 16}, shape=(8, 8, 1), num_classes=2)
-    train = Split(data.splits["train"].x.astype(np.float32) / 255, data.splits["train"].y)
-    val = Split(data.splits["val"].x.astype(np.float32) / 255, data.splits["val"].y)
+    train, val = streams(tmp_path, data, tiny.batch_size)
     classifier = build_classifier((8, 8, 1), 2, tiny)
     backup, history = tmp_path / "backup", tmp_path / "history.csv"
     fit(classifier, train, val, tiny, backup, history)
@@ -180,7 +214,10 @@ def test_one_epoch_fit_writes_history(tmp_path: Path, tiny: TrainParams, make_da
     assert not backup.exists()  # the backup is deleted once training completes
 
 
-def test_checkpoint_key(tiny: TrainParams, make_dataset: MakeDataset) -> None:
+def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset) -> None:
+    def describe(dataset: Dataset) -> dict:
+        return write_dataset(tmp_path / "d", dataset)
+
     manifest = describe(make_dataset())
     key = checkpoint_key(tiny, manifest, 42)
     assert len(key) == 16 and key == checkpoint_key(tiny, describe(make_dataset()), 42)
@@ -198,9 +235,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tasks.artifacts import Split
+from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.config import load_params
-from tasks.train import build_classifier, distribution, fit
+from tasks.train import build_classifier, distribution, fit, shard_batches
 params = load_params(__import__("pathlib").Path(sys.argv[1])).train
 cfg = params.model_copy(update={"distribute": "mirrored", "filters": (4, 8), "dense_units": 16, "epochs": 3,
                                 "batch_size": 32, "learning_rate": 0.01, "dropout": 0.0})
@@ -212,8 +249,11 @@ with distribution(cfg) as replicas:
     net = build_classifier((8, 8, 1), 2, cfg)
     variable = net.trainable_variables[0]
     mirrored = type(getattr(variable, "value", variable)).__name__
-    fit(net, Split(x, y), Split(x[:64], y[:64]), cfg, __import__("pathlib").Path(sys.argv[2]) / "b",
-        __import__("pathlib").Path(sys.argv[2]) / "h.csv")
+    out = __import__("pathlib").Path(sys.argv[2])
+    write_dataset(out / "d", Dataset({"train": Split(x, y), "val": Split(x[:64], y[:64])}, ("a", "b")), 100)
+    stored = open_dataset(out / "d")
+    train, val = shard_batches(stored, "train", 32, 0), shard_batches(stored, "val", 32, None)
+    fit(net, train, val, cfg, out / "b", out / "h.csv")
 accuracy = float((net.predict(x, verbose=0).argmax(axis=1) == y).mean())
 print(json.dumps({"replicas": replicas, "variable": mirrored, "accuracy": accuracy}))
 """

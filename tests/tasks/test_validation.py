@@ -57,13 +57,13 @@ def test_a_clean_dataset_passes_every_image_boundary_and_writes_summaries(vparam
     data = tiny_dataset(COUNTS)
     for boundary in ("raw", "clean"):
         summary = validation.validate_dataset(boundary, data, vparams)
-        assert summary["success"] and summary["rows"] == 54
+        assert summary["success"] and summary["rows"] == 9  # split × shard × label
         assert summary["splits"] == COUNTS
     validation.validate_dataset("augmented", data, vparams, reference=data)
     normalized, _ = normalize(data, vparams.normalize)
     validation.validate_dataset("normalized", normalized, vparams)
     written = json.loads((Path(vparams.paths.validation) / "augmented.json").read_text())
-    assert "expect_column_values_to_be_in_set(changed_by_augment)" in written["expectations"]
+    assert "expect_column_values_to_be_between(changed_by_augment)" in written["expectations"]
 
 
 def test_label_outside_the_class_set(vparams: Params) -> None:
@@ -71,7 +71,7 @@ def test_label_outside_the_class_set(vparams: Params) -> None:
     y = data.splits["train"].y.copy()
     y[4] = 7
     message = failure("clean", replace(data, "train", y=y), vparams)
-    assert "expect_column_values_to_be_in_set(label) observed 1 unexpected of 54, e.g. [7]" in message
+    assert "expect_column_values_to_be_in_set(label) observed 1 unexpected of 10, e.g. [7] at ['train/0/7']" in message
     # raw data may still hold bad labels: clean removes and counts them, so the raw suite lets them through
     validation.validate_dataset("raw", replace(data, "train", y=y), vparams)
 
@@ -103,7 +103,10 @@ def test_a_test_image_duplicated_into_train(vparams: Params) -> None:
     x = data.splits["train"].x.copy()
     x[3] = data.splits["test"].x[5]
     message = failure("clean", replace(data, "train", x), vparams)
-    assert "expect_column_values_to_be_in_set(leaked_into_train) observed 1 unexpected" in message
+    assert (
+        "expect_column_values_to_be_between(leaked_into_train) observed 1 unexpected of 9, e.g. [1] at ['test/0/2']"
+        in message
+    )
     # raw data may still hold leaks: clean removes them, so the raw suite does not check
     validation.validate_dataset("raw", replace(data, "train", x), vparams)
 
@@ -111,7 +114,10 @@ def test_a_test_image_duplicated_into_train(vparams: Params) -> None:
 def test_a_too_small_split(vparams: Params) -> None:
     data = tiny_dataset({"train": 30, "val": 6, "test": 12})
     message = failure("raw", data, vparams)
-    assert "expect_column_values_to_be_between(split_rows) observed 6 unexpected of 48, e.g. [6, 6, 6]" in message
+    assert (
+        "expect_column_values_to_be_between(split_rows) observed 3 unexpected of 9, e.g. [6, 6, 6] at ['val/0/0'"
+        in message
+    )
 
 
 def test_nan_pixels_in_normalized_data(vparams: Params) -> None:
@@ -119,7 +125,9 @@ def test_nan_pixels_in_normalized_data(vparams: Params) -> None:
     x = normalized.splits["val"].x.copy()
     x[2, 1, 1, 0] = np.nan
     message = failure("normalized", replace(normalized, "val", x), vparams)
-    assert "expect_column_values_to_be_between(nan_count) observed 1 unexpected" in message
+    assert (
+        "expect_column_values_to_be_between(nan_count) observed 1 unexpected of 9, e.g. [1] at ['val/0/2']" in message
+    )
 
 
 def test_normalized_values_out_of_range(vparams: Params) -> None:
@@ -141,7 +149,10 @@ def test_val_changed_by_augment(vparams: Params) -> None:
     x = before.splits["val"].x.copy()
     x[1, 2, 2, 0] ^= 1
     message = failure("augmented", replace(before, "val", x), vparams, reference=before)
-    assert "expect_column_values_to_be_in_set(changed_by_augment) observed 1 unexpected" in message
+    assert (
+        "expect_column_values_to_be_between(changed_by_augment) observed 1 unexpected of 9, e.g. [1] at ['val/0/1']"
+        in message
+    )
 
 
 def test_predictions_pass_and_fail(vparams: Params) -> None:
@@ -193,20 +204,30 @@ def test_a_failing_stage_writes_nothing_downstream(vparams: Params) -> None:
     assert (Path(vparams.paths.clean) / "manifest.json").is_file()
 
 
-def test_summary_table_columns_and_content_hashes() -> None:
+def test_summary_table_has_a_row_per_split_shard_and_label() -> None:
     data = tiny_dataset(COUNTS)
-    table = validation.summary_table(data)
-    for column in ("split", "index", "label", "height", "width", "channels", "dtype", "min", "max", "mean", "std"):
+    table = validation.summary_table(validation.summarize_dataset(data, shard_size=20))
+    for column in ("split", "shard", "label", "images", "height", "width", "channels", "dtype", "min", "max", "mean"):
         assert column in table
-    assert {"nan_count", "hash", "leaked_into_train"} <= set(table.columns)
-    assert len(table) == 54 and table["hash"].is_unique
+    assert {"std", "nan_count", "split_rows", "class_fraction", "leaked_into_train"} <= set(table.columns)
+    assert len(table) == 3 * 2 + 3 + 3 and table["id"].is_unique  # train is cut into shards of 20 and 10
+    assert table.groupby("split", sort=False)["images"].sum().to_dict() == COUNTS
     first = table.iloc[0]
-    image = data.splits["train"].x[0]
+    images = data.splits["train"].x[:20][data.splits["train"].y[:20] == 0]
+    assert (first["split"], first["shard"], first["label"], first["images"]) == ("train", 0, 0, len(images))
     assert (first["height"], first["width"], first["channels"]) == (6, 6, 1)
-    assert first["mean"] == pytest.approx(image.mean()) and first["std"] == pytest.approx(image.std(), rel=1e-5)
-    x = data.splits["train"].x.reshape(30, -1)
+    assert first["min"] == images.min() and first["max"] == images.max()
+    assert first["mean"] == pytest.approx(images.mean()) and first["std"] == pytest.approx(images.std(), rel=1e-6)
+    np.testing.assert_allclose(table.loc[table["split"] == "train", "class_fraction"], 1 / 3)
+
+
+def test_row_hashes_equal_for_equal_images_and_change_with_a_pixel() -> None:
+    x = tiny_dataset(COUNTS).splits["train"].x.reshape(30, -1)
+    hashes = validation.row_hashes(x)
+    assert len({tuple(h) for h in hashes.tolist()}) == 30
     same = validation.row_hashes(np.concatenate([x[:1], x[:1]]))
-    assert (same[0] == same[1]).all()
+    assert (same[0] == same[1]).all() and (same[0] == hashes[0]).all()
     changed = x[:1].copy()
     changed[0, -1] ^= 1
     assert (validation.row_hashes(changed)[0] != same[0]).any()
+    assert validation.row_hashes(x[:0]).shape == (0, 2)
