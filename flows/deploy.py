@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        schedule = load_params(Path(args.params)).schedule
+        params = load_params(Path(args.params))
+        schedule = params.schedule
         from prefect.schedules import Cron
         from prefect.settings import get_current_settings
 
@@ -35,10 +36,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: deploy: {exc}", file=sys.stderr)
         sys.exit(1)
 
-    from flows.training import training
+    from flows.training import for_params
 
-    # One run at a time: two runs would write the same workspace.
-    training.serve(
+    # One run at a time: two runs would write the same workspace. The task runner is params' flow.task_runner
+    # when the deployment starts serving.
+    for_params(params).serve(
         name=DEPLOYMENT,
         schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
         parameters={"params_path": args.params},

@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
 
-from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.config import DEFAULT_PARAMS, FlowParams, Params, load_params
 from tasks.errors import TrainflowError, TransientError
 from tasks.evaluate import EVAL_SPLITS, HEADLINE
 from tasks.lock import workspace_lock
@@ -78,9 +81,68 @@ class _ToRunLogger(logging.Handler):
         self.run_logger.log(record.levelno, record.getMessage())
 
 
+@task(cache_policy=NO_CACHE, persist_result=False)
+def shard(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """One call of a data stage's per-shard work, on the flow's task runner (threads, or a Dask worker)."""
+    return fn(*args)
+
+
+def shard_map(name: str, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """A stage's mapper (tasks/parallel.py) under Prefect: one task run per call, ``<name>-<i>``, results in order."""
+    futures = [shard.with_options(task_run_name=f"{name}-{i}").submit(fn, args) for i, args in enumerate(calls)]
+    return [future.result() for future in futures]
+
+
+def task_runner(params: FlowParams) -> Any:
+    """The task runner params choose for the per-shard tasks: a thread pool, or Dask (an existing scheduler from
+    ``flow.dask_address`` or $DASK_SCHEDULER_ADDRESS, else a local cluster of worker processes)."""
+    workers = params.workers or os.cpu_count() or 1
+    if params.task_runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported
+    from prefect_dask import DaskTaskRunner
+
+    address = params.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    # dashboard on a free port: a second cluster on this machine must not collide with the first
+    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+    return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def share_prefect_api() -> None:
+    """Without PREFECT_API_URL, start Prefect's temporary API server now and point the environment at it.
+
+    Every process of a run then reports to that one server: Dask worker processes inherit the variable instead
+    of each starting a temporary server of its own (~10 s each, and their task runs would land in their own).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def for_params(params: Params) -> Any:
+    """The training flow with the task runner params choose (``flow.task_runner``)."""
+    if params.flow.task_runner == "dask" and not (params.flow.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        share_prefect_api()
+    return training.with_options(task_runner=task_runner(params.flow))
+
+
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retry_condition_fn=_retry_transient)
 def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
-    """Run ``tasks.<stage>.run`` (the code `dvc repro` runs) and return its report and output hashes."""
+    """Run ``tasks.<stage>.run`` (the code `dvc repro` runs) and return its report and output hashes.
+
+    The data stages' per-shard work runs as tasks on the flow's task runner (:func:`shard_map`).
+    """
     logger = get_run_logger()
     stage_logger = logging.getLogger("tasks")
     handler, level = _ToRunLogger(logger), stage_logger.level
@@ -88,7 +150,9 @@ def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
     stage_logger.setLevel(logging.INFO)
     started = time.perf_counter()
     try:
-        report = importlib.import_module(f"tasks.{stage}").run(params)
+        run = importlib.import_module(f"tasks.{stage}").run
+        maps = "mapper" in inspect.signature(run).parameters
+        report = run(params, mapper=shard_map) if maps else run(params)
     finally:
         stage_logger.removeHandler(handler)
         stage_logger.setLevel(level)
@@ -191,6 +255,14 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
     path = Path(params_path)
     params = load_params(path, overrides)  # validates every override before any stage runs
     root = str(path.resolve().parent)
+    runner = type(FlowRunContext.get().task_runner).__name__
+    if (params.flow.task_runner == "dask") != (runner == "DaskTaskRunner"):
+        get_run_logger().warning(
+            "flow.task_runner=%s, but this run's task runner is %s: start the flow with "
+            "`python -m flows.training` (or flows.training.for_params(params)) to follow params",
+            params.flow.task_runner,
+            runner,
+        )
     if Path.cwd().resolve() != Path(root):
         # params.yaml's paths are relative to the repo root, where dvc.yaml also runs its commands.
         raise TrainflowError(f"{params_path}: run the flow from the folder that holds it (the repo root)")
@@ -233,11 +305,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # No telemetry from the temporary API server (read when it starts): no phoning home, and its heartbeat raced
+    # the server's own start-up for the SQLite database ("database is locked" in the log).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         overrides = parse_overrides(args.set)
-        load_params(Path(args.params), overrides)  # a bad params file or override fails before Prefect starts
-        summary = training(params_path=args.params, overrides=overrides or None)
+        params = load_params(Path(args.params), overrides)  # a bad params file or override fails before Prefect starts
+        summary = for_params(params)(params_path=args.params, overrides=overrides or None)
     except TrainflowError as exc:
         print(f"error: training flow: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -177,6 +177,12 @@ class ScheduleParams(Section):
         return self
 
 
+class FlowParams(Section):
+    task_runner: Literal["threads", "dask"]
+    workers: PositiveInt | None
+    dask_address: str | None
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -190,6 +196,7 @@ class Params(Section):
     deploy: DeployParams
     tracking: TrackingParams
     validation: ValidationParams
+    flow: FlowParams
     schedule: ScheduleParams
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 import flows.training as training_module
 import tasks.sources
-from flows.training import SUMMARY_KEY, parse_overrides, stage_names, summary_markdown, training
+from flows.training import SUMMARY_KEY, parse_overrides, stage_names, summary_markdown, task_runner, training
+from tasks.config import Params
 from tasks.errors import TrainflowError, TransientError
 from tests.helpers import STAGES, TINY, make_workspace, ran, sh
 
@@ -58,6 +60,46 @@ def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
     assert all(f"| {s} | Cached | 1.0 |" in text for s in STAGES)
     assert "train 7 / val 2 / test 1" in text and "removed 1 of 10" in text and "2 epochs on CPU" in text
     assert "| test | 0.9000 | 0.8000 | 0.3000 |" in text
+
+
+def test_params_choose_the_task_runner(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    threads = task_runner(params.flow.model_copy(update={"task_runner": "threads", "workers": 3}))
+    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
+    dask = params.flow.model_copy(update={"task_runner": "dask", "workers": 2})
+    local = task_runner(dask)
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["processes"] is True
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.1.2.3:8786")
+    assert task_runner(dask).address == "tcp://10.1.2.3:8786"  # an existing scheduler, from the environment
+    assert task_runner(dask.model_copy(update={"dask_address": "tcp://h:1"})).address == "tcp://h:1"  # params win
+
+
+@pytest.mark.slow
+def test_the_dask_runner_writes_the_bytes_of_the_single_process_run(tmp_path: Path) -> None:
+    """Per-shard tasks on a local Dask cluster of two worker processes, against `python -m tasks.<stage>`."""
+    settings = {**TINY, "data": {"shard_size": 300}, "flow": {"task_runner": "dask", "workers": 2}}
+    root = make_workspace(tmp_path, settings)
+    for stage in STAGES[:4]:
+        sh(root, "python", "-m", f"tasks.{stage}", TRAINFLOW_WARM="0")
+    data = ("data/clean", "data/augmented", "data/normalized")
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for d in data for p in (root / d).rglob("*") if p.is_file()}
+
+    single = files()
+    assert len([name for name in single if name.startswith("data/clean/train/x-")]) == 5  # 1,257 images / 300
+    for d in data:
+        shutil.rmtree(root / d)
+    done = sh(root, "python", "-m", "flows.training", PREFECT_HOME=str(tmp_path / "prefect"))
+    log = done.stdout + done.stderr
+    assert "Creating a new Dask cluster" in log and "Task run 'clean-inspect-4'" in log
+    assert "database is locked" not in log and "Starting temporary server" in log
+    assert files() == single
+    assert "up to date" in sh(root, "dvc", "status").stdout
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +143,9 @@ def test_flow_runs_every_stage_then_caches_and_leaves_dvc_clean(workspace: Path)
     assert states(first) == dict.fromkeys(STAGES, "Completed")
     _, logs = task_runs_and_logs(state.state_details.flow_run_id, "evaluate: val accuracy")
     assert "evaluate: val accuracy" in logs  # the stage's own log lines reach the Prefect UI
+    runs, _ = task_runs_and_logs(state.state_details.flow_run_id, "")
+    # the data stages' per-shard work shows as task runs of its own (TINY: one shard per split)
+    assert {"clean-inspect-0", "clean-write-2", "augment-3", "normalize-2"} <= set(runs)
     assert first["metrics"]["test"]["accuracy"] > 0.5
     assert (workspace / "models/serving/saved_model.pb").is_file()
     with get_client(sync_client=True) as client:
