@@ -14,7 +14,7 @@ from tasks.config import AugmentParams, Params
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256  # images transformed at once: ~13 MB of float and index buffers, which stay in cache (2.3× faster than 4096)
+CHUNK = 256  # images transformed at once: ~13 MB of float and index buffers that stay in cache (2.3× faster than 4096)
 
 
 def affine(x: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts: np.ndarray) -> np.ndarray:

@@ -13,15 +13,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from tasks import artifacts
 from tasks.artifacts import Dataset
 from tasks.config import Params, PathsParams, ValidationParams
 from tasks.errors import TrainflowError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: `python -m tasks.<stage>` hands over to a warm
+    import pandas as pd  # server before it would need it (tasks/warm.py)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,8 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
             if with_changed:
                 row["changed_by_augment"] = int(s.groups.get("changed", np.zeros(len(s.groups["label"])))[g])
             rows.append(row)
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=None if rows else ["split", "split_rows", "split_label", "id"])
 
 
@@ -224,6 +228,8 @@ def summarize_dataset(dataset: Dataset, shard_size: int | None, reference: Datas
 
 def prediction_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """One row per evaluated image: split, index, id, label, predicted, prob_sum, prob_min, prob_max, nan_count."""
+    import pandas as pd
+
     frames = []
     for name, (y, probabilities) in results.items():
         p = np.asarray(probabilities, dtype=np.float64)
@@ -323,13 +329,25 @@ def get_context(paths: PathsParams) -> Any:
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", context_root_dir=str(root))
     bars = context.variables.progress_bars  # a dict once read back from great_expectations.yml
-    if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
+    quiet = (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is False
+    if not quiet or context.variables.config_variables_file_path:
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        # No config-variables file: the pipeline's settings come from params.yaml, and GX would re-read and parse
+        # that YAML file on every access to a context variable (~80 times, 0.2 s, per validation).
+        context.variables.config_variables_file_path = None
         context.variables.save()
+        context = gx.get_context(mode="file", context_root_dir=str(root))
+    views = {"module_name": "tasks.gx_views"}
     site = {
         "class_name": "SiteBuilder",
         "show_how_to_buttons": False,
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "site_index_builder": {
+            "class_name": "DefaultSiteIndexBuilder",
+            "view": {**views, "class_name": "IndexPageView"},
+        },
+        "site_section_builders": {
+            section: {"view": {**views, "class_name": "PageView"}} for section in ("expectations", "validations")
+        },
         "store_backend": {
             "class_name": "TupleFilesystemStoreBackend",
             # relative to the gx/ folder, so the repo can move
@@ -459,7 +477,10 @@ def run_suite(boundary: str, table: pd.DataFrame, expectations: list[Any], param
 
 
 def validate_summaries(
-    boundary: str, summaries: list[ShardSummary], classes: tuple[str, ...], params: Params
+    boundary: str,
+    summaries: list[ShardSummary],
+    classes: tuple[str, ...],
+    params: Params,
 ) -> dict[str, Any]:
     """Validate a dataset at ``boundary`` (raw, clean, augmented, normalized) from its shards' summaries.
 
@@ -468,9 +489,9 @@ def validate_summaries(
     """
     if boundary not in IMAGE_BOUNDARIES:
         raise ValueError(f"unknown image boundary {boundary!r}")
+    table = summary_table(summaries)
     splits = tuple(dict.fromkeys(s.split for s in summaries))
-    expectations = image_expectations(boundary, classes, splits, params)
-    return run_suite(boundary, summary_table(summaries), expectations, params)
+    return run_suite(boundary, table, image_expectations(boundary, classes, splits, params), params)
 
 
 def validate_dataset(

@@ -186,6 +186,14 @@ def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Para
         assert boundary in index
         # only the latest result of each suite is kept
         assert len(list((Path(vparams.paths.data_docs) / "validations" / boundary).rglob("*.html"))) == 1
+    # the pages come from GX's own views plus Jinja's bytecode cache (tasks/gx_views.py), and GX reads no
+    # config-variables file on every variable access
+    site = dict(validation.get_context(vparams.paths).get_config().data_docs_sites[validation.SITE])
+    assert site["site_index_builder"]["view"] == {"module_name": "tasks.gx_views", "class_name": "IndexPageView"}
+    assert site["site_section_builders"]["validations"]["view"]["class_name"] == "PageView"
+    assert validation.get_context(vparams.paths).variables.config_variables_file_path is None
+    page = next((Path(vparams.paths.data_docs) / "validations" / "augmented").rglob("*.html")).read_text()
+    assert "changed_by_augment" in page and "values must be unique" in page  # rendered, with its expectations
 
 
 def test_a_failed_suite_still_leaves_data_docs_behind(vparams: Params) -> None:
