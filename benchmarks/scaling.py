@@ -57,20 +57,55 @@ def stage(root: Path, name: str, warm: bool) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]:
+def wait_ready(root: Path, timeout: float = 180.0) -> None:
+    """Until every warm server has finished importing, so none competes for the CPU with a measurement."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [sys.executable, "-m", "tasks.warm", "status"], cwd=root, env=tool_env(), capture_output=True, text=True
+        ).stdout.splitlines()
+        if len(status) >= 3 and all(line.endswith("ready") for line in status):
+            return
+        time.sleep(2)
+    raise RuntimeError(f"warm servers not ready after {timeout:.0f} s")
+
+
+def prepare(mnist: Path, factor: int, root: Path) -> int:
+    """MNIST t10k tiled ``factor`` times as an npz source, a workspace that reads it, and its ingest; the images."""
     from tasks.sources import load_idx_dir
 
     loaded = load_idx_dir(mnist)
     x, y = (loaded.x_test, loaded.y_test) if loaded.x_test is not None else (loaded.x, loaded.y)
     big_x, big_y = tiled(x, y, factor)
-    source = tmp / f"mnist_x{factor}.npz"
-    np.savez(source, x=big_x, y=big_y)
-    del big_x, big_y
-    root = tmp / f"x{factor}"
+    source = root.with_suffix(".npz")
+    test = int(len(big_y) * 0.15)  # the source's own test split: the last 15 %; ingest takes val from the rest
+    np.savez(source, x_train=big_x[:-test], y_train=big_y[:-test], x_test=big_x[-test:], y_test=big_y[-test:])
     root.mkdir()
     make_workspace(root, {"data": {"source": f"npz:{source}"}, "ingest": {"split": "ordered"}})
-    subprocess.run([sys.executable, "-m", "tasks.ingest"], cwd=root, env=tool_env(), check=True, capture_output=True)
-    found: dict[str, Any] = {"images": factor * len(y), "cold": {}, "warm": {}}
+    stage(root, "ingest", warm=False)
+    return len(big_y)
+
+
+def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    # The data is made in a process of its own: a child's peak RSS counts its parent's pages from the moment it is
+    # forked until it execs, so this process must stay small while it starts the stages it measures.
+    root = tmp / f"x{factor}"
+    code = (
+        "import sys; from pathlib import Path; from scaling import prepare; "
+        "print(prepare(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])))"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", code, str(mnist), str(factor), str(root)],
+        cwd=ROOT / "benchmarks",
+        env=tool_env(PYTHONPATH=str(ROOT / "benchmarks")),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    images = int(made.stdout.strip().splitlines()[-1])
+    found: dict[str, Any] = {"images": images, "cold": {}, "warm": {}}
+    stage(root, "clean", warm=True)  # starts the warm servers (data, then model and serving): let them finish
+    wait_ready(root)
     for _ in range(repeats):
         for name in DATA_STAGES:
             found["cold"].setdefault(name, []).append(stage(root, name, warm=False))

@@ -120,23 +120,23 @@ def augment_shard(
 def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     """Read data/clean shard by shard, augment train, validate, write data/augmented and the sample grid."""
     cleaned = artifacts.open_dataset(Path(params.paths.clean))
-    calls, entries = [], {}
+    plan = []  # (split, input shard, copy, output shard): the originals first, then each copy
     for name in cleaned.splits:
         n = len(cleaned.shard_counts(name))
         copies = params.augment.copies + 1 if name == "train" else 1
-        plan = [(i, c, c * n + i) for c in range(copies) for i in range(n)]  # originals first, then each copy
-        calls += [(str(cleaned.path), None, name, i, c, out, params.augment, params.seed) for i, c, out in plan]
-        entries[name] = [None] * len(plan)
+        plan += [(name, i, c, c * n + i) for c in range(copies) for i in range(n)]
     report = {
         "train_original": cleaned.count("train"),
         "train_added": cleaned.count("train") * params.augment.copies,
         "copies": params.augment.copies,
     }
     with artifacts.atomic_dir(Path(params.paths.augmented)) as tmp:
-        calls = [(c[0], str(tmp), *c[2:]) for c in calls]
+        calls = [(str(cleaned.path), str(tmp), *step, params.augment, params.seed) for step in plan]
         written = mapper("augment", augment_shard, calls)
-        for call, (entry, _) in zip(calls, written, strict=True):
-            entries[call[2]][call[5]] = entry
+        by_index: dict[str, dict[int, dict]] = {name: {} for name in cleaned.splits}
+        for (name, _, _, out), (entry, _) in zip(plan, written, strict=True):
+            by_index[name][out] = entry
+        entries = {name: [found[i] for i in sorted(found)] for name, found in by_index.items()}
         validation.validate_summaries("augmented", [summary for _, summary in written], cleaned.classes, params)
         info = {**cleaned.info, "augment": report}
         content = artifacts.manifest(entries, cleaned.classes, cleaned.image_shape, cleaned.manifest["dtype"], info)
