@@ -202,11 +202,15 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     )
 
 
-def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
-    """Batches of a stored split with at most two shards in memory: training streams data of any size.
+SHUFFLE_SHARDS = 4  # shards shuffled together each epoch: the shuffle buffer (at most this many + 1 in memory)
 
-    With a seed, every epoch visits the shards in a fresh random order and each shard's images in a random order
-    (a shuffle buffer of one shard, as sharded input pipelines do); without, in stored order (validation).
+
+def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
+    """Batches of a stored split, a few shards in memory at a time: training streams data of any size.
+
+    With a seed, every epoch visits the shards in a fresh random order, in groups of ``SHUFFLE_SHARDS`` whose
+    images are shuffled together (a shuffle buffer of that many shards, as sharded input pipelines interleave);
+    without, in stored order (validation).
     """
     import keras
 
@@ -221,15 +225,17 @@ def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: i
         def _plan(self) -> np.ndarray:
             """(N, 2) int64: the shard and position of each image, in this epoch's order."""
             rng = np.random.default_rng([seed, self.epoch]) if seed is not None else None
+            shards = rng.permutation(len(counts)) if rng is not None else np.arange(len(counts))
             parts = []
-            for shard in rng.permutation(len(counts)) if rng is not None else range(len(counts)):
-                positions = rng.permutation(counts[shard]) if rng is not None else np.arange(counts[shard])
-                parts.append(np.stack([np.full(len(positions), shard), positions], axis=1))
+            for start in range(0, len(shards), SHUFFLE_SHARDS if rng is not None else 1):
+                group = shards[start : start + SHUFFLE_SHARDS]
+                rows = np.concatenate([np.stack([np.full(counts[s], s), np.arange(counts[s])], axis=1) for s in group])
+                parts.append(rows[rng.permutation(len(rows))] if rng is not None else rows)
             return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
         def _shard(self, index: int) -> artifacts.Split:
             if index not in self.loaded:
-                if len(self.loaded) >= 2:  # batches run through shards in order: the oldest is done with
+                if len(self.loaded) > SHUFFLE_SHARDS:  # batches run through the groups in order: drop the oldest
                     self.loaded.pop(next(iter(self.loaded)))
                 self.loaded[index] = stored.shard(split, int(index))
             return self.loaded[index]
@@ -240,7 +246,7 @@ def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: i
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = self.order[index * batch_size : (index + 1) * batch_size]
             xs, ys = [], []
-            for shard in dict.fromkeys(rows[:, 0].tolist()):
+            for shard in dict.fromkeys(rows[:, 0].tolist()):  # a batch is a set: grouped by shard, not re-ordered
                 data, where = self._shard(shard), rows[rows[:, 0] == shard, 1]
                 xs.append(data.x[where])
                 ys.append(data.y[where])

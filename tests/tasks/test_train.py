@@ -17,6 +17,7 @@ from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.config import NormalizeParams, Params, TrainParams
 from tasks.normalize import apply, channel_sums, statistics
 from tasks.train import (
+    SHUFFLE_SHARDS,
     _conv_padding,
     build_classifier,
     checkpoint_key,
@@ -151,26 +152,28 @@ def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24
 def test_shard_batches_visit_every_image_once_per_epoch_shard_by_shard(
     tmp_path: Path, make_dataset: MakeDataset
 ) -> None:
-    data = make_dataset({"train": 50, "val": 9}, shape=(2, 2, 1))
-    data.splits["train"].x[:, 0, 0, 0] = np.arange(50)  # each image's id in its first pixel
-    write_dataset(tmp_path / "d", data, shard_size=16)
+    data = make_dataset({"train": 200, "val": 9}, shape=(2, 2, 1))
+    data.splits["train"].x[:, 0, 0, 0] = np.arange(200)  # each image's id in its first pixel
+    write_dataset(tmp_path / "d", data, shard_size=10)  # 20 shards: shuffled in groups of SHUFFLE_SHARDS
     stored = open_dataset(tmp_path / "d")
     train = shard_batches(stored, "train", 8, seed=3)
-    assert len(train) == 7  # ceil(50 / 8)
+    assert len(train) == 25
     orders = []
     for _ in range(2):
         batches = [train[i] for i in range(len(train))]
-        assert [len(x) for x, _ in batches] == [8] * 6 + [2]
+        assert [len(x) for x, _ in batches] == [8] * 25
         seen = np.concatenate([x[:, 0, 0, 0] for x, _ in batches])
         labels = np.concatenate([y for _, y in batches])
-        assert sorted(seen.tolist()) == list(range(50))  # every image exactly once
+        assert sorted(seen.tolist()) == list(range(200))  # every image exactly once
+        first_group = {int(i) // 10 for i in seen[: 10 * SHUFFLE_SHARDS]}
+        assert len(first_group) == SHUFFLE_SHARDS  # the first group's shards, images shuffled together
         np.testing.assert_array_equal(labels, data.splits["train"].y[seen])  # labels travel with their images
-        assert len(train.loaded) <= 2  # at most two shards in memory
+        assert len(train.loaded) <= SHUFFLE_SHARDS + 1  # a bounded number of shards in memory, not all 4 + 16
         orders.append(seen)
         train.on_epoch_end()
     assert not np.array_equal(orders[0], orders[1])  # a fresh order every epoch
     again = shard_batches(stored, "train", 8, seed=3)
-    np.testing.assert_array_equal(np.concatenate([again[i][0][:, 0, 0, 0] for i in range(7)]), orders[0])
+    np.testing.assert_array_equal(np.concatenate([again[i][0][:, 0, 0, 0] for i in range(25)]), orders[0])
     val = shard_batches(stored, "val", 4, seed=None)
     np.testing.assert_array_equal(np.concatenate([val[i][1] for i in range(len(val))]), data.splits["val"].y)
 
