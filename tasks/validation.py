@@ -146,8 +146,9 @@ def summarize(
     for key in ("sum", "squares", "nan_count", "inf_count"):
         groups[key] = np.bincount(inverse, weights=stats[key], minlength=k)
     groups["min"], groups["max"] = np.full(k, np.inf), np.full(k, -np.inf)
-    np.minimum.at(groups["min"], inverse, stats["min"])
-    np.maximum.at(groups["max"], inverse, stats["max"])
+    with np.errstate(invalid="ignore"):  # a NaN pixel makes its group's min/max NaN: nan_count reports it
+        np.minimum.at(groups["min"], inverse, stats["min"])
+        np.maximum.at(groups["max"], inverse, stats["max"])
     if reference is not None:
         before = row_hashes(np.asarray(reference).reshape(len(reference), -1))
         changed = np.ones(len(y), bool) if len(before) != len(y) else (hashes != before).any(axis=1)
