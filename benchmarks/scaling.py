@@ -8,7 +8,9 @@ would drop), ingested once with ``ingest.split: ordered``, then clean, augment a
 
 - cold (``TRAINFLOW_WARM=0``): the process imports everything itself, and its peak resident memory (``wait4``'s
   ru_maxrss) is the stage's own;
-- warm (the default): handed to a warm server, as `dvc repro` runs it; its wall time gives the throughput.
+- warm (the default): handed to a warm server, as `dvc repro` runs it; its wall time gives the throughput;
+- in-process, with and without validation (benchmarks/pipeline.py's PROFILE: median of 3 each): validation's share
+  of the stage's time, (with − without) / with.
 
 Linear time means a flat cost per image as the data grows; bounded memory means the peak stays flat. Params as in
 params.yaml (``data.shard_size`` images per shard, ``augment.copies``), so the figures are those of the default
@@ -18,6 +20,7 @@ pipeline.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from pipeline import PROFILE  # noqa: E402
 from results import machine, spread, today, write_section  # noqa: E402
 from validation_speed import tiled  # noqa: E402
 
@@ -112,6 +116,18 @@ def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]
         for name in DATA_STAGES:
             found["warm"].setdefault(name, []).append(stage(root, name, warm=True))
     subprocess.run([sys.executable, "-m", "tasks.warm", "stop"], cwd=root, env=tool_env(), check=False)
+    found["validation_share"] = {}
+    for name in DATA_STAGES:  # in-process: the stage with validation against the stage without it
+        done = subprocess.run(
+            [sys.executable, "-c", PROFILE, name],
+            cwd=root,
+            env=tool_env(TRAINFLOW_WARM="0"),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        found["validation_share"][name] = measured["validate_s"] / measured["run_s"]
     print(f"x{factor}: {found}", flush=True)
     return found
 
@@ -122,8 +138,8 @@ def report(results: dict[int, dict[str, Any]], mnist: Path, repeats: int, shard_
         f"Date: {today()}. Machine: {machine()}, CPU only. `data.shard_size` {shard_size:,}; `augment.copies` as in "
         "params.yaml. Median (min–max) of the runs.",
         "",
-        "| data | images | stage | wall, warm (s) | wall, cold (s) | peak memory, cold (MiB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| data | images | stage | wall, warm (s) | wall, cold (s) | peak memory, cold (MiB) | validation's share |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for factor, found in results.items():
         for name in DATA_STAGES:
@@ -132,7 +148,7 @@ def report(results: dict[int, dict[str, Any]], mnist: Path, repeats: int, shard_
             memory = spread([m for _, m in found["cold"][name]], 0)
             lines.append(
                 f"| MNIST ×{factor} | {found['images']:,} | {name} | {warm[0]} ({warm[1]}) | {cold[0]} ({cold[1]}) "
-                f"| {memory[0]} ({memory[1]}) |"
+                f"| {memory[0]} ({memory[1]}) | {100 * found['validation_share'][name]:.0f} % |"
             )
     lines += [
         "",
