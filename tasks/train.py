@@ -226,9 +226,9 @@ def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: i
             """(N, 2) int64: the shard and position of each image, in this epoch's order."""
             rng = np.random.default_rng([seed, self.epoch]) if seed is not None else None
             shards = rng.permutation(len(counts)) if rng is not None else np.arange(len(counts))
-            parts = []
-            for start in range(0, len(shards), SHUFFLE_SHARDS if rng is not None else 1):
-                group = shards[start : start + SHUFFLE_SHARDS]
+            size, parts = SHUFFLE_SHARDS if rng is not None else 1, []
+            for start in range(0, len(shards), size):
+                group = shards[start : start + size]
                 rows = np.concatenate([np.stack([np.full(counts[s], s), np.arange(counts[s])], axis=1) for s in group])
                 parts.append(rows[rng.permutation(len(rows))] if rng is not None else rows)
             return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
