@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results import machine, spread, today, write_section  # noqa: E402
-from validation_speed import tiled  # noqa: E402
+from scaling import DATA_STAGES, prepare, validation_share, wait_ready  # noqa: E402
 
 from tests.helpers import STAGES, make_workspace, ran, tool_env  # noqa: E402
 
@@ -57,7 +56,6 @@ SAME_AS_BASELINE = {
     "augment": {"copies": 0},
     "train": {"epochs": EPOCHS, "dropout": 0.0, "early_stopping_patience": EPOCHS, "lr_plateau_patience": EPOCHS},
 }
-DATA_STAGES = ("clean", "augment", "normalize")
 
 
 class Failed(RuntimeError):
@@ -184,53 +182,16 @@ def prefect_cached(root: Path, repeats: int) -> list[float]:
     return times
 
 
-PROFILE = """
-import json, statistics, sys, time
-from pathlib import Path
-from tasks import validation
-from tasks.config import load_params
-stage = __import__(f"tasks.{sys.argv[1]}", fromlist=["run"])
-params = load_params(Path("params.yaml"))
-real = (validation.summarize, validation.validate_summaries)
-def without():  # no per-shard summaries, no suite: the stage's own work only
-    validation.summarize = lambda *args, **kwargs: None
-    validation.validate_summaries = lambda *args, **kwargs: None
-def with_():
-    validation.summarize, validation.validate_summaries = real
-stage.run(params)  # warm-up: imports, GX context
-times = {with_: [], without: []}
-for _ in range(3):
-    for switch in times:
-        switch()
-        start = time.perf_counter()
-        stage.run(params)
-        times[switch].append(time.perf_counter() - start)
-full, bare = statistics.median(times[with_]), statistics.median(times[without])
-print(json.dumps({"run_s": full, "without_s": bare, "validate_s": full - bare}))
-"""
-
-
 def data_stages(mnist: Path, repeats: int, tmp: Path) -> dict[str, Any]:
-    from tasks.sources import load_idx_dir
-
-    loaded = load_idx_dir(mnist)
-    x, y = (loaded.x_test, loaded.y_test) if loaded.x_test is not None else (loaded.x, loaded.y)
-    big_x, big_y = tiled(x, y, 6)  # every copy stays distinct
-    source = tmp / "mnist_x6.npz"
-    test = len(x)  # the last copy is the test split
-    np.savez(source, x_train=big_x[:-test], y_train=big_y[:-test], x_test=big_x[-test:], y_test=big_y[-test:])
-    root = new_workspace(tmp, "data_stages", f"npz:{source}", {"ingest": {"split": "ordered"}})
-    run(root, sys.executable, "-m", "tasks.ingest")
+    root = tmp / "data_stages"
+    images = prepare(mnist, 6, root)  # MNIST ×6, every copy distinct: 60,000 images
+    run(root, sys.executable, "-m", "tasks.clean")  # starts the warm servers: measure once they are all ready
+    wait_ready(root)
     walls: dict[str, list[float]] = {stage: [] for stage in DATA_STAGES}
     for _ in range(repeats):
         for stage in DATA_STAGES:
             walls[stage].append(run(root, sys.executable, "-m", f"tasks.{stage}")[0])
-    shares = {}
-    for stage in DATA_STAGES:
-        _, output = run(root, sys.executable, "-c", PROFILE, stage, TRAINFLOW_WARM="0")
-        measured = json.loads(_last_json(output))
-        shares[stage] = measured["validate_s"] / measured["run_s"]
-    images = len(big_x)
+    shares = {stage: validation_share(root, stage) for stage in DATA_STAGES}
     totals = [sum(walls[stage][i] for stage in DATA_STAGES) for i in range(repeats)]
     result = {"images": images, "images_per_s": [images / t for t in totals], "walls": walls, "shares": shares}
     print(f"data stages: {result}", flush=True)

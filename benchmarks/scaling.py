@@ -9,7 +9,7 @@ would drop), ingested once with ``ingest.split: ordered``, then clean, augment a
 - cold (``TRAINFLOW_WARM=0``): the process imports everything itself, and its peak resident memory (``wait4``'s
   ru_maxrss) is the stage's own;
 - warm (the default): handed to a warm server, as `dvc repro` runs it; its wall time gives the throughput;
-- in-process, with and without validation (benchmarks/pipeline.py's PROFILE: median of 3 each): validation's share
+- in-process, with and without validation (PROFILE below: median of 3 each): validation's share
   of the stage's time, (with − without) / with.
 
 Linear time means a flat cost per image as the data grows; bounded memory means the peak stays flat. Params as in
@@ -36,13 +36,51 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline import PROFILE  # noqa: E402
 from results import machine, spread, today, write_section  # noqa: E402
 from validation_speed import tiled  # noqa: E402
 
 from tests.helpers import make_workspace, tool_env  # noqa: E402
 
 DATA_STAGES = ("clean", "augment", "normalize")
+
+PROFILE = """
+import json, statistics, sys, time
+from pathlib import Path
+from tasks import validation
+from tasks.config import load_params
+stage = __import__(f"tasks.{sys.argv[1]}", fromlist=["run"])
+params = load_params(Path("params.yaml"))
+real = (validation.summarize, validation.validate_summaries)
+def without():  # no per-shard summaries, no suite: the stage's own work only
+    validation.summarize = lambda *args, **kwargs: None
+    validation.validate_summaries = lambda *args, **kwargs: None
+def with_():
+    validation.summarize, validation.validate_summaries = real
+stage.run(params)  # warm-up: imports, GX context
+times = {with_: [], without: []}
+for _ in range(3):
+    for switch in times:
+        switch()
+        start = time.perf_counter()
+        stage.run(params)
+        times[switch].append(time.perf_counter() - start)
+full, bare = statistics.median(times[with_]), statistics.median(times[without])
+print(json.dumps({"run_s": full, "without_s": bare, "validate_s": full - bare}))
+"""
+
+
+def validation_share(root: Path, name: str) -> float:
+    """Validation's share of a data stage's time in ``root``: (with − without) / with, in-process (PROFILE)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROFILE, name],
+        cwd=root,
+        env=tool_env(TRAINFLOW_WARM="0"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured["validate_s"] / measured["run_s"]
 
 
 def stage(root: Path, name: str, warm: bool) -> tuple[float, float]:
@@ -116,18 +154,7 @@ def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]
         for name in DATA_STAGES:
             found["warm"].setdefault(name, []).append(stage(root, name, warm=True))
     subprocess.run([sys.executable, "-m", "tasks.warm", "stop"], cwd=root, env=tool_env(), check=False)
-    found["validation_share"] = {}
-    for name in DATA_STAGES:  # in-process: the stage with validation against the stage without it
-        done = subprocess.run(
-            [sys.executable, "-c", PROFILE, name],
-            cwd=root,
-            env=tool_env(TRAINFLOW_WARM="0"),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        measured = json.loads(done.stdout.strip().splitlines()[-1])
-        found["validation_share"][name] = measured["validate_s"] / measured["run_s"]
+    found["validation_share"] = {name: validation_share(root, name) for name in DATA_STAGES}
     print(f"x{factor}: {found}", flush=True)
     return found
 

@@ -132,9 +132,10 @@ def share_prefect_api() -> None:
 
 def for_params(params: Params) -> Any:
     """The training flow with the task runner params choose (``flow.task_runner``)."""
-    if params.flow.task_runner == "dask" and not (params.flow.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+    runner = task_runner(params.flow)
+    if getattr(runner, "address", "") is None:  # a local Dask cluster, started by this process
         share_prefect_api()
-    return training.with_options(task_runner=task_runner(params.flow))
+    return training.with_options(task_runner=runner)
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retry_condition_fn=_retry_transient)

@@ -61,11 +61,6 @@ def content_hash(split: Split) -> str:
     return digest.hexdigest()
 
 
-def class_counts(y: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
-    counts = np.bincount(y[(y >= 0) & (y < len(classes))], minlength=len(classes))
-    return {name: int(n) for name, n in zip(classes, counts, strict=True)}
-
-
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces ``target``, on error it is removed."""
@@ -123,7 +118,7 @@ def write_shard(root: Path, split: str, index: int, shard: Split) -> dict[str, A
     """Save one shard into a dataset folder being built (a temporary folder of :func:`atomic_dir`).
 
     Returns:
-        The shard's manifest entry: ``{"count", "sha256", "class_counts"}`` (labels as given, counted per value).
+        The shard's manifest entry: ``{"count", "sha256", "label_counts"}`` (labels as given, counted per value).
     """
     x_path, y_path = shard_files(root, split, index)
     x_path.parent.mkdir(exist_ok=True)
@@ -145,14 +140,24 @@ def chunks(split: Split, size: int | None) -> Iterator[Split]:
         yield Split(split.x[start : start + step], split.y[start : start + step])
 
 
-def manifest(
+def by_split(ids: list[tuple[str, int]], results: list[Any]) -> dict[str, list[Any]]:
+    """Per-shard results grouped per split (in order of first appearance) and sorted by shard index."""
+    grouped: dict[str, dict[int, Any]] = {}
+    for (split, index), result in zip(ids, results, strict=True):
+        grouped.setdefault(split, {})[index] = result
+    return {split: [found[i] for i in sorted(found)] for split, found in grouped.items()}
+
+
+def write_manifest(
+    root: Path,
     shards: Mapping[str, list[dict[str, Any]]],
     classes: tuple[str, ...],
     shape: tuple[int, ...],
     dtype: str,
     info: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The manifest of a dataset from its shards' entries (in order): counts, hashes, class counts, shards."""
+    """Write a dataset folder's manifest from its shards' entries (:func:`write_shard`, per split in order):
+    counts, hashes, class counts, shards, plus the stages' info. Returns it."""
     splits = {}
     for name, entries in shards.items():
         counts = np.zeros(len(classes), dtype=np.int64)
@@ -167,11 +172,9 @@ def manifest(
             "class_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
             "shards": [{"count": e["count"], "sha256": e["sha256"]} for e in entries],
         }
-    return {"classes": list(classes), "shape": list(shape), "dtype": dtype, "splits": splits, **info}
-
-
-def write_manifest(root: Path, content: Mapping[str, Any]) -> None:
+    content = {"classes": list(classes), "shape": list(shape), "dtype": dtype, "splits": splits, **info}
     (Path(root) / MANIFEST).write_text(json.dumps(content, indent=2) + "\n")
+    return content
 
 
 def write_dataset(path: Path, dataset: Dataset, shard_size: int | None = None) -> dict[str, Any]:
@@ -180,9 +183,8 @@ def write_dataset(path: Path, dataset: Dataset, shard_size: int | None = None) -
     with atomic_dir(Path(path)) as tmp:
         for name, split in dataset.splits.items():
             entries[name] = [write_shard(tmp, name, i, part) for i, part in enumerate(chunks(split, shard_size))]
-        train = dataset.splits["train"]
-        content = manifest(entries, dataset.classes, dataset.image_shape, str(train.x.dtype), dataset.info)
-        write_manifest(tmp, content)
+        dtype = str(dataset.splits["train"].x.dtype)
+        content = write_manifest(tmp, entries, dataset.classes, dataset.image_shape, dtype, dataset.info)
     return content
 
 
@@ -215,6 +217,10 @@ class Stored:
     def shard_counts(self, split: str) -> list[int]:
         return [int(s["count"]) for s in self.manifest["splits"][split]["shards"]]
 
+    def shard_ids(self) -> list[tuple[str, int]]:
+        """(split, index) of every shard, splits in manifest order."""
+        return [(split, i) for split in self.splits for i in range(len(self.shard_counts(split)))]
+
     def shard(self, split: str, index: int, mmap: bool = False) -> Split:
         """Shard ``index`` of ``split`` (never unpickled; memory-mapped images with ``mmap``)."""
         x_path, y_path = shard_files(self.path, split, index)
@@ -233,12 +239,6 @@ class Stored:
     def shards(self, split: str, mmap: bool = False) -> Iterator[Split]:
         for index in range(len(self.shard_counts(split))):
             yield self.shard(split, index, mmap)
-
-    def labels(self, split: str) -> np.ndarray:
-        """All labels of a split (small: 8 bytes per image)."""
-        count = len(self.shard_counts(split))
-        parts = [np.load(shard_files(self.path, split, i)[1], allow_pickle=False) for i in range(count)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def load(self, split: str, mmap: bool = False) -> Split:
         """A whole split in memory (a single shard stays memory-mapped with ``mmap``)."""

@@ -133,14 +133,11 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     with artifacts.atomic_dir(Path(params.paths.augmented)) as tmp:
         calls = [(str(cleaned.path), str(tmp), *step, params.augment, params.seed) for step in plan]
         written = mapper("augment", augment_shard, calls)
-        by_index: dict[str, dict[int, dict]] = {name: {} for name in cleaned.splits}
-        for (name, _, _, out), (entry, _) in zip(plan, written, strict=True):
-            by_index[name][out] = entry
-        entries = {name: [found[i] for i in sorted(found)] for name, found in by_index.items()}
         validation.validate_summaries("augmented", [summary for _, summary in written], cleaned.classes, params)
+        entries = artifacts.by_split([(name, out) for name, _, _, out in plan], [entry for entry, _ in written])
         info = {**cleaned.info, "augment": report}
-        content = artifacts.manifest(entries, cleaned.classes, cleaned.image_shape, cleaned.manifest["dtype"], info)
-        artifacts.write_manifest(tmp, content)
+        dtype = cleaned.manifest["dtype"]
+        content = artifacts.write_manifest(tmp, entries, cleaned.classes, cleaned.image_shape, dtype, info)
         n = len(cleaned.shard_counts("train"))
         written_train = artifacts.Stored(tmp, content)
         rows = [written_train.shard("train", c * n).x for c in range(min(params.augment.copies + 1, 4))]

@@ -126,22 +126,16 @@ def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, has
 def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     """Read data/raw shard by shard, clean it, validate and write data/clean."""
     raw = artifacts.open_dataset(Path(params.paths.raw))
-    shards = [(name, i) for name in raw.splits for i in range(len(raw.shard_counts(name)))]
-    inspected = mapper("clean-inspect", inspect_shard, [(str(raw.path), name, i) for name, i in shards])
-    found: dict[str, list] = {name: [] for name in raw.splits}
-    for (name, _), result in zip(shards, inspected, strict=True):
-        found[name].append(result)
+    ids = raw.shard_ids()
+    found = artifacts.by_split(ids, mapper("clean-inspect", inspect_shard, [(str(raw.path), *i) for i in ids]))
     keep, report = decide(found, params.clean)
     with artifacts.atomic_dir(Path(params.paths.clean)) as tmp:
-        calls = [(str(raw.path), str(tmp), name, i, keep[name][i], found[name][i][2]) for name, i in shards]
+        calls = [(str(raw.path), str(tmp), name, i, keep[name][i], found[name][i][2]) for name, i in ids]
         written = mapper("clean-write", write_kept, calls)
-        entries = {name: [] for name in raw.splits}
-        for (name, _), (entry, _) in zip(shards, written, strict=True):
-            entries[name].append(entry)
         validation.validate_summaries("clean", [summary for _, summary in written], raw.classes, params)
+        entries = artifacts.by_split(ids, [entry for entry, _ in written])
         info = {**raw.info, "clean": report}
-        content = artifacts.manifest(entries, raw.classes, raw.image_shape, raw.manifest["dtype"], info)
-        artifacts.write_manifest(tmp, content)
+        artifacts.write_manifest(tmp, entries, raw.classes, raw.image_shape, raw.manifest["dtype"], info)
     log.info("clean: removed %d of %d images %s", report["removed_total"], report["input_total"], report["removed"])
     return report
 

@@ -88,17 +88,13 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         calls = [(str(augmented.path), i) for i in range(len(augmented.shard_counts("train")))]
         sums = mapper("normalize-statistics", sums_shard, calls)
     stats = statistics(sums, channels, params.normalize)
-    shards = [(name, i) for name in augmented.splits for i in range(len(augmented.shard_counts(name)))]
+    ids = augmented.shard_ids()
     with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
-        calls = [(str(augmented.path), str(tmp), name, i, stats) for name, i in shards]
-        written = mapper("normalize", normalize_shard, calls)
-        entries: dict[str, list] = {name: [] for name in augmented.splits}
-        for (name, _), (entry, _) in zip(shards, written, strict=True):
-            entries[name].append(entry)
-        validation.validate_summaries("normalized", [s for _, s in written], augmented.classes, params)
+        written = mapper("normalize", normalize_shard, [(str(augmented.path), str(tmp), *i, stats) for i in ids])
+        validation.validate_summaries("normalized", [summary for _, summary in written], augmented.classes, params)
+        entries = artifacts.by_split(ids, [entry for entry, _ in written])
         info = {**augmented.info, "normalize": stats}
-        content = artifacts.manifest(entries, augmented.classes, augmented.image_shape, "float32", info)
-        artifacts.write_manifest(tmp, content)
+        artifacts.write_manifest(tmp, entries, augmented.classes, augmented.image_shape, "float32", info)
     log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
     return stats
 

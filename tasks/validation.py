@@ -218,11 +218,12 @@ def summarize_dataset(dataset: Dataset, shard_size: int | None, reference: Datas
     """Summaries of an in-memory dataset cut into the shards :func:`artifacts.write_dataset` would write."""
     summaries = []
     for name, split in dataset.splits.items():
-        before = list(artifacts.chunks(reference.splits[name], shard_size)) if reference and name != "train" else None
+        checked = reference is not None and name != "train"  # augment may change train only
+        before = (
+            list(artifacts.chunks(reference.splits[name], shard_size)) if checked and name in reference.splits else []
+        )
         for i, part in enumerate(artifacts.chunks(split, shard_size)):
-            ref = None
-            if reference is not None:
-                ref = part.x if name == "train" else (before[i].x if before and i < len(before) else part.x[:0])
+            ref = (before[i].x if i < len(before) else part.x[:0]) if checked else None  # missing: all changed
             summaries.append(summarize(name, i, part.x, part.y, ref))
     return summaries
 

@@ -58,7 +58,7 @@ def test_shards_hold_at_most_shard_size_images_and_read_back_in_order(
     stored = open_dataset(tmp_path / "d")
     assert stored.shard_counts("train") == [7, 7, 7, 7, 2] and stored.count("train") == 30
     np.testing.assert_array_equal(stored.shard("train", 1).x, dataset.splits["train"].x[7:14])
-    np.testing.assert_array_equal(stored.labels("train"), dataset.splits["train"].y)
+    np.testing.assert_array_equal(stored.load("train").y, dataset.splits["train"].y)
     whole = stored.load("train")
     np.testing.assert_array_equal(whole.x, dataset.splits["train"].x)
     assert stored.load("test").x.shape == (0, 6, 6, 1)
