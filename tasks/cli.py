@@ -18,20 +18,19 @@ from tasks.lock import workspace_lock
 log = logging.getLogger("trainflow")
 
 
-def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None, preload: str = "data") -> None:
+def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None) -> None:
     """Entry point shared by every stage module.
 
     Args:
-        stage: the stage's name, for messages.
+        stage: the stage's name (a key of ``tasks.warm.STAGES``, which names its warm server profile).
         run: the stage's ``run(params)``.
         argv: arguments (default: the command line; given, the stage runs in this process).
-        preload: the warm server profile whose libraries the stage needs (``tasks.warm.PROFILES``).
     """
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
     if argv is None and warm.enabled():
-        code = warm.delegate(preload)  # a forked child of a server that has imported the libraries already
+        code = warm.delegate(warm.STAGES[stage])  # a forked child of a server that has imported the libraries already
         if code is not None:
             sys.exit(code)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter hides the stage's log

@@ -216,4 +216,4 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("deploy", run, preload="model")
+    main("deploy", run)

@@ -182,4 +182,4 @@ def run(params: Params) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("evaluate", run, preload="model")
+    main("evaluate", run)

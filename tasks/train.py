@@ -411,4 +411,4 @@ def run(params: Params) -> dict:
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main("train", run, preload="model")
+    main("train", run)

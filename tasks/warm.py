@@ -37,6 +37,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 # What each kind of stage imports before doing anything; a child never imports what its server did not preload.
@@ -54,6 +55,16 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "matplotlib",
     ),
     "serving": ("numpy", "tensorflow"),  # deploy's check of the export: TensorFlow and nothing else
+}
+# Which profile each stage's process needs (`python -m tasks <stage>` looks it up before importing anything).
+STAGES: dict[str, str] = {
+    "ingest": "data",
+    "clean": "data",
+    "augment": "data",
+    "normalize": "data",
+    "train": "model",
+    "evaluate": "model",
+    "deploy": "model",
 }
 # Variables read when those libraries are imported (or that change what an import does): part of a server's key.
 IMPORT_TIME_ENV = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_", "PYTHON", "LD_", "OMP_", "MKL_", "MPL", "GX_", "HOME")
@@ -77,36 +88,42 @@ def state_dir() -> Path:
     return path
 
 
-def server_key(profile: str) -> str:
+def server_key(profile: str, environ: Mapping[str, str] | None = None) -> str:
     """What a server must share with a caller: interpreter, installed packages, import-time environment, this code."""
+    environ = os.environ if environ is None else environ
     site = [sysconfig.get_paths()[name] for name in ("purelib", "platlib")]
     facts = {
         "python": [sys.executable, sys.version, repr(sys.flags)],
         "site": {path: os.stat(path).st_mtime_ns for path in sorted(set(site)) if os.path.isdir(path)},
-        "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_TIME_ENV)),
+        "env": sorted((k, v) for k, v in environ.items() if k.startswith(IMPORT_TIME_ENV)),
         "profile": [profile, *PROFILES[profile]],
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _socket_path(profile: str) -> Path:
-    return state_dir() / f"{profile}-{server_key(profile)}.sock"
+def _socket_path(profile: str, environ: Mapping[str, str] | None = None) -> Path:
+    return state_dir() / f"{profile}-{server_key(profile, environ)}.sock"
 
 
 # --- the caller ---------------------------------------------------------------------------------------------------
 
 
-def delegate(profile: str) -> int | None:
-    """Run this process's ``python -m`` module in a warm child; None when no server can (the caller runs it).
+def delegate(profile: str, module: str | None = None, args: list[str] | None = None) -> int | None:
+    """Run ``python -m module args`` in a warm child; None when no server can (the caller runs it).
 
     The first caller of a session starts the servers and queues on its own while that server imports.
+
+    Args:
+        profile: the server's library set (PROFILES).
+        module, args: what the child runs (default: this process's own ``python -m`` module and arguments).
 
     Returns:
         The child's exit code. A child that died of a signal makes this process die of the same signal.
     """
-    main = sys.modules["__main__"]
-    module = getattr(getattr(main, "__spec__", None), "name", None)
+    if module is None:
+        module = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
+        args = sys.argv[1:]
     if not module:
         return None
     try:
@@ -123,7 +140,7 @@ def delegate(profile: str) -> int | None:
     with conn:
         request = {
             "module": module,
-            "args": sys.argv[1:],
+            "args": sys.argv[1:] if args is None else args,
             "cwd": os.getcwd(),
             "path0": sys.path[0],
             "env": dict(os.environ),
@@ -184,18 +201,24 @@ def _wait(conn: socket.socket) -> int | None:
     return code
 
 
-def start_servers() -> None:
+def start_servers(environ: Mapping[str, str] | None = None) -> None:
     """Start, in the background, the server of the first profile (in PROFILES order) that has none running.
 
     Each server starts the next one once its own imports are done: one import at a time next to the running stage,
     in the order the pipeline needs them (data, then model, then deploy's serving check).
+
+    Args:
+        environ: the environment the servers are for (default: this process's). A server passes the one it started
+            with: importing Keras sets TF_CPP_MIN_LOG_LEVEL, and a key made after that would match no caller.
     """
+    environ = dict(os.environ if environ is None else environ)
     for profile in PROFILES:
-        path = _socket_path(profile)
+        path = _socket_path(profile, environ)
         if not _is_locked(path.with_suffix(".lock")):
             subprocess.Popen(
                 [sys.executable, "-m", "tasks.warm", "serve", profile],
                 cwd=Path(__file__).resolve().parents[1],
+                env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=path.with_suffix(".log").open("ab"),
@@ -241,11 +264,12 @@ def serve(profile: str, idle_seconds: float) -> None:
     listener.bind(str(path))  # callers queue in the backlog while the imports below run
     listener.listen(64)
     os.chdir("/")
+    environ = dict(os.environ)  # as the callers have it: the imports below may add variables of their own
     for name in PROFILES[profile]:
         __import__(name)
     os.pwrite(lock, b"ready\n", os.fstat(lock).st_size)
     with contextlib.suppress(OSError):
-        start_servers()  # the next profile's, now that this one's imports are done
+        start_servers(environ)  # the next profile's, now that this one's imports are done
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd → (pid, connection)
     selector = selectors.DefaultSelector()

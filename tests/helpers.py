@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks import warm
+
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy")
+STAGES = tuple(warm.STAGES)
 # Small enough to train in seconds on digits, big enough to learn something.
 TINY: dict[str, dict[str, Any]] = {
     "train": {"epochs": 2, "filters": [8, 16], "dense_units": 32, "batch_size": 32, "learning_rate": 0.005},

@@ -184,3 +184,19 @@ def test_the_key_covers_the_import_time_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")  # read when used, not at import
     assert warm.server_key("model") == jax
     assert warm.server_key("data") != warm.server_key("model")
+
+
+def test_a_server_starts_the_next_for_the_environment_it_started_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server starts the next profile's after its imports; importing Keras sets TF_CPP_MIN_LOG_LEVEL, and a server
+    # keyed on that would match no caller (each first run started every server twice).
+    started: list[dict] = []
+    monkeypatch.setattr(warm, "_is_locked", lambda lock: False)
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda *args, **kwargs: started.append(kwargs))
+    callers = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")  # what the model server's imports left behind
+    warm.start_servers(callers)
+    (kwargs,) = started
+    assert kwargs["env"] == callers
+    assert Path(kwargs["stderr"].name) == warm._socket_path("data", callers).with_suffix(".log")
+    kwargs["stderr"].close()
+    assert warm.server_key("data", callers) != warm.server_key("data")
