@@ -6,6 +6,9 @@ before it writes its output; a failed suite raises a TrainflowError listing ever
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +35,10 @@ IMAGE_BOUNDARIES = BOUNDARIES[:4]
 DATASOURCE = "trainflow"
 SITE = "trainflow"
 BATCH = "whole"
+FINGERPRINT = "trainflow_made_from"  # suite meta: what its suite, definition and checkpoint were made from
+# A failed suite runs again with the ids of its failing rows, so the error names the split, shard and label; a
+# passing one has nothing to name, and BASIC costs ~55 ms where this costs ~130 ms.
+ROWS_THAT_FAILED = {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}
 CHUNK = 1024  # images summarised at once: temporaries that stay in cache (2–5× faster than 16,384)
 _HASH_SEED = 0x7472_6169_6E66  # fixed: the same image always gets the same content hash
 
@@ -364,10 +371,16 @@ def get_context(paths: PathsParams) -> Any:
     return context
 
 
-def setup_checkpoint(context: Any, boundary: str, expectations: list[Any]) -> Any:
-    """Get-or-add the datasource, asset and batch definition; add-or-update suite, definition, checkpoint."""
+def setup_checkpoint(context: Any, boundary: str, expectations: list[Any], result_format: Any = "BASIC") -> Any:
+    """Get-or-add the datasource, asset and batch definition; add-or-update suite, definition, checkpoint.
+
+    The stored suite, definition and checkpoint are reused as they are when they were made from the same
+    expectations, result format and batch definition (a fingerprint in the suite's meta): GX's add_or_update
+    compares every expectation field by field and rewrites three files, ~70 ms a boundary.
+    """
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.exceptions import DataContextError
 
     try:
         source = context.data_sources.get(DATASOURCE)
@@ -381,7 +394,22 @@ def setup_checkpoint(context: Any, boundary: str, expectations: list[Any]) -> An
         batch = asset.get_batch_definition(BATCH)
     except KeyError:
         batch = asset.add_batch_definition_whole_dataframe(BATCH)
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=boundary, expectations=expectations))
+    made_from = {
+        "expectations": [e.configuration.to_json_dict() for e in expectations],
+        "result_format": result_format,
+        "batch_definition": batch.id,
+        "site": SITE,
+        "gx": gx.__version__,
+    }
+    fingerprint = hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        if context.suites.get(boundary).meta.get(FINGERPRINT) == fingerprint:
+            return context.checkpoints.get(boundary)
+    except DataContextError:
+        pass  # not there (yet): made below
+    suite = context.suites.add_or_update(
+        gx.ExpectationSuite(name=boundary, expectations=expectations, meta={FINGERPRINT: fingerprint})
+    )
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=boundary, data=batch, suite=suite)
     )
@@ -390,8 +418,7 @@ def setup_checkpoint(context: Any, boundary: str, expectations: list[Any]) -> An
             name=boundary,
             validation_definitions=[definition],
             actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
-            # SUMMARY plus the id of the rows that failed: the error names the split, shard and label
-            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]},
+            result_format=result_format,
         )
     )
 
@@ -451,10 +478,14 @@ def run_suite(boundary: str, table: pd.DataFrame, expectations: list[Any], param
         TrainflowError: one line listing every failed expectation with its column and observed value.
     """
     context = get_context(params.paths)
-    checkpoint = setup_checkpoint(context, boundary, expectations)
-    _forget_previous_results(context, boundary, params.paths)
     started = time.perf_counter()
-    outcome = checkpoint.run(batch_parameters={"dataframe": table})
+    for result_format in ("BASIC", ROWS_THAT_FAILED):
+        checkpoint = setup_checkpoint(context, boundary, expectations, result_format)
+        _forget_previous_results(context, boundary, params.paths)
+        outcome = checkpoint.run(batch_parameters={"dataframe": table})
+        if outcome.success:
+            break
+        expectations = [copy.copy(e) for e in expectations]  # GX ties each to the suite it was saved in
     seconds = time.perf_counter() - started
     (result,) = outcome.run_results.values()
     failed = failures(result)

@@ -196,6 +196,29 @@ def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Para
     assert "changed_by_augment" in page and "values must be unique" in page  # rendered, with its expectations
 
 
+def test_a_stored_suite_is_reused_until_what_it_was_made_from_changes(vparams: Params) -> None:
+    data = tiny_dataset(COUNTS)
+    suite, checkpoint = (Path(vparams.paths.gx) / kind / "clean.json" for kind in ("expectations", "checkpoints"))
+
+    def stored() -> tuple[dict, dict]:
+        return json.loads(suite.read_text()), json.loads(checkpoint.read_text())
+
+    validation.validate_dataset("clean", data, vparams)
+    first = (suite.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns)
+    assert stored()[1]["result_format"] == "BASIC"
+    validation.validate_dataset("clean", data, vparams)
+    assert (suite.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == first  # reused, not rewritten
+    validation.validate_dataset("clean", data, with_validation(vparams, min_images=5))
+    bounds = [e["kwargs"] for e in stored()[0]["expectations"] if e["kwargs"].get("column") == "split_rows"]
+    assert bounds[0]["min_value"] == 5
+    # a failure runs again with the failing rows' ids, and the next pass goes back to the cheaper format
+    with pytest.raises(TrainflowError, match=r"\(split_rows\) observed .* at \['val/0/"):
+        validation.validate_dataset("clean", data, with_validation(vparams, min_images=20))
+    assert stored()[1]["result_format"]["unexpected_index_column_names"] == ["id"]
+    validation.validate_dataset("clean", data, vparams)
+    assert stored()[1]["result_format"] == "BASIC"
+
+
 def test_a_failed_suite_still_leaves_data_docs_behind(vparams: Params) -> None:
     data = tiny_dataset(COUNTS)
     failure("raw", replace(data, "val", y=np.full(12, 9)), vparams)
