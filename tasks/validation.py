@@ -104,9 +104,13 @@ def _image_stats(x: np.ndarray, with_hashes: bool = True) -> dict[str, np.ndarra
     return {**stats, "hash": hashes} if with_hashes else stats
 
 
-def _in_train(hashes: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """Which rows' 128-bit hashes also occur in ``train``: candidates on the first word, confirmed on both."""
-    found = np.isin(hashes[:, 0], train[:, 0])
+def _in_train(hashes: np.ndarray, train: np.ndarray, train_first: np.ndarray) -> np.ndarray:
+    """Which rows' 128-bit hashes also occur in ``train``: candidates on the first word (``train_first``: train's
+    first words, sorted once for every split), confirmed on both."""
+    if not len(train_first):
+        return np.zeros(len(hashes), bool)
+    at = np.minimum(np.searchsorted(train_first, hashes[:, 0]), len(train_first) - 1)
+    found = train_first[at] == hashes[:, 0]
     if found.any():
         known = set(map(tuple, train[np.isin(train[:, 0], hashes[found, 0])].tolist()))
         found[found] = [tuple(h) in known for h in hashes[found].tolist()]
@@ -177,6 +181,7 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
     """
     train = [s.hashes for s in summaries if s.split == "train"]
     train_hashes = np.concatenate(train) if train else np.zeros((0, 2), np.uint64)
+    train_first = np.sort(train_hashes[:, 0])
     split_rows: dict[str, int] = {}
     label_rows: dict[tuple[str, int], int] = {}
     for s in summaries:
@@ -186,7 +191,7 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
     with_changed = any("changed" in s.groups for s in summaries)
     rows = []
     for s in summaries:
-        leaked = np.zeros(len(s.labels), bool) if s.split == "train" else _in_train(s.hashes, train_hashes)
+        leaked = np.zeros(len(s.labels), bool) if s.split == "train" else _in_train(s.hashes, train_hashes, train_first)
         inverse = np.searchsorted(s.groups["label"], s.labels)
         leaked_per_label = np.bincount(inverse, weights=leaked, minlength=len(s.groups["label"]))
         height, width, channels = (*s.shape, 1, 1, 1)[:3]
