@@ -4,7 +4,7 @@
 
 Writes the "Pipeline vs the seed script" section of benchmarks/RESULTS.md: each figure with its target, the median
 of ``--repeats`` runs and their min–max. Every pipeline measurement runs the real tools (`dvc repro`, `dvc exp run`,
-`python -m flows.training`, `python -m tasks.<stage>`) in a throw-away workspace: a copy of this repo's tracked files
+`python -m flows.training`, `python -m tasks <stage>`) in a throw-away workspace: a copy of this repo's tracked files
 in a fresh git repository under a temporary folder. Nothing else should run on the machine meanwhile.
 
 - baseline: benchmarks/baseline.py (the seed's CNN, Adam, batch 64, 10 epochs, first 8,000 MNIST t10k images to
@@ -185,12 +185,12 @@ def prefect_cached(root: Path, repeats: int) -> list[float]:
 def data_stages(mnist: Path, repeats: int, tmp: Path) -> dict[str, Any]:
     root = tmp / "data_stages"
     images = prepare(mnist, 6, root)  # MNIST ×6, every copy distinct: 60,000 images
-    run(root, sys.executable, "-m", "tasks.clean")  # starts the warm servers: measure once they are all ready
+    run(root, sys.executable, "-m", "tasks", "clean")  # starts the warm servers: measure once they are all ready
     wait_ready(root)
     walls: dict[str, list[float]] = {stage: [] for stage in DATA_STAGES}
     for _ in range(repeats):
         for stage in DATA_STAGES:
-            walls[stage].append(run(root, sys.executable, "-m", f"tasks.{stage}")[0])
+            walls[stage].append(run(root, sys.executable, "-m", "tasks", stage)[0])
     shares = {stage: validation_share(root, stage) for stage in DATA_STAGES}
     totals = [sum(walls[stage][i] for stage in DATA_STAGES) for i in range(repeats)]
     result = {"images": images, "images_per_s": [images / t for t in totals], "walls": walls, "shares": shares}
@@ -203,7 +203,7 @@ def startup(root: Path) -> dict[str, dict[str, Any]]:
     found = {}
     for stage in STAGES:
         done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", f"tasks.{stage}"],
+            [sys.executable, "-X", "importtime", "-m", "tasks", stage],
             cwd=root,
             env=tool_env(TRAINFLOW_WARM="0"),
             capture_output=True,
@@ -216,8 +216,8 @@ def startup(root: Path) -> dict[str, dict[str, Any]]:
         seconds = sum(int(cumulative) for cumulative, indent, _ in lines if not indent) / 1e6
         modules = {name for _, _, name in lines}
         found[stage] = {"import_s": seconds, "tensorflow": "tensorflow" in modules}
-    warm_walls = {stage: run(root, sys.executable, "-m", f"tasks.{stage}")[0] for stage in STAGES}
-    cold_walls = {stage: run(root, sys.executable, "-m", f"tasks.{stage}", TRAINFLOW_WARM="0")[0] for stage in STAGES}
+    warm_walls = {stage: run(root, sys.executable, "-m", "tasks", stage)[0] for stage in STAGES}
+    cold_walls = {stage: run(root, sys.executable, "-m", "tasks", stage, TRAINFLOW_WARM="0")[0] for stage in STAGES}
     for stage in STAGES:
         found[stage] |= {"warm_s": warm_walls[stage], "cold_s": cold_walls[stage]}
     print(f"start-up: {found}", flush=True)

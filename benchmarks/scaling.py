@@ -4,7 +4,7 @@ Usage: python benchmarks/scaling.py [--mnist DIR] [--factors 1 10 60] [--repeats
 
 For each factor the MNIST t10k images are tiled (one pixel changed per copy, so no copy is a duplicate that clean
 would drop), ingested once with ``ingest.split: ordered``, then clean, augment and normalize each run as their own
-`python -m tasks.<stage>` process:
+`python -m tasks <stage>` process (as dvc.yaml runs it):
 
 - cold (``TRAINFLOW_WARM=0``): the process imports everything itself, and its peak resident memory (``wait4``'s
   ru_maxrss) is the stage's own;
@@ -88,14 +88,14 @@ def stage(root: Path, name: str, warm: bool) -> tuple[float, float]:
     env = tool_env(**({} if warm else {"TRAINFLOW_WARM": "0"}))
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", f"tasks.{name}"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "tasks", name], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output = process.stdout.read() if process.stdout else b""
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise RuntimeError(f"tasks.{name} exited {process.returncode} in {root}:\n{output.decode()[-3000:]}")
+        raise RuntimeError(f"python -m tasks {name} exited {process.returncode} in {root}:\n{output.decode()[-3000:]}")
     return seconds, usage.ru_maxrss / 1024
 
 
