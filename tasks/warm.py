@@ -135,7 +135,7 @@ def delegate(profile: str, module: str | None = None, args: list[str] | None = N
     conn = _connect(path)
     if conn is None:  # none running: start them, and queue on ours rather than import the same libraries twice
         with contextlib.suppress(OSError):
-            start_servers()
+            start_servers(first=profile)
         conn = _connect(path, wait=STARTUP_WAIT)
     if conn is None:
         return None
@@ -203,31 +203,48 @@ def _wait(conn: socket.socket) -> int | None:
     return code
 
 
-def start_servers(environ: Mapping[str, str] | None = None) -> None:
-    """Start, in the background, the server of the first profile (in PROFILES order) that has none running.
+def start_servers(environ: Mapping[str, str] | None = None, first: str | None = None) -> None:
+    """Start, in the background, servers for profiles that have none running.
 
-    Each server starts the next one once its own imports are done: one import at a time next to the running stage,
-    in the order the pipeline needs them (data, then model, then deploy's serving check).
+    A caller that found no server (``first``: its own profile) starts that one and, on more than one core, the next
+    missing one after it in PROFILES order: it waits for its own, so a second core would idle. A server whose first
+    stage has finished (``first`` None) starts the next missing one, unless another server is still importing and
+    will do it when done. So the imports never compete with a running stage for more than a core, and come in the
+    order the pipeline needs them: data and model together, deploy's serving check once training is over (importing
+    TensorFlow next to `model.fit` slowed it by ~20 % on 2 cores); train and serving together for `dvc exp run`.
 
     Args:
         environ: the environment the servers are for (default: this process's). A server passes the one it started
             with: importing Keras sets TF_CPP_MIN_LOG_LEVEL, and a key made after that would match no caller.
+        first: the caller's profile.
     """
     environ = dict(os.environ if environ is None else environ)
-    for profile in PROFILES:
-        path = _socket_path(profile, environ)
-        if not _is_locked(path.with_suffix(".lock")):
-            subprocess.Popen(
-                [sys.executable, "-m", "tasks.warm", "serve", profile],
-                cwd=Path(__file__).resolve().parents[1],
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=path.with_suffix(".log").open("ab"),
-                start_new_session=True,
-                close_fds=True,
-            )
+    locks = {profile: _socket_path(profile, environ).with_suffix(".lock") for profile in PROFILES}
+    missing = [profile for profile, lock in locks.items() if not _is_locked(lock)]
+    if first is None:
+        if any(_importing(lock) for lock in locks.values()):
             return
+        start = missing[:1]
+    else:
+        order = list(PROFILES)
+        later = [profile for profile in missing if order.index(profile) > order.index(first)]
+        start = [first] * (first in missing) + later[: 1 if (os.cpu_count() or 1) > 1 else 0]
+    for profile in start:
+        subprocess.Popen(
+            [sys.executable, "-m", "tasks.warm", "serve", profile],
+            cwd=Path(__file__).resolve().parents[1],
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=locks[profile].with_suffix(".log").open("ab"),
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _importing(lock: Path) -> bool:
+    """A server holds ``lock`` and has not finished its imports."""
+    return _is_locked(lock) and not lock.read_text().endswith("ready\n")
 
 
 def _is_locked(lock: Path) -> bool:
@@ -270,8 +287,7 @@ def serve(profile: str, idle_seconds: float) -> None:
     for name in PROFILES[profile]:
         __import__(name)
     os.pwrite(lock, b"ready\n", os.fstat(lock).st_size)
-    with contextlib.suppress(OSError):
-        start_servers(environ)  # the next profile's, now that this one's imports are done
+    served = 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd → (pid, connection)
     selector = selectors.DefaultSelector()
@@ -296,6 +312,10 @@ def serve(profile: str, idle_seconds: float) -> None:
                         conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
                     conn.close()
                     idle_since = time.monotonic()
+                    served += 1
+                    if served == 1:  # the next profile's, now that this one's first stage is done
+                        with contextlib.suppress(OSError):
+                            start_servers(environ)
     finally:
         path.unlink(missing_ok=True)
         os.close(lock)
@@ -459,7 +479,7 @@ def wait_ready(profile: str, timeout: float = 120.0) -> bool:
     """Start the servers if need be and wait until ``profile``'s has finished its imports."""
     lock = _socket_path(profile).with_suffix(".lock")
     deadline = time.monotonic() + timeout
-    start_servers()
+    start_servers(first=profile)
     while time.monotonic() < deadline:
         if _is_locked(lock) and lock.read_text().endswith("ready\n"):
             return True

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,38 @@ def test_a_server_starts_the_next_for_the_environment_it_started_with(monkeypatc
     assert Path(kwargs["stderr"].name) == warm._socket_path("data", callers).with_suffix(".log")
     kwargs["stderr"].close()
     assert warm.server_key("data", callers) != warm.server_key("data")
+
+
+def record_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The profiles warm.start_servers starts, in order, instead of starting them."""
+    started: list[str] = []
+
+    def popen(args: list[str], **kwargs: Any) -> None:
+        started.append(args[-1])
+        kwargs["stderr"].close()
+
+    monkeypatch.setattr(warm.subprocess, "Popen", popen)
+    return started
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_first_caller_starts_its_own_server_and_the_next(monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
+    started = record_starts(monkeypatch)
+    monkeypatch.setattr(warm, "_is_locked", lambda lock: False)
+    monkeypatch.setattr(warm.os, "cpu_count", lambda: cores)
+    warm.start_servers(first="data")  # `dvc repro` with no server running
+    assert started == ["data", "model"][:cores]  # its own, and the next on the core that would idle meanwhile
+    started.clear()
+    warm.start_servers(first="model")  # `dvc exp run`: train, evaluate, deploy
+    assert started == ["model", "serving"][:cores]
+
+
+def test_a_ready_server_leaves_the_next_to_one_still_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = record_starts(monkeypatch)
+    monkeypatch.setattr(warm, "_is_locked", lambda lock: not lock.name.startswith("serving"))
+    monkeypatch.setattr(warm, "_importing", lambda lock: lock.name.startswith("model"))
+    warm.start_servers()  # the data server, its first stage done while the model server imports: no third import
+    assert started == []
+    monkeypatch.setattr(warm, "_importing", lambda lock: False)
+    warm.start_servers()  # the model server after train: deploy's serving check is next
+    assert started == ["serving"]
