@@ -1,4 +1,4 @@
-"""`python -m tasks.<stage>`: load params, run the stage, turn bad input into one line and exit 1."""
+"""`python -m tasks <stage>` / `python -m tasks.<stage>`: load params, run the stage, bad input → one line, exit 1."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The per-shard work of the data stages, mapped by whoever drives the stage.
 
 A stage's ``run(params, mapper)`` cuts its work into independent calls of a module-level function (a shard in,
-a shard written and a small result out) and hands them to ``mapper``. ``python -m tasks.<stage>`` (DVC) maps them
+a shard written and a small result out) and hands them to ``mapper``. ``python -m tasks <stage>`` (DVC) maps them
 on a thread pool of this machine; the Prefect flow maps them as tasks on its task runner (threads or Dask,
 ``flow.task_runner``). Each call is deterministic and writes only its own files, so every mapper produces the same
 bytes.

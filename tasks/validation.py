@@ -25,7 +25,7 @@ from tasks.artifacts import Dataset
 from tasks.config import Params, PathsParams, ValidationParams
 from tasks.errors import TrainflowError
 
-if TYPE_CHECKING:  # pandas is imported where a table is built: `python -m tasks.<stage>` hands over to a warm
+if TYPE_CHECKING:  # pandas is imported where a table is built: a stage process hands over to a warm
     import pandas as pd  # server before it would need it (tasks/warm.py)
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Warm start for stage processes: a fork server that has already imported the heavy libraries.
 
-A `python -m tasks.<stage>` process spends seconds before any work: importing Great Expectations (~2 s), TensorFlow
-and Keras (~3 s), MLflow (~1 s). The first stage process that finds no server starts one per library set in the
-background and runs itself as usual; later stage processes hand their module, arguments, working directory,
-environment, umask and stdin/stdout/stderr to the server, which forks a child that runs the stage exactly as
-``python -m`` would.
+A stage process (`python -m tasks <stage>`) spends seconds before any work: importing Great Expectations (~2 s),
+TensorFlow and Keras (~3 s), MLflow (~1 s). The first stage process that finds no server starts its own kind's in the
+background (and the next kind's, see start_servers) and queues on it while it imports; later stage processes hand
+their module, arguments, working directory, environment, umask and stdin/stdout/stderr to the server, which forks a
+child that runs the stage exactly as ``python -m`` would.
 
 What keeps it honest:
 - only third-party libraries are preloaded; every child imports the project's own modules afresh from the caller's
