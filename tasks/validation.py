@@ -412,8 +412,8 @@ def setup_checkpoint(context: Any, boundary: str, expectations: list[Any], resul
     try:
         if context.suites.get(boundary).meta.get(FINGERPRINT) == fingerprint:
             return context.checkpoints.get(boundary)
-    except DataContextError:
-        pass  # not there (yet): made below
+    except (DataContextError, ValueError):
+        pass  # not there (yet), or a part of it is gone: made again below
     suite = context.suites.add_or_update(
         gx.ExpectationSuite(name=boundary, expectations=expectations, meta={FINGERPRINT: fingerprint})
     )

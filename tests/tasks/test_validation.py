@@ -217,6 +217,10 @@ def test_a_stored_suite_is_reused_until_what_it_was_made_from_changes(vparams: P
     assert stored()[1]["result_format"]["unexpected_index_column_names"] == ["id"]
     validation.validate_dataset("clean", data, vparams)
     assert stored()[1]["result_format"] == "BASIC"
+    # a part of it deleted by hand: made again, not a crash
+    (Path(vparams.paths.gx) / "validation_definitions" / "clean.json").unlink()
+    validation.validate_dataset("clean", data, vparams)
+    assert (Path(vparams.paths.gx) / "validation_definitions" / "clean.json").is_file()
 
 
 def test_a_failed_suite_still_leaves_data_docs_behind(vparams: Params) -> None:
