@@ -33,7 +33,9 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
         code = warm.delegate(warm.STAGES[stage])  # a forked child of a server that has imported the libraries already
         if code is not None:
             sys.exit(code)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter hides the stage's log
+    if warm.CHILD not in os.environ:  # a warm child's TensorFlow is imported already, and its environment stays
+        # the caller's, so that what it starts with warm start (deploy's check) finds the servers the caller did
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter hides the stage's log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)

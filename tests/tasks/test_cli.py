@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks import warm
 from tasks.cli import main
 from tasks.config import Params
 from tasks.errors import TrainflowError
@@ -64,6 +66,17 @@ def test_main_turns_trainflow_error_into_exit_1(
     assert exited.value.code == 1
     assert capsys.readouterr().err == "error: clean: data/raw: not found\n"
     assert seen and seen[0].data.source == "digits"
+
+
+def test_a_warm_child_keeps_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # deploy starts its serving check with warm start: with a variable of the server key's added here, that
+    # process would find no server for its environment, and start a second set of servers
+    monkeypatch.setenv(warm.CHILD, "1")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    before = dict(os.environ)
+    seen: list[dict[str, str]] = []
+    main("deploy", lambda params: seen.append(dict(os.environ)), ["--params", str(REPO / "params.yaml")])
+    assert seen == [before]
 
 
 def test_main_runs_the_stage_with_loaded_params(monkeypatch: pytest.MonkeyPatch) -> None:
