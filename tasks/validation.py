@@ -38,7 +38,7 @@ BATCH = "whole"
 FINGERPRINT = "trainflow_made_from"  # suite meta: what its suite, definition and checkpoint were made from
 # A failed suite runs again with the ids of its failing rows, so the error names the split, shard and label; a
 # passing one has nothing to name, and BASIC costs ~55 ms where this costs ~130 ms.
-ROWS_THAT_FAILED = {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}
+PASSING, ROWS_THAT_FAILED = "BASIC", {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}
 CHUNK = 1024  # images summarised at once: temporaries that stay in cache (2–5× faster than 16,384)
 _HASH_SEED = 0x7472_6169_6E66  # fixed: the same image always gets the same content hash
 
@@ -378,7 +378,7 @@ def get_context(paths: PathsParams) -> Any:
     return context
 
 
-def setup_checkpoint(context: Any, boundary: str, expectations: list[Any], result_format: Any = "BASIC") -> Any:
+def setup_checkpoint(context: Any, boundary: str, expectations: list[Any], result_format: Any = PASSING) -> Any:
     """Get-or-add the datasource, asset and batch definition; add-or-update suite, definition, checkpoint.
 
     The stored suite, definition and checkpoint are reused as they are when they were made from the same
@@ -486,7 +486,7 @@ def run_suite(boundary: str, table: pd.DataFrame, expectations: list[Any], param
     """
     context = get_context(params.paths)
     started = time.perf_counter()
-    for result_format in ("BASIC", ROWS_THAT_FAILED):
+    for result_format in (PASSING, ROWS_THAT_FAILED):
         checkpoint = setup_checkpoint(context, boundary, expectations, result_format)
         _forget_previous_results(context, boundary, params.paths)
         outcome = checkpoint.run(batch_parameters={"dataframe": table})

@@ -125,7 +125,7 @@ def delegate(profile: str, module: str | None = None, args: list[str] | None = N
     """
     if module is None:
         module = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
-        args = sys.argv[1:]
+    args = sys.argv[1:] if args is None else args
     if not module:
         return None
     try:
@@ -142,7 +142,7 @@ def delegate(profile: str, module: str | None = None, args: list[str] | None = N
     with conn:
         request = {
             "module": module,
-            "args": sys.argv[1:] if args is None else args,
+            "args": args,
             "cwd": os.getcwd(),
             "path0": sys.path[0],
             "env": dict(os.environ),
@@ -244,7 +244,12 @@ def start_servers(environ: Mapping[str, str] | None = None, first: str | None = 
 
 def _importing(lock: Path) -> bool:
     """A server holds ``lock`` and has not finished its imports."""
-    return _is_locked(lock) and not lock.read_text().endswith("ready\n")
+    return _is_locked(lock) and not _imported(lock)
+
+
+def _imported(lock: Path) -> bool:
+    """The server that wrote ``lock`` has finished its imports (serve() appends "ready")."""
+    return lock.read_text().endswith("ready\n")
 
 
 def _is_locked(lock: Path) -> bool:
@@ -481,7 +486,7 @@ def wait_ready(profile: str, timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     start_servers(first=profile)
     while time.monotonic() < deadline:
-        if _is_locked(lock) and lock.read_text().endswith("ready\n"):
+        if _is_locked(lock) and _imported(lock):
             return True
         time.sleep(0.1)
     return False
