@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from tasks.config import DEFAULT_PARAMS, load_params
-from tasks.errors import TrainflowError
+from tasks.lib.config import DEFAULT_PARAMS, load_params
+from tasks.lib.errors import TrainflowError
 
 DEPLOYMENT = "nightly"
 

@@ -1,4 +1,8 @@
-"""Prefect flow `training`: the stages of dvc.yaml as tasks, cached on what DVC hashes, recorded in dvc.lock."""
+"""Prefect flow `training`: the stages of dvc.yaml as tasks wired like `dvc dag`, cached on what DVC hashes.
+
+`python -m flows.training [--set KEY=VALUE ...]` runs it in one process (Prefect's temporary API without
+PREFECT_API_URL); flows/deploy.py serves it on a schedule. Both drivers run the same ``tasks.<stage>.run``.
+"""
 
 from __future__ import annotations
 
@@ -11,56 +15,29 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.states import State
 
-from tasks.config import DEFAULT_PARAMS, FlowParams, Params, load_params
-from tasks.errors import TrainflowError, TransientError
-from tasks.evaluate import EVAL_SPLITS, HEADLINE
-from tasks.lock import workspace_lock
+from flows import dvc_repo, runners
+from tasks.lib.cli import quiet_libraries
+from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
+from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.lock import workspace_lock
 
 SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
 
 
-def _open_repo(root: Path) -> Any:
-    from dvc.repo import Repo
-
-    return Repo(str(root))
-
-
-def stage_names(root: Path = Path()) -> list[str]:
-    """The pipeline's stages in dvc.yaml order: dvc.yaml is the one list of stages both drivers run."""
-    with _open_repo(root) as repo:
-        return [stage.name for stage in repo.index.stages]
-
-
-def _hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
-    """DVC's own hashes of a stage's deps (code, data, params values) or outs, keyed by path."""
-    with _open_repo(root) as repo:
-        (spec,) = [s for s in repo.index.stages if s.name == stage]
-        items = spec.deps if which == "deps" else spec.outs
-        result = {}
-        for item in items:
-            if which == "outs" and not item.exists:
-                result[item.def_path] = None
-                continue
-            info = item.get_hash()
-            result[item.def_path] = info.value if info else None
-        return result
-
-
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Content hash of the stage's inputs, params slice and code: exactly the deps dvc.yaml lists."""
     root = Path(parameters["root"]).resolve()
-    deps = _hashes(root, parameters["stage"], "deps")
+    deps = dvc_repo.stage_hashes(root, parameters["stage"], "deps")
     blob = json.dumps({"root": str(root), "stage": parameters["stage"], "deps": deps}, sort_keys=True, default=str)
     return f"{parameters['stage']}-{hashlib.sha256(blob.encode()).hexdigest()}"
 
@@ -81,68 +58,11 @@ class _ToRunLogger(logging.Handler):
         self.run_logger.log(record.levelno, record.getMessage())
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
-def shard(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """One call of a data stage's per-shard work, on the flow's task runner (threads, or a Dask worker)."""
-    return fn(*args)
-
-
-def shard_map(name: str, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """A stage's mapper (tasks/parallel.py) under Prefect: one task run per call, ``<name>-<i>``, results in order."""
-    futures = [shard.with_options(task_run_name=f"{name}-{i}").submit(fn, args) for i, args in enumerate(calls)]
-    return [future.result() for future in futures]
-
-
-def task_runner(params: FlowParams) -> Any:
-    """The task runner params choose for the per-shard tasks: a thread pool, or Dask (an existing scheduler from
-    ``flow.dask_address`` or $DASK_SCHEDULER_ADDRESS, else a local cluster of worker processes)."""
-    workers = params.workers or os.cpu_count() or 1
-    if params.task_runner == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=workers)
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported
-    from prefect_dask import DaskTaskRunner
-
-    address = params.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        return DaskTaskRunner(address=address)
-    # dashboard on a free port: a second cluster on this machine must not collide with the first
-    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
-    return DaskTaskRunner(cluster_kwargs=cluster)
-
-
-def share_prefect_api() -> None:
-    """Without PREFECT_API_URL, start Prefect's temporary API server now and point the environment at it.
-
-    Every process of a run then reports to that one server: Dask worker processes inherit the variable instead
-    of each starting a temporary server of its own (~10 s each, and their task runs would land in their own).
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import get_current_settings
-
-    if get_current_settings().api.url:
-        return
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-
-
-def for_params(params: Params) -> Any:
-    """The training flow with the task runner params choose (``flow.task_runner``)."""
-    runner = task_runner(params.flow)
-    if getattr(runner, "address", "") is None:  # a local Dask cluster, started by this process
-        share_prefect_api()
-    return training.with_options(task_runner=runner)
-
-
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retry_condition_fn=_retry_transient)
 def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
-    """Run ``tasks.<stage>.run`` (the code `dvc repro` runs) and return its report and output hashes.
+    """Run ``tasks.<stage>.run`` (the code `dvc repro` runs); its report, one-line summary and output hashes.
 
-    The data stages' per-shard work runs as tasks on the flow's task runner (:func:`shard_map`).
+    The data stages' per-shard work runs as tasks on the flow's task runner (:func:`runners.shard_map`).
     """
     logger = get_run_logger()
     stage_logger = logging.getLogger("tasks")
@@ -150,10 +70,10 @@ def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
     stage_logger.addHandler(handler)
     stage_logger.setLevel(logging.INFO)
     started = time.perf_counter()
+    module = importlib.import_module(f"tasks.{stage}")
     try:
-        run = importlib.import_module(f"tasks.{stage}").run
-        maps = "mapper" in inspect.signature(run).parameters
-        report = run(params, mapper=shard_map) if maps else run(params)
+        maps = "mapper" in inspect.signature(module.run).parameters
+        report = module.run(params, mapper=runners.shard_map) if maps else module.run(params)
     finally:
         stage_logger.removeHandler(handler)
         stage_logger.setLevel(level)
@@ -162,88 +82,53 @@ def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
     return {
         "stage": stage,
         "seconds": round(seconds, 2),
+        "summary": module.describe(report),
         "report": json.loads(json.dumps(report, default=str)),
-        "outs": _hashes(Path(root), stage, "outs"),
+        "outs": dvc_repo.stage_hashes(Path(root), stage, "outs"),
     }
 
 
 @task(name="dvc-commit", task_run_name="dvc-commit")
 def record_in_dvc_lock(root: str) -> None:
     """`dvc commit`: the flow's outputs go into dvc.lock and the DVC cache, so `dvc status` is clean."""
-    with _open_repo(Path(root)) as repo:
-        repo.commit(force=True)
+    dvc_repo.commit(Path(root))
 
 
-def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
-    """Apply validated overrides to params.yaml, as `dvc exp run -S` does, so artifacts and params agree."""
-    from dvc.utils.serialize import modify_yaml
+def stage(name: str, params: Params, root: str, upstream: list[State]) -> State:
+    """One stage as a task run that waits for (and in the run graph hangs from) the stages it reads from.
 
-    with modify_yaml(str(path)) as data:
-        for dotted, value in overrides.items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
-
-
-def stage_detail(stage: str, report: dict[str, Any]) -> str:
-    """One line of counts from a stage's report for the summary table."""
-    if stage == "ingest":
-        return " / ".join(f"{name} {split['count']}" for name, split in report["splits"].items())
-    if stage == "clean":
-        return f"removed {report['removed_total']} of {report['input_total']}"
-    if stage == "augment":
-        return f"train {report['train_original']} + {report['train_added']} augmented"
-    if stage == "normalize":
-        return report["method"]
-    if stage == "train":
-        return f"{report['epochs_run']} epochs on {report['device']} ({report['backend']})"
-    if stage == "evaluate":
-        return f"test accuracy {report['test']['accuracy']:.4f}"
-    if stage == "deploy":
-        return f"{report['checked']} predictions checked, max diff {report['max_abs_diff']:.1e}"
-    return ""
+    Only TransientError-like failures are retried (:func:`_retry_transient`); bad data and params fail at once.
+    """
+    options = {"name": name, "task_run_name": name, "retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS}
+    state = run_stage.with_options(**options)(name, params, root, wait_for=upstream, return_state=True)
+    result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
+    if state.name == "Cached" and result["outs"] != dvc_repo.stage_hashes(Path(root), name, "outs"):
+        # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
+        rerun = run_stage.with_options(**options, refresh_cache=True)
+        state = rerun(name, params, root, wait_for=upstream, return_state=True)
+        state.result()
+    return state
 
 
-def summary_markdown(
-    results: list[dict[str, Any]], metrics: dict[str, Any] | None, mlflow_run: dict[str, Any] | None = None
-) -> str:
-    """The flow-run summary: one row per stage (state, duration, counts), the metrics, the MLflow run."""
-    lines = ["# training flow run", "", "| stage | state | seconds | counts |", "| --- | --- | --- | --- |"]
-    for r in results:
-        lines.append(f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {stage_detail(r['stage'], r['report'])} |")
+def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | None, run: dict | None = None) -> str:
+    """The flow-run summary: one row per stage (state, duration, its own one-line summary), metrics, the MLflow run."""
+    lines = ["# training flow run", "", "| stage | state | seconds | summary |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {r['summary']} |" for r in results]
     if metrics:
         lines += ["", "| split | accuracy | macro F1 | loss |", "| --- | --- | --- | --- |"]
-        for split, m in metrics.items():
-            lines.append(f"| {split} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {m['loss']:.4f} |")
-    if mlflow_run:
+        lines += [f"| {s} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {m['loss']:.4f} |" for s, m in metrics.items()]
+    if run:
         lines += [
             "",
-            f"MLflow run `{mlflow_run['run_id']}` in {mlflow_run['tracking_uri']}: "
-            f"`mlflow ui --backend-store-uri {mlflow_run['tracking_uri']}`, then {mlflow_run['ui_path']}",
+            f"MLflow run `{run['run_id']}` in {run['tracking_uri']}: "
+            f"`mlflow ui --backend-store-uri {run['tracking_uri']}`, then {run['ui_path']}",
         ]
     return "\n".join(lines) + "\n"
 
 
-def _run_stage_task(stage: str, params: Params, root: str) -> dict[str, Any]:
-    # Every stage may meet a transient fault (ingest's keras:NAME download, the MLflow store); only
-    # TransientError-like failures are retried (_retry_transient), bad data and params fail at once.
-    stage_task = run_stage.with_options(
-        name=stage, task_run_name=stage, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS
-    )
-    state = stage_task(stage, params, root, return_state=True)
-    result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
-    if state.name == "Cached" and result["outs"] != _hashes(Path(root), stage, "outs"):
-        # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
-        state = stage_task.with_options(refresh_cache=True)(stage, params, root, return_state=True)
-        result = state.result()
-    return {**result, "state": state.name}
-
-
 @flow(name="training", log_prints=True)
 def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ingest → … → deploy as Prefect tasks over the same stage code as `dvc repro`.
+    """Run ingest → … → deploy as Prefect tasks over the same stage code as `dvc repro`, wired as `dvc dag`.
 
     Args:
         params_path: the params file, in the root of the DVC repo the flow runs in.
@@ -251,11 +136,11 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
             `dvc exp run -S` does.
 
     Returns:
-        Per stage its state (Completed or Cached), duration and report.
+        Per stage its state (Completed or Cached) and duration, the evaluation's headline metrics, the MLflow run.
     """
     path = Path(params_path)
     params = load_params(path, overrides)  # validates every override before any stage runs
-    root = str(path.resolve().parent)
+    root = path.resolve().parent
     runner = type(FlowRunContext.get().task_runner).__name__
     if (params.flow.task_runner == "dask") != (runner == "DaskTaskRunner"):
         get_run_logger().warning(
@@ -264,18 +149,20 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
             params.flow.task_runner,
             runner,
         )
-    if Path.cwd().resolve() != Path(root):
+    if Path.cwd().resolve() != root:
         # params.yaml's paths are relative to the repo root, where dvc.yaml also runs its commands.
         raise TrainflowError(f"{params_path}: run the flow from the folder that holds it (the repo root)")
-    with workspace_lock(Path(root) / params.paths.lock, "Prefect flow training"):
+    with workspace_lock(root / params.paths.lock, "Prefect flow training"):
         if overrides:
-            write_overrides(path, overrides)
-        results = [_run_stage_task(stage, params, root) for stage in stage_names(Path(root))]
-        record_in_dvc_lock(root)
-    metrics = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
-    if metrics:
-        metrics = {split: {k: metrics[split][k] for k in HEADLINE} for split in EVAL_SPLITS}
-    run_info = Path(root) / params.paths.run_info
+            dvc_repo.write_params(path, overrides)
+        states: dict[str, State] = {}
+        for name, upstream in dvc_repo.stage_graph(root).items():  # dvc.yaml: the one list of stages and edges
+            states[name] = stage(name, params, str(root), [states[u] for u in upstream])
+        record_in_dvc_lock(str(root))
+    results = [{**s.result(), "state": s.name} for s in states.values()]
+    evaluation = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
+    metrics = importlib.import_module("tasks.evaluate").headline(evaluation) if evaluation else None
+    run_info = root / params.paths.run_info
     mlflow_run = json.loads(run_info.read_text()) if run_info.is_file() else None
     create_markdown_artifact(
         markdown=summary_markdown(results, metrics, mlflow_run),
@@ -287,6 +174,14 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
         "metrics": metrics,
         "mlflow_run_id": mlflow_run["run_id"] if mlflow_run else None,
     }
+
+
+def for_params(params: Params) -> Any:
+    """The training flow with the task runner params choose (``flow.task_runner``)."""
+    runner = runners.task_runner(params.flow)
+    if getattr(runner, "address", "") is None:  # a local Dask cluster, started by this process
+        runners.share_prefect_api()
+    return training.with_options(task_runner=runner)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -305,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_libraries()
     # No telemetry from the temporary API server (read when it starts): no phoning home, and its heartbeat raced
     # the server's own start-up for the SQLite database ("database is locked" in the log).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

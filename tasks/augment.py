@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, parallel, validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import AugmentParams, Params
+from tasks.lib import artifacts, parallel, stats, validation
+from tasks.lib.artifacts import Split
+from tasks.lib.config import AugmentParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +74,6 @@ def copy_rng(seed: int, copy: int, shard: int) -> np.random.Generator:
     return np.random.default_rng([seed, copy, shard])
 
 
-def augment(dataset: Dataset, params: AugmentParams, seed: int) -> tuple[Dataset, dict]:
-    """Append ``params.copies`` transformed copies of the train split (one shard); val and test are passed through.
-
-    Args:
-        dataset: the cleaned dataset.
-        params: the augment section (copies, rotation, zoom, shift).
-        seed: the only source of randomness (copy ``c`` of shard ``i`` draws from ``copy_rng(seed, c, i)``).
-
-    Returns:
-        The augmented dataset (originals first, then each copy in order) and a small report.
-    """
-    train = dataset.splits["train"]
-    copies = [random_affine(train.x, params, copy_rng(seed, c, 0)) for c in range(1, params.copies + 1)]
-    x = np.concatenate([train.x, *copies]) if copies else np.asarray(train.x)
-    y = np.tile(train.y, params.copies + 1)
-    splits = {**dataset.splits, "train": Split(x, y)}
-    report = {"train_original": len(train.y), "train_added": len(train.y) * params.copies, "copies": params.copies}
-    return Dataset(splits=splits, classes=dataset.classes, info={**dataset.info, "augment": report}), report
-
-
 def sample_grid(rows: list[np.ndarray], count: int) -> bytes:
     """PNG: the first ``count`` images of each of ``rows`` (the originals, then their augmented copies) as a grid."""
     from PIL import Image
@@ -119,7 +99,7 @@ def augment_shard(
     """Write copy ``copy`` (0: the originals) of one shard as shard ``out_index``; its manifest entry and summary."""
     shard = artifacts.open_dataset(Path(clean)).shard(split, index)
     x = random_affine(shard.x, params, copy_rng(seed, copy, index)) if copy else np.asarray(shard.x)
-    summary = validation.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
+    summary = stats.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
     return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
 
 
@@ -153,7 +133,12 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     return report
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: train images before and added."""
+    return f"train {report['train_original']} + {report['train_added']} augmented"
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("augment", run)

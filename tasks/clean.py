@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, parallel, validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import CleanParams, Params
-from tasks.errors import TrainflowError
+from tasks.lib import artifacts, parallel, stats, validation
+from tasks.lib.artifacts import Split
+from tasks.lib.config import CleanParams, Params
+from tasks.lib.errors import TrainflowError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ REASONS = ("bad_label", "constant", "duplicate", "leak")
 
 def image_keys(x: np.ndarray) -> np.ndarray:
     """One opaque 128-bit content key per image, comparable with ``np.unique`` and ``np.isin``."""
-    return _keys(validation.row_hashes(np.asarray(x).reshape(len(x), -1)))
+    return _keys(stats.row_hashes(np.asarray(x).reshape(len(x), -1)))
 
 
 def _keys(hashes: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def inspect(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray,
     good_label = (y >= 0) & (y < num_classes)
     flat = np.asarray(x).reshape(len(x), -1)
     constant = flat.min(axis=1) == flat.max(axis=1) if flat.shape[1] else np.ones(len(x), bool)
-    return good_label, constant & good_label, validation.row_hashes(flat)
+    return good_label, constant & good_label, stats.row_hashes(flat)
 
 
 def decide(
@@ -91,24 +91,6 @@ def decide(
     return keep, {"removed": removed, "removed_total": removed_total, "input_total": input_total}
 
 
-def clean(dataset: Dataset, params: CleanParams) -> tuple[Dataset, dict]:
-    """Remove noise and outliers from an in-memory dataset (each split one shard); see :func:`decide`.
-
-    Returns:
-        The cleaned dataset and the report of :func:`decide`.
-    """
-    found = {name: [inspect(s.x, s.y, len(dataset.classes))] for name, s in dataset.splits.items()}
-    keep, report = decide(found, params)
-    kept = {
-        name: Split(np.asarray(s.x)[keep[name][0]], np.asarray(s.y)[keep[name][0]])
-        for name, s in dataset.splits.items()
-    }
-    return Dataset(splits=kept, classes=dataset.classes, info={**dataset.info, "clean": report}), report
-
-
-# ---------------------------------------------------------------------------------------------- per-shard work
-
-
 def inspect_shard(raw: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stored = artifacts.open_dataset(Path(raw))
     shard = stored.shard(split, index)
@@ -119,7 +101,7 @@ def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, has
     """Write the kept images of one shard; returns its manifest entry and validation summary."""
     shard = artifacts.open_dataset(Path(raw)).shard(split, index)
     kept = Split(shard.x[keep], shard.y[keep])
-    summary = validation.summarize(split, index, kept.x, kept.y, hashes=hashes[keep])
+    summary = stats.summarize(split, index, kept.x, kept.y, hashes=hashes[keep])
     return artifacts.write_shard(Path(out), split, index, kept), summary
 
 
@@ -140,7 +122,12 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     return report
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: what was removed."""
+    return f"removed {report['removed_total']} of {report['input_total']}"
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("clean", run)

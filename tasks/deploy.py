@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -14,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts, tracking, warm
-from tasks.config import DeployParams, Params
-from tasks.errors import TrainflowError
+from tasks.lib import artifacts, tracking
+from tasks.lib.config import DeployParams, Params
+from tasks.lib.errors import TrainflowError
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +108,12 @@ class FreshProcessCheck:
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory()
-        env = {k: v for k, v in os.environ.items() if k != warm.CHILD}  # it may use warm start in its own right
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.serving_check"],
+            [sys.executable, "-m", "tasks.lib.serving_check"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         self._serving_dir: Path | None = None
 
@@ -165,18 +162,23 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
         artifacts.read_json(Path(params.paths.gate)),
         params.deploy,
     )
-    run_id = tracking.current_run(params)
+    run_id = tracking.current_run(Path(params.paths.run_info))
     with artifacts.atomic_dir(serving) as tmp:
         model.export(str(tmp), format=SERVING_FORMAT, verbose=False)
         fresh.start(tmp, sample)
-        model_uri = tracking.log_model(params, run_id, sample[:4], clean.classes)  # while the fresh process works
+        config = {"classes": list(clean.classes), "max_request_images": params.deploy.max_request_images}
+        model_uri = tracking.log_model(  # while the fresh process works
+            params.tracking, run_id, Path(params.paths.model), sample[:4], config
+        )
         check = compare(expected, fresh.result(), params.deploy.tolerance)
         if not check["ok"]:
             raise TrainflowError(
                 f"{serving}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
                 f"deploy.tolerance={params.deploy.tolerance}, classes agree: {check['classes_agree']})"
             )
-    registry = tracking.register(params, model_uri, gate["promote"], gate)  # only a checked model is registered
+    registry = tracking.register(
+        params.tracking, params.deploy.model_name, model_uri, gate["promote"], gate
+    )  # only a checked model is registered
     report = {
         "serving_path": str(serving),
         "format": SERVING_FORMAT,
@@ -188,7 +190,7 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
     }
     artifacts.write_json(Path(params.paths.deploy_report), report)
     tracking.set_tags(
-        params,
+        params.tracking,
         run_id,
         {
             "deploy.promoted": str(gate["promote"]).lower(),
@@ -197,8 +199,8 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
         },
     )
     if gate["p_value"] is not None:
-        tracking.log_metrics(params, run_id, {"gate_p_value": gate["p_value"]})
-    tracking.log_artifacts(params, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
+        tracking.log_metrics(params.tracking, run_id, {"gate_p_value": gate["p_value"]})
+    tracking.log_artifacts(params.tracking, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
     log.info("deploy: %s checked on %d test images (max |diff| %.2e)", serving, check["checked"], check["max_abs_diff"])
     name, version = registry["model_name"], registry["version"]
     if gate["promote"]:
@@ -213,7 +215,14 @@ def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
     return report
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: the serving check and the gate's decision."""
+    verdict = "champion" if report["gate"]["promote"] else "challenger"
+    checked = f"{report['checked']} predictions checked, max diff {report['max_abs_diff']:.1e}"
+    return f"{checked}; v{report['registry']['version']} {verdict}"
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("deploy", run)

@@ -1,4 +1,4 @@
-"""evaluate: models/model.keras + data/clean val/test → reports/metrics.json, predictions, confusion, figures."""
+"""evaluate: models/model.keras + data/clean val/test → reports/metrics.json (headline), per-class report, figures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts, tracking, validation
-from tasks.config import Params
+from tasks.lib import artifacts, tracking, validation
+from tasks.lib.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...]
 
 
 HEADLINE = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+DETAIL = ("count", "per_class", "confusion_matrix")  # per_class.json: read in plots and reports, not DVC metrics
 
 
 def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, int]:
@@ -115,12 +116,14 @@ def score_champion(
     params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, classes: tuple[str, ...]
 ) -> dict[str, Any]:
     """The registry's current champion scored on the candidate's test split, paired with the candidate."""
-    version = tracking.champion_version(params)
+    version = tracking.champion_version(params.tracking, params.deploy.model_name)
     if version is None:
         return {"champion": None}
     entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
     try:
-        probabilities = tracking.predict_probabilities(tracking.load_model(params, version), x)
+        probabilities = tracking.predict_probabilities(
+            tracking.load_model(params.tracking, f"models:/{params.deploy.model_name}/{version.version}"), x
+        )
     except Exception as exc:  # a champion trained on another image shape cannot score this split at all
         return {"champion": {**entry, "comparable": False, "why": str(exc).splitlines()[0][:300]}}
     if probabilities.shape != candidate.shape:
@@ -154,22 +157,29 @@ def run(params: Params) -> dict:
     artifacts.write_bytes(Path(params.paths.confusion), confusion_csv(y_test, p_test.argmax(axis=1), data.classes))
     with artifacts.atomic_dir(Path(params.paths.figures)) as tmp:
         figures(Path(params.paths.history), metrics["test"]["confusion_matrix"], data.classes, tmp)
-    artifacts.write_json(Path(params.paths.metrics), metrics)
+    artifacts.write_json(Path(params.paths.metrics), headline(metrics))  # few columns in `dvc exp show`
+    per_class = {split: {k: metrics[split][k] for k in DETAIL} for split in EVAL_SPLITS}
+    artifacts.write_json(Path(params.paths.per_class), per_class)
     comparison = score_champion(params, data.splits["test"].x, y_test, p_test, data.classes)
     artifacts.write_json(Path(params.paths.gate), comparison)
 
-    run_id = tracking.current_run(params)
+    run_id = tracking.current_run(Path(params.paths.run_info))
     # Named as in metrics.json (`test.accuracy`), apart from Keras' per-epoch `val_accuracy` curves.
     scalars = {f"{split}.{k}": metrics[split][k] for split in EVAL_SPLITS for k in HEADLINE}
     scalars |= {f"test.per_class.{name}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
     if comparison["champion"] and comparison["champion"]["comparable"]:
         scalars |= {f"champion.test.{k}": v for k, v in comparison["champion"]["metrics"].items()}
-    tracking.log_metrics(params, run_id, scalars)
-    tracking.log_datasets(params, run_id, params.paths.clean, ("test",))
+    tracking.log_metrics(params.tracking, run_id, scalars)
+    tracking.log_datasets(params.tracking, run_id, params.paths.clean, ("test",))
     paths = params.paths
-    tracking.log_artifacts(params, run_id, [paths.metrics, paths.confusion, paths.predictions, paths.gate], "evaluate")
-    tracking.log_artifacts(params, run_id, [paths.figures, paths.validation, paths.data_docs])
-    tracking.log_artifacts(params, run_id, [paths.samples], "augment")
+    tracking.log_artifacts(
+        params.tracking,
+        run_id,
+        [paths.metrics, paths.per_class, paths.confusion, paths.predictions, paths.gate],
+        "evaluate",
+    )
+    tracking.log_artifacts(params.tracking, run_id, [paths.figures, paths.validation, paths.data_docs])
+    tracking.log_artifacts(params.tracking, run_id, [paths.samples], "augment")
     log.info(
         "evaluate: val accuracy %.4f, test accuracy %.4f, test macro F1 %.4f",
         metrics["val"]["accuracy"],
@@ -179,7 +189,17 @@ def run(params: Params) -> dict:
     return metrics
 
 
+def headline(report: dict) -> dict[str, dict[str, float]]:
+    """The headline figures per split (what metrics.json holds) from evaluate's report."""
+    return {split: {k: report[split][k] for k in HEADLINE} for split in EVAL_SPLITS}
+
+
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: test accuracy."""
+    return f"test accuracy {report['test']['accuracy']:.4f}"
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("evaluate", run)

@@ -6,11 +6,11 @@ import logging
 
 import numpy as np
 
-from tasks import artifacts, drift, validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import DataParams, IngestParams, Params
-from tasks.errors import TrainflowError
-from tasks.sources import Loaded, load_source
+from tasks.lib import artifacts, drift, validation
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import DataParams, IngestParams, Params
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import Loaded, load_source
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,12 @@ def run(params: Params) -> dict:
     return manifest
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: images per split."""
+    return " / ".join(f"{name} {split['count']}" for name, split in report["splits"].items())
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("ingest", run)

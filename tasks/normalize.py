@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, parallel, validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import NormalizeParams, Params
+from tasks.lib import artifacts, parallel, validation
+from tasks.lib.artifacts import Split
+from tasks.lib.config import NormalizeParams, Params
+from tasks.lib.stats import row_hashes, summarize
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,6 @@ def apply(x: np.ndarray, stats: dict) -> np.ndarray:
     return out
 
 
-def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:
-    """Normalise every split of an in-memory dataset with statistics computed on train only.
-
-    Returns:
-        The float32 dataset and the statistics (also stored in its manifest as ``normalize``).
-    """
-    train = np.asarray(dataset.splits["train"].x)
-    stats = statistics([channel_sums(train)], train.shape[-1], params)
-    splits = {name: Split(apply(np.asarray(s.x), stats), np.asarray(s.y)) for name, s in dataset.splits.items()}
-    return Dataset(splits=splits, classes=dataset.classes, info={**dataset.info, "normalize": stats}), stats
-
-
-# ---------------------------------------------------------------------------------------------- per-shard work
-
-
 def sums_shard(augmented: str, index: int) -> np.ndarray:
     return channel_sums(artifacts.open_dataset(Path(augmented)).shard("train", index).x)
 
@@ -74,8 +60,8 @@ def normalize_shard(augmented: str, out: str, split: str, index: int, stats: dic
     x = apply(shard.x, stats)
     # Content hashes of the uint8 input: normalising maps equal images to equal images and distinct to distinct,
     # so the leak check is the same, on a quarter of the bytes.
-    hashes = validation.row_hashes(np.asarray(shard.x).reshape(len(shard.x), -1))
-    summary = validation.summarize(split, index, x, shard.y, hashes=hashes)
+    hashes = row_hashes(np.asarray(shard.x).reshape(len(shard.x), -1))
+    summary = summarize(split, index, x, shard.y, hashes=hashes)
     return artifacts.write_shard(Path(out), split, index, Split(x, shard.y)), summary
 
 
@@ -99,7 +85,12 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     return stats
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: the method."""
+    return str(report["method"])
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("normalize", run)

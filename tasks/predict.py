@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import artifacts, tracking
-from tasks.config import DEFAULT_PARAMS, Params, load_params
-from tasks.errors import TrainflowError
-from tasks.sources import as_images, read_images, visible_files
+from tasks.lib import artifacts, tracking
+from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import as_images, read_images, visible_files
 
 
 def load_inputs(path: Path, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
@@ -51,7 +51,7 @@ def predictions_csv(ids: list[str], probabilities: np.ndarray, classes: tuple[st
 
 def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
     """Predict every image of ``source`` with the registered model and write ``output``; returns the count."""
-    model = tracking.load_model(params, model_uri)
+    model = tracking.load_model(params.tracking, model_uri)
     (spec,) = model.metadata.get_input_schema().inputs
     ids, x = load_inputs(source, tuple(spec.shape[1:]))
     probabilities = tracking.predict_probabilities(model, x)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks import artifacts, drift, tracking
-from tasks.config import Params, TrainParams
-from tasks.errors import TrainflowError
+from tasks.lib import artifacts, drift, tracking
+from tasks.lib.config import Params, TrainParams
+from tasks.lib.errors import TrainflowError
 
 if TYPE_CHECKING:
     import keras
@@ -356,10 +356,10 @@ def run(params: Params) -> dict:
     if backup_dir.exists() and run_marker.is_file():
         run_id = run_marker.read_text().strip()  # a resumed training continues its MLflow run
         log.info("train: resuming MLflow run %s from the checkpoint in %s", run_id, backup_dir)
-        tracking.resume_run(params, run_id)
+        tracking.resume_run(params.tracking, Path(params.paths.run_info), run_id)
     else:
         history_csv.unlink(missing_ok=True)  # no checkpoint to resume from: start the history afresh
-        run_id = tracking.start_run(params, device)
+        run_id = tracking.start_run(params.tracking, Path(params.paths.run_info), params, device)
         checkpoints.mkdir(parents=True, exist_ok=True)
         artifacts.write_bytes(run_marker, run_id.encode())
 
@@ -372,7 +372,7 @@ def run(params: Params) -> dict:
             cfg,
             backup_dir,
             history_csv,
-            extra_callbacks=[tracking.epoch_callback(params, run_id)],
+            extra_callbacks=[tracking.epoch_callback(params.tracking, run_id)],
         )
         model = with_preprocessing(classifier, shape, data.info["normalize"])
         save_model(model, Path(params.paths.model))
@@ -380,10 +380,10 @@ def run(params: Params) -> dict:
     artifacts.write_bytes(Path(params.paths.history), history)
     drift.write_reference(artifacts.open_dataset(Path(params.paths.clean)), params)  # in raw pixel space
     epochs_run = history.count(b"\n") - 1
-    tracking.log_datasets(params, run_id, params.paths.normalized, ("train", "val"))
-    tracking.log_artifacts(params, run_id, [params.paths.history, params.paths.reference_stats], "train")
+    tracking.log_datasets(params.tracking, run_id, params.paths.normalized, ("train", "val"))
+    tracking.log_artifacts(params.tracking, run_id, [params.paths.history, params.paths.reference_stats], "train")
     tracking.set_tags(
-        params,
+        params.tracking,
         run_id,
         {"train.epochs_run": epochs_run, "train.fit_seconds": f"{fit_seconds:.1f}", "train.replicas": replicas},
     )
@@ -408,7 +408,12 @@ def run(params: Params) -> dict:
     return report
 
 
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: epochs and device."""
+    return f"{report['epochs_run']} epochs on {report['device']} ({report['backend']})"
+
+
 if __name__ == "__main__":
-    from tasks.cli import main
+    from tasks.lib.cli import main
 
     main("train", run)

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from tasks import warm
-from tasks.artifacts import Dataset, Split
-from tasks.config import Params, load_params
+from tasks.lib import artifacts
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 MakeDataset = Callable[..., Dataset]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_warm_servers() -> Iterator[None]:
-    """Stage processes the tests start hand over to warm servers (tasks/warm.py): stop them at the end."""
-    yield
-    warm.stop_servers()
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +46,24 @@ def tiny_dataset(
 @pytest.fixture
 def make_dataset() -> MakeDataset:
     return tiny_dataset
+
+
+STAGE_IO = {"clean": ("raw", "clean"), "augment": ("clean", "augmented"), "normalize": ("augmented", "normalized")}
+
+
+def run_stage_on(stage: str, dataset: Dataset, params: Params, **sections: Any) -> tuple[Dataset, Any]:
+    """The stage's real ``run()`` on ``dataset`` written as its input, in a temporary folder; its output and report.
+
+    ``sections`` replace params sections (``clean=CleanParams(...)``); validation thresholds are relaxed to one image
+    so that tiny datasets pass the suites, and the GX context, Data Docs and outputs live in the temporary folder.
+    """
+    source, target = STAGE_IO[stage]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {key: str(Path(tmp) / value) for key, value in params.paths.model_dump().items()}
+        relaxed = params.validation.model_copy(update={"min_images": 1, "min_class_fraction": 0.0})
+        config = params.model_copy(
+            update={"paths": params.paths.model_copy(update=paths), "validation": relaxed, **sections}
+        )
+        artifacts.write_dataset(Path(getattr(config.paths, source)), dataset, config.data.shard_size)
+        report = importlib.import_module(f"tasks.{stage}").run(config)
+        return artifacts.read_dataset(Path(getattr(config.paths, target))), report

@@ -1,7 +1,7 @@
 """Bad input through the real CLI: one clear `error:` line, exit 1, no traceback, data/raw untouched.
 
 Each case writes its own params file (and data files) under tmp_path and runs `python -m tasks.<stage>` in one
-workspace that a good ingest filled first. The README's "Data problems" table lists the same cases.
+workspace that a good ingest filled first. docs/own-data.md's "Bad input" table lists the same cases.
 """
 
 from __future__ import annotations

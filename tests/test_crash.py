@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks import artifacts
+from tasks.lib import artifacts
 from tests.helpers import TINY, make_workspace, sh, tool_env
 
 pytestmark = pytest.mark.slow
 
 
 def stage(workspace: Path, name: str) -> subprocess.Popen[bytes]:
-    # The stage's own process is the one killed here (tests/tasks/test_warm.py: a killed caller kills its warm child)
     return subprocess.Popen(
         [sys.executable, "-m", f"tasks.{name}"],
         cwd=workspace,
-        env=tool_env(TRAINFLOW_WARM="0"),
+        env=tool_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

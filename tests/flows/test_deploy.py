@@ -16,7 +16,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.config import load_params
+from tasks.lib.config import load_params
 from tests.helpers import TINY, free_port, make_workspace, sh, tool_env
 
 pytestmark = pytest.mark.slow

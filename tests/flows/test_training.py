@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -24,15 +26,17 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.training as training_module
-import tasks.sources
-from flows.training import SUMMARY_KEY, parse_overrides, stage_names, summary_markdown, task_runner, training
-from tasks.config import Params
-from tasks.errors import TrainflowError, TransientError
+import tasks.lib.sources
+from flows.dvc_repo import stage_graph
+from flows.runners import task_runner
+from flows.training import SUMMARY_KEY, parse_overrides, summary_markdown, training
+from tasks.lib.config import Params
+from tasks.lib.errors import TrainflowError, TransientError
 from tests.helpers import STAGES, TINY, make_workspace, ran, sh
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
-    assert stage_names(Path(__file__).resolve().parents[2]) == list(STAGES)
+    assert list(stage_graph(Path(__file__).resolve().parents[2])) == list(STAGES)
 
 
 def test_overrides_parse_values_as_yaml() -> None:
@@ -53,9 +57,12 @@ def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
         "normalize": {"method": "scale"},
         "train": {"epochs_run": 2, "device": "CPU", "backend": "tensorflow"},
         "evaluate": {"test": {"accuracy": 0.9}},
-        "deploy": {"checked": 16, "max_abs_diff": 0.0},
+        "deploy": {"checked": 16, "max_abs_diff": 0.0, "gate": {"promote": True}, "registry": {"version": 3}},
     }
-    results = [{"stage": s, "state": "Cached", "seconds": 1.0, "outs": {}, "report": reports[s]} for s in STAGES]
+    results = [
+        {"stage": s, "state": "Cached", "seconds": 1.0, "summary": importlib.import_module(f"tasks.{s}").describe(r)}
+        for s, r in reports.items()
+    ]
     text = summary_markdown(results, {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}})
     assert all(f"| {s} | Cached | 1.0 |" in text for s in STAGES)
     assert "train 7 / val 2 / test 1" in text and "removed 1 of 10" in text and "2 epochs on CPU" in text
@@ -84,7 +91,7 @@ def test_the_dask_runner_writes_the_bytes_of_the_single_process_run(tmp_path: Pa
     settings = {**TINY, "data": {"shard_size": 300}, "flow": {"task_runner": "dask", "workers": 2}}
     root = make_workspace(tmp_path, settings)
     for stage in STAGES[:4]:
-        sh(root, "python", "-m", f"tasks.{stage}", TRAINFLOW_WARM="0")
+        sh(root, "python", "-m", f"tasks.{stage}")
     data = ("data/clean", "data/augmented", "data/normalized")
 
     def files() -> dict[str, bytes]:
@@ -137,26 +144,48 @@ def task_runs_and_logs(flow_run_id: Any, expected_log: str) -> tuple[dict[str, s
     return {r.name: r.state.name for r in runs}, text
 
 
+def upstream_names(flow_run_id: Any) -> dict[str, list[str]]:
+    """Each task run's upstream task runs by name, from the Prefect API (what the UI's run graph draws)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    names = {run.id: run.name for run in runs}
+    return {
+        run.name: sorted(names[i.id] for inputs in run.task_inputs.values() for i in inputs if i.id in names)
+        for run in runs
+        if run.name in STAGES
+    }
+
+
 @pytest.mark.slow
-def test_flow_runs_every_stage_then_caches_and_leaves_dvc_clean(workspace: Path) -> None:
+def test_flow_runs_every_stage_wired_as_dvc_dag_then_caches_and_leaves_dvc_clean(
+    tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = make_workspace(tmp_path, TINY)  # its own: every stage must run, whatever ran before
+    monkeypatch.chdir(workspace)
     state = training(params_path="params.yaml", return_state=True)
     first = state.result()
     assert states(first) == dict.fromkeys(STAGES, "Completed")
-    _, logs = task_runs_and_logs(state.state_details.flow_run_id, "evaluate: val accuracy")
+    flow_run_id = state.state_details.flow_run_id
+    # the run graph's edges are those of `dvc dag`: each stage hangs from the stages whose outputs it reads
+    dag = sh(workspace, "dvc", "dag", "--dot").stdout
+    expected = {s: sorted(u for u in STAGES if f'"{u}" -> "{s}"' in dag) for s in STAGES}
+    assert expected["deploy"] == ["clean", "evaluate", "train"]  # the parse above found the edges
+    assert upstream_names(flow_run_id) == expected
+    _, logs = task_runs_and_logs(flow_run_id, "evaluate: val accuracy")
     assert "evaluate: val accuracy" in logs  # the stage's own log lines reach the Prefect UI
-    runs, _ = task_runs_and_logs(state.state_details.flow_run_id, "")
+    runs, _ = task_runs_and_logs(flow_run_id, "")
     # the data stages' per-shard work shows as task runs of its own (TINY: one shard per split)
     assert {"clean-inspect-0", "clean-write-2", "augment-3", "normalize-2"} <= set(runs)
     assert first["metrics"]["test"]["accuracy"] > 0.5
     assert (workspace / "models/serving/saved_model.pb").is_file()
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
-    assert artifacts and "| deploy | Completed |" in artifacts[0].data
-    assert first["mlflow_run_id"] in artifacts[0].data  # the summary links the MLflow run ...
+    summary = next(a.data for a in artifacts if first["mlflow_run_id"] in a.data)  # the summary links the MLflow run
+    assert "| deploy | Completed |" in summary
     from mlflow import MlflowClient
 
     run = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}").get_run(first["mlflow_run_id"])
-    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)  # ... and back
+    assert run.data.tags["prefect.flow_run_id"] == str(flow_run_id)  # ... and back
 
     assert "up to date" in sh(workspace, "dvc", "status").stdout
     assert ran(sh(workspace, "dvc", "repro").stdout) == []
@@ -165,22 +194,31 @@ def test_flow_runs_every_stage_then_caches_and_leaves_dvc_clean(workspace: Path)
     assert states(second) == dict.fromkeys(STAGES, "Cached")
 
 
+def settled(workspace: Path) -> None:
+    """Run the flow until nothing is left to run, whatever an earlier test changed in the shared workspace."""
+    training(params_path="params.yaml")
+    assert set(states(training(params_path="params.yaml")).values()) == {"Cached"}
+
+
 @pytest.mark.slow
 def test_a_param_change_reruns_only_downstream_stages(workspace: Path) -> None:
-    summary = training(params_path="params.yaml", overrides={"train.epochs": 1})
+    settled(workspace)
+    epochs = yaml.safe_load((workspace / "params.yaml").read_text())["train"]["epochs"]
+    summary = training(params_path="params.yaml", overrides={"train.epochs": epochs + 1})
     assert states(summary) == {
         **dict.fromkeys(STAGES[:4], "Cached"),
         **dict.fromkeys(("train", "evaluate", "deploy"), "Completed"),
     }
-    assert "epochs: 1" in (workspace / "params.yaml").read_text()
+    assert f"epochs: {epochs + 1}" in (workspace / "params.yaml").read_text()
     assert "up to date" in sh(workspace, "dvc", "status").stdout
 
 
 @pytest.mark.slow
 def test_changed_code_or_missing_outputs_rerun_that_stage(workspace: Path) -> None:
+    settled(workspace)
     with (workspace / "tasks/normalize.py").open("a") as f:
         f.write("\n# a code change\n")
-    __import__("shutil").rmtree(workspace / "data/clean")
+    shutil.rmtree(workspace / "data/clean")
     summary = training(params_path="params.yaml")
     # clean's outputs were gone: it reruns; normalize's code changed: it reruns. Stages whose inputs came out
     # byte-identical stay cached, as in `dvc repro`.
@@ -221,7 +259,7 @@ def test_only_transient_ingest_failures_are_retried(
     fraction: float,
 ) -> None:
     calls = []
-    real = tasks.sources.load_digits
+    real = tasks.lib.sources.load_digits
 
     def flaky() -> Any:
         calls.append(1)
@@ -229,7 +267,7 @@ def test_only_transient_ingest_failures_are_retried(
             raise error("the source is unavailable")
         return real()
 
-    monkeypatch.setattr(tasks.sources, "load_digits", flaky)
+    monkeypatch.setattr(tasks.lib.sources, "load_digits", flaky)
     monkeypatch.setattr(training_module, "RETRY_DELAYS", [0, 0])
     state = training(  # a new split fraction: ingest cannot come from the cache
         params_path="params.yaml",

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.artifacts import content_hash
-from tasks.augment import affine, augment, copy_rng, random_affine, sample_grid
-from tasks.config import AugmentParams
-from tests.conftest import MakeDataset
+from tasks.augment import affine, copy_rng, random_affine, sample_grid
+from tasks.lib.artifacts import Dataset, content_hash
+from tasks.lib.config import AugmentParams
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def augment(dataset: Dataset, params: AugmentParams, seed: int) -> tuple[Dataset, dict]:
+    """tasks/augment.py's run() on ``dataset`` as data/clean."""
+    return run_stage_on("augment", dataset, PARAMS, augment=params, seed=seed)
 
 
 def augment_params(copies: int = 2, **overrides: float) -> AugmentParams:
@@ -97,7 +104,7 @@ def test_random_affine_without_ranges_is_identity() -> None:
 
 
 def test_sample_grid_is_a_png_of_the_expected_size(make_dataset: MakeDataset) -> None:
-    dataset = make_dataset({"train": 10, "val": 2, "test": 2}, shape=(6, 6, 1))
+    dataset = make_dataset({"train": 10, "val": 3, "test": 3}, shape=(6, 6, 1))
     out, report = augment(dataset, augment_params(copies=2), 0)
     n = report["train_original"]
     png = sample_grid([out.splits["train"].x[c * n : (c + 1) * n] for c in range(3)], 4)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.artifacts import Dataset, Split, content_hash
-from tasks.clean import clean, image_keys
-from tasks.config import CleanParams
-from tasks.errors import TrainflowError
-from tests.conftest import MakeDataset
+from tasks.clean import inspect
+from tasks.lib.artifacts import Dataset, Split, content_hash
+from tasks.lib.config import CleanParams, Params
+from tasks.lib.errors import TrainflowError
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
 
 LENIENT = CleanParams(max_removed_fraction=1.0)
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def clean(dataset: Dataset, params: CleanParams, config: Params = PARAMS) -> tuple[Dataset, dict]:
+    """tasks/clean.py's run() on ``dataset`` as data/raw (one shard per split, or ``data.shard_size``)."""
+    return run_stage_on("clean", dataset, config, clean=params)
 
 
 def with_split(dataset: Dataset, name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
@@ -28,7 +34,7 @@ def test_clean_data_passes_untouched(make_dataset: MakeDataset) -> None:
 
 
 def test_each_reason_counted_exactly(make_dataset: MakeDataset) -> None:
-    base = make_dataset({"train": 10, "val": 6, "test": 6})
+    base = make_dataset({"train": 13, "val": 6, "test": 6})  # 10-12 keep every class in train
     tx, ty = base.splits["train"].x.copy(), base.splits["train"].y.copy()
     vx, vy = base.splits["val"].x.copy(), base.splits["val"].y.copy()
     test = base.splits["test"]
@@ -48,8 +54,8 @@ def test_each_reason_counted_exactly(make_dataset: MakeDataset) -> None:
     assert report["removed"]["train"] == {"bad_label": 2, "constant": 1, "duplicate": 2, "leak": 2}
     assert report["removed"]["val"] == {"bad_label": 0, "constant": 1, "duplicate": 1, "leak": 0}
     assert report["removed"]["test"] == {"bad_label": 0, "constant": 0, "duplicate": 0, "leak": 0}
-    assert report["removed_total"] == 9 and report["input_total"] == 22
-    keep_train = [0, 8, 9]
+    assert report["removed_total"] == 9 and report["input_total"] == 25
+    keep_train = [0, 8, 9, 10, 11, 12]
     np.testing.assert_array_equal(cleaned.splits["train"].x, tx[keep_train])
     np.testing.assert_array_equal(cleaned.splits["train"].y, ty[keep_train])
     keep_val = [0, 1, 4, 5]
@@ -107,19 +113,19 @@ def test_zero_tolerance(make_dataset: MakeDataset) -> None:
         clean(with_split(base, "test", x, base.splits["test"].y), CleanParams(max_removed_fraction=0.0))
 
 
-def test_clean_does_not_modify_its_input(make_dataset: MakeDataset) -> None:
-    base = make_dataset()
-    x = base.splits["train"].x.copy()
-    x[1] = x[0]
-    dataset = with_split(base, "train", x, base.splits["train"].y)
-    before = {name: content_hash(s) for name, s in dataset.splits.items()}
-    clean(dataset, LENIENT)
-    assert {name: content_hash(s) for name, s in dataset.splits.items()} == before
-
-
-def test_image_keys_equal_exactly_for_equal_images() -> None:
+def test_content_hashes_equal_exactly_for_equal_images() -> None:
     x = np.zeros((3, 2, 2, 1), dtype=np.uint8)
     x[1, 0, 0, 0] = 1
-    keys = image_keys(x)
-    assert keys[0] == keys[2] and keys[0] != keys[1]
-    assert len(np.unique(keys)) == 2
+    _, _, hashes = inspect(x, np.zeros(3, dtype=np.int64), 1)
+    assert (hashes[0] == hashes[2]).all() and (hashes[0] != hashes[1]).any()
+
+
+def test_duplicates_and_leaks_are_found_across_shards(make_dataset: MakeDataset) -> None:
+    base = make_dataset({"train": 9, "val": 4, "test": 4})
+    tx = base.splits["train"].x.copy()
+    tx[7] = tx[1]  # a duplicate in another shard (shards of 3)
+    tx[8] = base.splits["test"].x[3]  # leaked into test's second shard
+    sharded = PARAMS.model_copy(update={"data": PARAMS.data.model_copy(update={"shard_size": 3})})
+    cleaned, report = clean(with_split(base, "train", tx, base.splits["train"].y), LENIENT, sharded)
+    assert report["removed"]["train"] == {"bad_label": 0, "constant": 0, "duplicate": 1, "leak": 1}
+    np.testing.assert_array_equal(cleaned.splits["train"].x, tx[:7])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tasks import deploy
-from tasks.config import DeployParams, Params
 from tasks.deploy import compare, expected_probabilities
-from tasks.errors import TrainflowError
 from tasks.evaluate import predictions_csv
+from tasks.lib.config import DeployParams, Params
+from tasks.lib.errors import TrainflowError
 
 CLASSES = ("a", "b", "c")
 

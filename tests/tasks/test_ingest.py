@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.config import IngestParams, Params
-from tasks.errors import TrainflowError
 from tasks.ingest import split
-from tasks.sources import Loaded
+from tasks.lib.config import IngestParams, Params
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import Loaded
 
 
 def loaded(per_class: list[int], seed: int = 0, with_test: int = 0) -> Loaded:

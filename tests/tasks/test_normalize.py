@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.artifacts import Dataset, Split
-from tasks.config import NormalizeParams
-from tasks.normalize import apply, channel_sums, normalize, statistics
-from tests.conftest import MakeDataset
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import NormalizeParams
+from tasks.normalize import apply, channel_sums, statistics
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:
+    """tasks/normalize.py's run() on ``dataset`` as data/augmented."""
+    return run_stage_on("normalize", dataset, PARAMS, normalize=params)
+
 
 SCALE = NormalizeParams(method="scale")
 STANDARDIZE = NormalizeParams(method="standardize")

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
-from tasks.config import NormalizeParams, Params, TrainParams
+from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
+from tasks.lib.config import NormalizeParams, Params, TrainParams
 from tasks.normalize import apply, channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
@@ -239,8 +239,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
-from tasks.config import load_params
+from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
+from tasks.lib.config import load_params
 from tasks.train import build_classifier, distribution, fit, shard_batches
 params = load_params(__import__("pathlib").Path(sys.argv[1])).train
 cfg = params.model_copy(update={"distribute": "mirrored", "filters": (4, 8), "dense_units": 16, "epochs": 3,

@@ -31,10 +31,11 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import keras
-from tasks import tracking, train
-from tasks.artifacts import Dataset, Split, write_dataset
-from tasks.config import load_params
-from tasks.normalize import normalize
+from tasks import train
+from tasks.lib import tracking
+from tasks.lib.artifacts import Dataset, Split, write_dataset
+from tasks.lib.config import load_params
+from tasks.normalize import apply, channel_sums, statistics
 
 params = load_params(Path(sys.argv[1]), json.loads(sys.argv[2]))
 rng = np.random.default_rng(0)
@@ -46,10 +47,12 @@ def split(n):
 
 clean = Dataset(splits={"train": split(256), "val": split(32), "test": split(32)}, classes=("dark", "bright"))
 write_dataset(Path(params.paths.clean), clean)
-write_dataset(Path(params.paths.normalized), normalize(clean, params.normalize)[0])
+found = statistics([channel_sums(clean.splits["train"].x)], 1, params.normalize)
+scaled = {name: Split(apply(s.x, found), s.y) for name, s in clean.splits.items()}
+write_dataset(Path(params.paths.normalized), Dataset(scaled, clean.classes, {"normalize": found}))
 report = train.run(params)
-run_id = tracking.current_run(params)
-curve = tracking.client(params).get_metric_history(run_id, "val_loss")
+run_id = tracking.current_run(Path(params.paths.run_info))
+curve = tracking.client(params.tracking).get_metric_history(run_id, "val_loss")
 model = keras.saving.load_model(params.paths.model)
 test = clean.splits["test"]
 probs = keras.ops.convert_to_numpy(model.predict(test.x, verbose=0))

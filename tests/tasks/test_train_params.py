@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import Params, apply_overrides, parse_params, read_params_file
-from tasks.errors import TrainflowError
+from tasks.lib.config import Params, apply_overrides, parse_params, read_params_file
+from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
 
 
@@ -60,8 +60,8 @@ def test_quality_preset_is_valid_and_documented(raw: dict[str, Any]) -> None:
     params = parse_params(apply_overrides(raw, preset), origin="quality_preset.yaml")
     assert params.train.batch_norm and params.train.lr_schedule == "cosine"
     command = "dvc exp run " + " ".join(f"-S {key}={_cli(value)}" for key, value in preset.items())
-    readme = re.sub(r"\s+", " ", (REPO / "README.md").read_text().replace("\\\n", " "))
-    assert command in readme, "README's preset command differs from benchmarks/quality_preset.yaml"
+    readme = re.sub(r"\s+", " ", (REPO / "docs/performance.md").read_text().replace("\\\n", " "))
+    assert command in readme, "docs/performance.md's preset command differs from benchmarks/quality_preset.yaml"
 
 
 def _cli(value: Any) -> str:

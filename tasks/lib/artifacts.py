@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import TrainflowError
+from tasks.lib.errors import TrainflowError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import drift
-from tasks.artifacts import Dataset, Split, open_dataset, write_dataset
-from tasks.config import Params
-from tasks.errors import TrainflowError
-from tasks.sources import load_digits
+from tasks.lib import drift
+from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
+from tasks.lib.config import Params
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import load_digits
 
 CLASSES = tuple(str(i) for i in range(10))
 

@@ -8,12 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import artifacts, clean, validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import Params
-from tasks.errors import TrainflowError
-from tasks.normalize import normalize
+from tasks import clean
+from tasks.lib import artifacts, stats, validation
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import NormalizeParams, Params
+from tasks.lib.errors import TrainflowError
+from tasks.normalize import apply, channel_sums, statistics
 from tests.conftest import tiny_dataset
+
+
+def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:
+    """What normalize writes, in memory: its per-shard core on each split, statistics from train."""
+    train = dataset.splits["train"].x
+    found = statistics([channel_sums(train)], train.shape[-1], params)
+    return Dataset({name: Split(apply(s.x, found), s.y) for name, s in dataset.splits.items()}, dataset.classes), found
+
 
 COUNTS = {"train": 30, "val": 12, "test": 12}
 
@@ -186,11 +195,9 @@ def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Para
         assert boundary in index
         # only the latest result of each suite is kept
         assert len(list((Path(vparams.paths.data_docs) / "validations" / boundary).rglob("*.html"))) == 1
-    # the pages come from GX's own views plus Jinja's bytecode cache (tasks/gx_views.py), and GX reads no
-    # config-variables file on every variable access
+    # GX's own views render the pages, and GX reads no config-variables file on every variable access
     site = dict(validation.get_context(vparams.paths).get_config().data_docs_sites[validation.SITE])
-    assert site["site_index_builder"]["view"] == {"module_name": "tasks.gx_views", "class_name": "IndexPageView"}
-    assert site["site_section_builders"]["validations"]["view"]["class_name"] == "PageView"
+    assert "site_index_builder" not in site and site["show_how_to_buttons"] is False
     assert validation.get_context(vparams.paths).variables.config_variables_file_path is None
     page = next((Path(vparams.paths.data_docs) / "validations" / "augmented").rglob("*.html")).read_text()
     assert "changed_by_augment" in page and "values must be unique" in page  # rendered, with its expectations
@@ -241,7 +248,7 @@ def test_a_failing_stage_writes_nothing_downstream(vparams: Params) -> None:
 
 def test_summary_table_has_a_row_per_split_shard_and_label() -> None:
     data = tiny_dataset(COUNTS)
-    table = validation.summary_table(validation.summarize_dataset(data, shard_size=20))
+    table = stats.summary_table(stats.summarize_dataset(data, shard_size=20))
     for column in ("split", "shard", "label", "images", "height", "width", "channels", "dtype", "min", "max", "mean"):
         assert column in table
     assert {"std", "nan_count", "split_rows", "class_fraction", "leaked_into_train"} <= set(table.columns)
@@ -258,11 +265,11 @@ def test_summary_table_has_a_row_per_split_shard_and_label() -> None:
 
 def test_row_hashes_equal_for_equal_images_and_change_with_a_pixel() -> None:
     x = tiny_dataset(COUNTS).splits["train"].x.reshape(30, -1)
-    hashes = validation.row_hashes(x)
+    hashes = stats.row_hashes(x)
     assert len({tuple(h) for h in hashes.tolist()}) == 30
-    same = validation.row_hashes(np.concatenate([x[:1], x[:1]]))
+    same = stats.row_hashes(np.concatenate([x[:1], x[:1]]))
     assert (same[0] == same[1]).all() and (same[0] == hashes[0]).all()
     changed = x[:1].copy()
     changed[0, -1] ^= 1
-    assert (validation.row_hashes(changed)[0] != same[0]).any()
-    assert validation.row_hashes(x[:0]).shape == (0, 2)
+    assert (stats.row_hashes(changed)[0] != same[0]).any()
+    assert stats.row_hashes(x[:0]).shape == (0, 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.artifacts import (
+from tasks.lib.artifacts import (
     Dataset,
     Split,
     atomic_dir,
@@ -20,7 +20,7 @@ from tasks.artifacts import (
     write_dataset,
     write_json,
 )
-from tasks.errors import TrainflowError
+from tasks.lib.errors import TrainflowError
 from tests.conftest import MakeDataset
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import Params, PathsParams, apply_overrides, load_params, parse_params, read_params_file
-from tasks.errors import TrainflowError
+from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params, read_params_file
+from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
 
 
@@ -208,8 +208,8 @@ def _project_imports(module: Path) -> set[str]:
 
     found = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "tasks":
-            found |= {f"tasks.{alias.name}" for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.module in ("tasks", "tasks.lib"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
             found.add(node.module)
         elif isinstance(node, ast.Import):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import artifacts
+from tasks.lib import artifacts
 from tests.helpers import REPO, TINY, make_workspace, mlflow_serve, post_json, sh
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_a_bad_request_gets_a_4xx_with_a_message_and_the_server_keeps_answering(
 
 
 def test_fractional_floats_are_silently_truncated_to_uint8(served: tuple[str, Path]) -> None:
-    """Documented behaviour (README): MLflow casts floats to the uint8 signature; 0.9 becomes 0, not an error."""
+    """Documented (docs/tracking-and-serving.md): MLflow casts floats to the uint8 signature; 0.9 becomes 0."""
     url, _ = served
     zeros = np.zeros((1, 8, 8, 1))
     _, as_floats = post_json(url, json.dumps({"inputs": (zeros + 0.9).tolist()}).encode())

@@ -1,4 +1,8 @@
-"""MLflow: one run per pipeline run, lineage, the model registry and its champion (the one module that knows MLflow)."""
+"""MLflow: one run per pipeline run, lineage, the model registry and its champion (the one module that knows MLflow).
+
+Every function takes the tracking settings (params' ``tracking`` section), not the whole config; start_run also
+takes the params whose values it logs.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts
-from tasks.config import Params
-from tasks.errors import TrainflowError, TransientError
+from tasks.lib import artifacts
+from tasks.lib.config import Params, TrackingParams
+from tasks.lib.errors import TrainflowError, TransientError
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds classic model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SECRET = re.compile(r"(token|password|passwd|secret|credential|(^|_)key)$", re.IGNORECASE)
 DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of the SHA-256
 
 
-def tracking_uri(params: Params) -> str:
+def tracking_uri(settings: TrackingParams) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else params (the embedded SQLite store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or settings.uri
 
 
-def client(params: Params) -> Any:
+def client(settings: TrackingParams) -> Any:
     """An MlflowClient on the tracking/registry URI (also made the fluent API's), checked to be reachable."""
     import mlflow
 
-    uri = tracking_uri(params)
+    uri = tracking_uri(settings)
     tracker = _checked_client(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -58,18 +64,22 @@ def _checked_client(uri: str) -> Any:
 REMOTE_SCHEMES = ("http://", "https://", "databricks")  # a tracking server keeps (or proxies) the artifacts
 
 
-def experiment_id(tracker: Any, params: Params) -> str:
-    """Get or create the experiment; with a local store its artifacts go to ``tracking.artifacts`` (not ./mlruns).
+def experiment_id(tracker: Any, settings: TrackingParams) -> str:
+    """Get or create the experiment, marked as model training; with a local store its artifacts go to
+    ``tracking.artifacts`` (not ./mlruns).
 
     Against a tracking server (``MLFLOW_TRACKING_URI=http://…``) the server decides where artifacts live.
     """
-    found = tracker.get_experiment_by_name(params.tracking.experiment)
+    found = tracker.get_experiment_by_name(settings.experiment)
     if found is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if found.tags.get(key) != value:  # an experiment made before the tag was set
+                tracker.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
-    if tracking_uri(params).startswith(REMOTE_SCHEMES):
-        return tracker.create_experiment(params.tracking.experiment)
-    location = Path(params.tracking.artifacts).resolve().as_uri()
-    return tracker.create_experiment(params.tracking.experiment, artifact_location=location)
+    location = None
+    if not tracking_uri(settings).startswith(REMOTE_SCHEMES):
+        location = Path(settings.artifacts).resolve().as_uri()
+    return tracker.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def flat_params(params: Params) -> dict[str, str]:
@@ -100,11 +110,17 @@ def _prefect_flow_run_id() -> str | None:
     return flow_run.id
 
 
-def start_run(params: Params, device: Mapping[str, Any]) -> str:
-    """Open the pipeline run (train does): params, lineage tags; its id goes to ``paths.run_info``."""
+def run_name(source: str) -> str:
+    """A run's name: where its data came from and when it started, e.g. ``digits 2026-11-30 01:24:05``."""
+    scheme, _, path = source.partition(":")
+    return f"{Path(path).name or scheme} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def start_run(settings: TrackingParams, run_info: Path, params: Params, device: Mapping[str, Any]) -> str:
+    """Open the pipeline run (train does): every params value, lineage tags; its id goes to ``run_info``."""
     import mlflow
 
-    tracker = client(params)
+    tracker = client(settings)
     tags = {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
@@ -116,47 +132,47 @@ def start_run(params: Params, device: Mapping[str, Any]) -> str:
     }
     if (flow_run_id := _prefect_flow_run_id()) is not None:
         tags["prefect.flow_run_id"] = str(flow_run_id)
-    run = tracker.create_run(experiment_id(tracker, params), tags=tags)
+    run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data.source))
     run_id = run.info.run_id
     from mlflow.entities import Param
 
     items = [Param(k, v) for k, v in flat_params(params).items()]
     for start in range(0, len(items), 100):
         tracker.log_batch(run_id, params=items[start : start + 100])
-    _write_run_info(params, run.info.experiment_id, run_id)
-    mlflow.set_tracking_uri(tracking_uri(params))
+    _write_run_info(settings, run_info, run.info.experiment_id, run_id)
+    mlflow.set_tracking_uri(tracking_uri(settings))
     return run_id
 
 
-def resume_run(params: Params, run_id: str) -> None:
-    """Point ``paths.run_info`` at a run opened by an interrupted training."""
-    run = client(params).get_run(run_id)
-    _write_run_info(params, run.info.experiment_id, run_id)
+def resume_run(settings: TrackingParams, run_info: Path, run_id: str) -> None:
+    """Point ``run_info`` at a run opened by an interrupted training."""
+    run = client(settings).get_run(run_id)
+    _write_run_info(settings, run_info, run.info.experiment_id, run_id)
 
 
-def _write_run_info(params: Params, experiment: str, run_id: str) -> None:
+def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, run_id: str) -> None:
     artifacts.write_json(
-        Path(params.paths.run_info),
+        Path(run_info),
         {
             "run_id": run_id,
             "experiment_id": experiment,
-            "tracking_uri": tracking_uri(params),
+            "tracking_uri": tracking_uri(settings),
             "ui_path": f"#/experiments/{experiment}/runs/{run_id}",
         },
     )
 
 
-def current_run(params: Params) -> str:
-    """The run train opened, for evaluate and deploy to add to."""
-    return artifacts.read_json(Path(params.paths.run_info))["run_id"]
+def current_run(run_info: Path) -> str:
+    """The run train opened (``paths.run_info``), for evaluate and deploy to add to."""
+    return artifacts.read_json(Path(run_info))["run_id"]
 
 
-def epoch_callback(params: Params, run_id: str) -> Any:
+def epoch_callback(settings: TrackingParams, run_id: str) -> Any:
     """A Keras callback logging every epoch's metrics with step = epoch (absolute, also after a resume)."""
     import keras
     from mlflow.entities import Metric
 
-    tracker = client(params)
+    tracker = client(settings)
 
     def log_epoch(epoch: int, logs: Mapping[str, Any] | None) -> None:
         now = int(time.time() * 1000)
@@ -166,22 +182,24 @@ def epoch_callback(params: Params, run_id: str) -> Any:
     return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
 
 
-def log_metrics(params: Params, run_id: str, metrics: Mapping[str, float]) -> None:
+def log_metrics(settings: TrackingParams, run_id: str, metrics: Mapping[str, float]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(params).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
-def set_tags(params: Params, run_id: str, tags: Mapping[str, Any]) -> None:
-    tracker = client(params)
+def set_tags(settings: TrackingParams, run_id: str, tags: Mapping[str, Any]) -> None:
+    tracker = client(settings)
     for key, value in tags.items():
         tracker.set_tag(run_id, key, str(value))
 
 
-def log_artifacts(params: Params, run_id: str, paths: Iterable[Path | str], folder: str | None = None) -> None:
+def log_artifacts(
+    settings: TrackingParams, run_id: str, paths: Iterable[Path | str], folder: str | None = None
+) -> None:
     """Upload files and folders (folders keep their name) that exist; missing ones are skipped."""
-    tracker = client(params)
+    tracker = client(settings)
     for path in map(Path, paths):
         if path.is_dir():
             target = f"{folder}/{path.name}" if folder else path.name
@@ -190,47 +208,49 @@ def log_artifacts(params: Params, run_id: str, paths: Iterable[Path | str], fold
             tracker.log_artifact(run_id, str(path), folder)
 
 
-def log_datasets(params: Params, run_id: str, data_dir: str, splits: Iterable[str]) -> None:
-    """`log_input` per split: digest = the manifest's SHA-256 (first 32 hex digits), source = the DVC path."""
+def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: Iterable[str]) -> None:
+    """`log_input` per split: digest = the manifest's SHA-256 (first 32 hex digits), source = the DVC path, schema =
+    the images' and labels' dtype and shape (described by empty arrays: nothing is loaded)."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
 
     manifest = artifacts.read_json(Path(data_dir) / artifacts.MANIFEST)
-    mlflow.set_tracking_uri(tracking_uri(params))
-    with mlflow.start_run(run_id=run_id):
+    features = np.zeros((0, *manifest["shape"]), dtype=manifest["dtype"])
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # a relative path matches two of MLflow's local source types, which are the same class: it warns
+        warnings.filterwarnings("ignore", message="The specified dataset source", category=UserWarning)
         for split in splits:
-            source = resolve_dataset_source(f"{data_dir}/{split}")
             digest = manifest["splits"][split]["sha256"][:DIGEST_CHARS]
-            dataset = MetaDataset(source=source, name=f"{data_dir}/{split}", digest=digest)
+            dataset = mlflow.data.from_numpy(
+                features,
+                targets=np.zeros(0, np.int64),
+                source=f"{data_dir}/{split}",
+                name=f"{data_dir}/{split}",
+                digest=digest,
+            )
             mlflow.log_input(dataset, context=split)
 
 
-def champion_version(params: Params) -> Any | None:
+def champion_version(settings: TrackingParams, model_name: str) -> Any | None:
     """The registered version under the ``champion`` alias, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(params).get_model_version_by_alias(params.deploy.model_name, CHAMPION)
+        return client(settings).get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
         return None
 
 
-def load_model(params: Params, version_or_uri: Any) -> Any:
-    """A registered model (a version, or a ``models:/`` URI) as an MLflow pyfunc model."""
+def load_model(settings: TrackingParams, uri: str) -> Any:
+    """A registered model (a ``models:/`` URI) as an MLflow pyfunc model."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    client(params)
-    uri = (
-        version_or_uri
-        if isinstance(version_or_uri, str)
-        else (f"models:/{params.deploy.model_name}/{version_or_uri.version}")
-    )
+    client(settings)
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise TrainflowError(f"{uri}: cannot load from {tracking_uri(params)} ({exc.message[:200]})") from None
+        raise TrainflowError(f"{uri}: cannot load from {tracking_uri(settings)} ({exc.message[:200]})") from None
 
 
 def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
@@ -247,8 +267,10 @@ def model_classes(model: Any, count: int) -> tuple[str, ...]:
     return tuple(config.get("classes") or (str(i) for i in range(count)))
 
 
-def log_model(params: Params, run_id: str, example: np.ndarray, classes: tuple[str, ...]) -> str:
-    """Log the served model (a pyfunc around the Keras model) to the run; its model URI.
+def log_model(
+    settings: TrackingParams, run_id: str, keras_model: Path, example: np.ndarray, config: Mapping[str, Any]
+) -> str:
+    """Log the served model (a pyfunc around the Keras model, ``config`` its model_config) to the run; its URI.
 
     MLflow infers the signature by running the served model on ``example``: uint8 images in; label, class name,
     probability and class probabilities out.
@@ -258,7 +280,7 @@ def log_model(params: Params, run_id: str, example: np.ndarray, classes: tuple[s
     import mlflow.pyfunc
     import pandas as pd
 
-    client(params)  # checks the store and sets the tracking URI
+    client(settings)  # checks the store and sets the tracking URI
     requirements = [
         f"mlflow=={mlflow.__version__}",
         f"tensorflow=={__import__('tensorflow').__version__}",
@@ -272,26 +294,27 @@ def log_model(params: Params, run_id: str, example: np.ndarray, classes: tuple[s
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("serving_model.py")),
-            artifacts={"keras_model": str(Path(params.paths.model).resolve())},
-            model_config={"classes": list(classes), "max_request_images": params.deploy.max_request_images},
+            artifacts={"keras_model": str(Path(keras_model).resolve())},
+            model_config=dict(config),
             input_example=example,
             pip_requirements=requirements,
         )
     return info.model_uri
 
 
-def register(params: Params, model_uri: str, promote: bool, decision: Mapping[str, Any]) -> dict[str, Any]:
-    """Register a logged model under ``deploy.model_name`` and move the aliases.
+def register(
+    settings: TrackingParams, name: str, model_uri: str, promote: bool, decision: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Register a logged model under ``name`` (``deploy.model_name``) and move the aliases.
 
     Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``.
     Otherwise the new version becomes ``challenger`` and the champion is untouched.
     """
     import mlflow
 
-    tracker = client(params)
-    name = params.deploy.model_name
+    tracker = client(settings)
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in decision.items()})
-    previous = champion_version(params)
+    previous = champion_version(settings, name)
     if promote:
         if previous is not None:
             tracker.set_registered_model_alias(name, PREVIOUS, previous.version)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks import artifacts
-from tasks.artifacts import Dataset
-from tasks.config import Params, ValidationParams
-from tasks.errors import TrainflowError
+from tasks.lib import artifacts
+from tasks.lib.artifacts import Dataset
+from tasks.lib.config import Params, ValidationParams
+from tasks.lib.errors import TrainflowError
 
 log = logging.getLogger(__name__)
 

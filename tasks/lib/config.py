@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import TrainflowError
+from tasks.lib.errors import TrainflowError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -49,6 +49,7 @@ class PathsParams(Section):
     history: str
     samples: str
     metrics: str
+    per_class: str
     predictions: str
     confusion: str
     figures: str

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config import DataParams
-from tasks.errors import TrainflowError, TransientError
+from tasks.lib.config import DataParams
+from tasks.lib.errors import TrainflowError, TransientError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IDX_IMAGES_MAGIC = 0x00000803

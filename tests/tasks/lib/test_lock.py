@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import TrainflowError
-from tasks.lock import workspace_lock
+from tasks.lib.errors import TrainflowError
+from tasks.lib.lock import workspace_lock
 from tests.helpers import REPO, tool_env
 
 HOLD = (
-    "import sys, time; from tasks.lock import workspace_lock\nwith workspace_lock(sys.argv[1], 'stage test'):\n"
+    "import sys, time; from tasks.lib.lock import workspace_lock\nwith workspace_lock(sys.argv[1], 'stage test'):\n"
     "    print('held', flush=True); time.sleep(60)"
 )
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.errors import TrainflowError
+from tasks.lib.errors import TrainflowError
 
 
 @contextmanager

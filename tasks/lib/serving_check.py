@@ -2,16 +2,17 @@
 
 deploy starts it first (its TensorFlow import overlaps the export), then writes one line to its stdin:
 ``<export dir>\\t<images .npy>\\t<output .npy>``. It loads the export with ``tf.saved_model.load`` — no Keras, no
-project code — and saves the ``serve`` signature's output. With warm start it is a child of a server that has
-imported TensorFlow and nothing else (``tasks/warm.py``, profile ``serving``).
+project code — and saves the ``serve`` signature's output.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import tensorflow as tf
 
@@ -21,10 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks import warm  # the runner only; the check itself imports numpy and TensorFlow
-
-    if warm.enabled():
-        code = warm.delegate("serving")
-        if code is not None:
-            sys.exit(code)
     main()

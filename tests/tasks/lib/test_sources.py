@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import Params
-from tasks.errors import TrainflowError
-from tasks.sources import (
+from tasks.lib.config import Params
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
     load_digits,

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks import artifacts, augment, clean, normalize
-from tasks.artifacts import Dataset, Split
-from tasks.config import Params
-from tasks.parallel import local_map
+from tasks import augment, clean, normalize
+from tasks.lib import artifacts
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import Params
+from tasks.lib.parallel import local_map
 
 SHARD = 1000  # 28×28 images: 0.78 MB of uint8 per shard
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks import artifacts, augment, clean, deploy, evaluate, ingest, normalize, tracking, train
-from tasks.config import Params, load_params
+from tasks import augment, clean, deploy, evaluate, ingest, normalize, train
+from tasks.lib import artifacts, tracking
+from tasks.lib.config import Params, load_params
 from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, tool_env
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,9 @@ def runs(workspace: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for name, overrides in (("mediocre", MEDIOCRE), ("weaker", WEAKER), ("stronger", STRONGER)):
         _, report = pipeline(workspace, overrides, data=name == "mediocre")
-        out[name] = report | {"run_id": tracking.current_run(load_params(workspace / "params.yaml"))}
+        out[name] = report | {
+            "run_id": tracking.current_run(workspace / load_params(workspace / "params.yaml").paths.run_info)
+        }
     return out
 
 
@@ -173,10 +176,10 @@ def test_batch_prediction_writes_a_csv_from_the_champion(runs: dict, workspace: 
 
 
 def test_an_unreachable_store_is_one_line_naming_the_uri(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.errors import TransientError
+    from tasks.lib.errors import TransientError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/dir/mlflow.db")
     with pytest.raises(
         TransientError, match=r"MLflow tracking store sqlite:////proc/no/such/dir/mlflow.db is unreachable"
     ):
-        tracking.client(params)
+        tracking.client(params.tracking)
