@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tasks.lib.config import DEFAULT_PARAMS, load_params
 from tasks.lib.errors import TrainflowError
+from tasks.lib.quiet import quiet_libraries
 
 DEPLOYMENT = "nightly"
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
+    quiet_libraries()  # no httpx line for every poll of the server
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(Path(args.params))

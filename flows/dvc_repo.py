@@ -1,4 +1,5 @@
-"""The one adapter that knows DVC's Python internals: the stage graph, the hashes DVC keys stages on, `dvc commit`.
+"""The one adapter that knows DVC: the stage graph and the hashes DVC keys stages on (its Python internals),
+`dvc commit` (its command line) and params.yaml edits as `dvc exp run -S` makes them.
 
 DVC documents its command line, not its ``Repo`` object; each internal call here is checked against the command line
 by tests/flows/test_dvc_repo.py, so an upgrade that changes one fails there first.
@@ -6,10 +7,14 @@ by tests/flows/test_dvc_repo.py, so an upgrade that changes one fails there firs
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tasks.lib.errors import TrainflowError
 
 
 @contextmanager
@@ -46,9 +51,17 @@ def stage_hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
 
 
 def commit(root: Path) -> None:
-    """`dvc commit --force`: the workspace's outputs go into dvc.lock and the DVC cache."""
-    with _repo(root) as repo:
-        repo.commit(force=True)
+    """`dvc commit --force` (DVC's command line, in ``root``): the workspace's outputs go into dvc.lock and the cache.
+
+    Raises:
+        TrainflowError: with DVC's own last error line.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=root, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrainflowError(f"dvc commit in {root} failed: {last}")
 
 
 def write_params(path: Path, overrides: Mapping[str, Any]) -> None:

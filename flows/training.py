@@ -25,10 +25,10 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.states import State
 
 from flows import dvc_repo, runners
-from tasks.lib.cli import quiet_libraries
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import TrainflowError, TransientError
 from tasks.lib.lock import workspace_lock
+from tasks.lib.quiet import quiet_libraries
 
 SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry

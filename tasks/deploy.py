@@ -16,6 +16,7 @@ import numpy as np
 from tasks.lib import artifacts, tracking
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError
+from tasks.lib.quiet import import_keras
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def run(params: Params) -> dict:
 
 
 def _deploy(params: Params, fresh: FreshProcessCheck) -> dict:
-    import keras
+    keras = import_keras()
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     expected = expected_probabilities(Path(params.paths.predictions), params.deploy.check_samples)

@@ -12,6 +12,7 @@ import numpy as np
 
 from tasks.lib import artifacts, tracking, validation
 from tasks.lib.config import Params
+from tasks.lib.quiet import import_keras
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def score_champion(
 
 def run(params: Params) -> dict:
     """Score the raw-pixel model on the clean val and test splits and write the reports."""
-    import keras
+    keras = import_keras()
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))

@@ -22,6 +22,7 @@ import numpy as np
 from tasks.lib import artifacts, drift, tracking
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
+from tasks.lib.quiet import import_keras
 
 if TYPE_CHECKING:
     import keras
@@ -338,7 +339,7 @@ def save_model(model: keras.Model, path: Path) -> None:
 
 def run(params: Params) -> dict:
     """Fit on data/normalized, save the raw-pixel model and the per-epoch history."""
-    import keras
+    keras = import_keras()
 
     cfg = params.train
     device = detect_device()

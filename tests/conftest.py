@@ -13,7 +13,7 @@ import pytest
 
 from tasks.lib import artifacts
 from tasks.lib.artifacts import Dataset, Split
-from tasks.lib.config import Params, load_params
+from tasks.lib.config import Params, load_params, read_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,12 @@ def tiny_dataset(
         x[:, 0, 0, 0], x[:, 0, 1, 0] = 0, 255  # never constant
         splits[name] = Split(x, np.arange(n, dtype=np.int64) % num_classes)
     return Dataset(splits=splits, classes=tuple(f"c{i}" for i in range(num_classes)))
+
+
+@pytest.fixture
+def raw() -> dict[str, Any]:
+    """The repo's params.yaml as a plain mapping, to change before it is parsed."""
+    return read_params_file(REPO / "params.yaml")
 
 
 @pytest.fixture

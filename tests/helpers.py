@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -28,6 +29,25 @@ TINY: dict[str, dict[str, Any]] = {
     "augment": {"copies": 1},
     "deploy": {"check_samples": 16},
 }
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> object:
+    """Poll ``check()`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()  # type: ignore[operator]
+        except Exception:  # not up yet
+            result = None
+        if result:
+            return result
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def tool_env(**extra: str) -> dict[str, str]:
@@ -100,17 +120,14 @@ def background_server(cwd: Path, args: list[str], ready_url: str, env: dict[str,
         args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(ready_url, timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"{' '.join(args)} exited {server.returncode}")
-                time.sleep(1)
-        else:
-            pytest.fail(f"{' '.join(args)} did not answer {ready_url} in 120 s")
+
+        def answers() -> bool:
+            if server.poll() is not None:
+                pytest.fail(f"{' '.join(args)} exited {server.returncode}")
+            urllib.request.urlopen(ready_url, timeout=2)
+            return True
+
+        wait_for(f"{' '.join(args)} to answer {ready_url}", answers, timeout=120)
         yield
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn/gunicorn workers

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import make_workspace, sh
+from tests.helpers import idx_bytes, make_workspace, sh
 
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
@@ -51,11 +51,6 @@ def tree_digest(folder: Path) -> str:
 def digits_like(n: int, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8), np.arange(n, dtype=np.int64) % classes
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def write_idx(tmp: Path, images: bytes, labels: bytes) -> dict[str, Any]:

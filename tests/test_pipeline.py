@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import STAGES, TINY, make_workspace, ran, sh
@@ -17,9 +19,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("pipeline"), TINY)
 
 
+def processes_in(folder: Path) -> list[str]:
+    """Processes (other than this one) whose working directory is ``folder`` or below it."""
+    found = []
+    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = process.info["cwd"]
+        if process.info["pid"] != os.getpid() and cwd and Path(cwd).is_relative_to(folder):
+            found.append(" ".join(process.info["cmdline"] or []))
+    return found
+
+
 def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Path) -> None:
     first = sh(workspace, "dvc", "repro")
     assert ran(first.stdout) == list(STAGES)
+    assert processes_in(workspace) == []  # no daemons: nothing the stages started outlives `dvc repro`
+    output = first.stdout + first.stderr
+    assert "cuInit" not in output and "absl::InitializeLog" not in output  # quiet on a CPU machine
     manifest = json.loads((workspace / "data/raw/manifest.json").read_text())
     assert manifest["source"] == "digits" and manifest["shape"] == [8, 8, 1]
     assert sum(s["count"] for s in manifest["splits"].values()) == 1797

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,21 +12,9 @@ from typing import Any
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock
+from tasks.lib.quiet import quiet_libraries
 
 log = logging.getLogger("trainflow")
-
-
-def quiet_libraries() -> None:
-    """Keep a CPU run's output to what the user needs: no TensorFlow C++ start-up chatter, no repeated warnings.
-
-    Set before TensorFlow is imported (it reads ``TF_CPP_MIN_LOG_LEVEL`` once); a value the user set is kept.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
-    for name in ("httpx", "alembic", "great_expectations"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None) -> None:

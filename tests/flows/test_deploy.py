@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,25 +16,11 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.lib.config import load_params
-from tests.helpers import TINY, free_port, make_workspace, sh, tool_env
+from tests.helpers import TINY, free_port, make_workspace, sh, tool_env, wait_for
 
 pytestmark = pytest.mark.slow
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> object:
-    """Poll ``check()`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()  # type: ignore[operator]
-        except Exception:  # not up yet
-            result = None
-        if result:
-            return result
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -120,6 +105,7 @@ def test_nightly_deployment_is_scheduled_and_a_triggered_run_completes(
                 every=2,
             )
         assert final.state.name == "Completed", (tmp_path / "serve.log").read_text()[-3000:]
+        assert "HTTP Request:" not in (tmp_path / "serve.log").read_text()  # no httpx line for every poll
         assert (workspace / "models/serving/saved_model.pb").is_file()
         assert "up to date" in sh(workspace, "dvc", "status").stdout
     finally:

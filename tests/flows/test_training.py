@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,9 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.training as training_module
 import tasks.lib.sources
 from flows.dvc_repo import stage_graph
-from flows.runners import task_runner
 from flows.training import SUMMARY_KEY, parse_overrides, summary_markdown, training
-from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError, TransientError
-from tests.helpers import STAGES, TINY, make_workspace, ran, sh
+from tests.helpers import STAGES, TINY, make_workspace, ran, sh, wait_for
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
@@ -67,22 +64,6 @@ def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
     assert all(f"| {s} | Cached | 1.0 |" in text for s in STAGES)
     assert "train 7 / val 2 / test 1" in text and "removed 1 of 10" in text and "2 epochs on CPU" in text
     assert "| test | 0.9000 | 0.8000 | 0.3000 |" in text
-
-
-def test_params_choose_the_task_runner(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
-
-    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    threads = task_runner(params.flow.model_copy(update={"task_runner": "threads", "workers": 3}))
-    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
-    dask = params.flow.model_copy(update={"task_runner": "dask", "workers": 2})
-    local = task_runner(dask)
-    assert isinstance(local, DaskTaskRunner) and local.address is None
-    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["processes"] is True
-    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.1.2.3:8786")
-    assert task_runner(dask).address == "tcp://10.1.2.3:8786"  # an existing scheduler, from the environment
-    assert task_runner(dask.model_copy(update={"dask_address": "tcp://h:1"})).address == "tcp://h:1"  # params win
 
 
 @pytest.mark.slow
@@ -131,17 +112,18 @@ def states(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def task_runs_and_logs(flow_run_id: Any, expected_log: str) -> tuple[dict[str, str], str]:
-    """The flow run's task states and its log, waiting (bounded) for the log batch to reach the API."""
+    """The flow run's task states and its log, once the log holds ``expected_log`` (log batches reach the API late)."""
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        for _ in range(20):
+
+        def log_text() -> str | None:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
             text = "\n".join(log.message for log in logs)
-            if expected_log in text:
-                break
-            time.sleep(0.5)
-    return {r.name: r.state.name for r in runs}, text
+            return text if expected_log in text else None
+
+        text = wait_for(f"{expected_log!r} in the flow run's log", log_text, timeout=60, every=0.5)
+    return {r.name: r.state.name for r in runs}, str(text)
 
 
 def upstream_names(flow_run_id: Any) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@ seeding, batch norm, the cosine schedule, checkpoints, the MLflow epoch callback
 process per backend, then the saved model reloaded in another fresh process of the same backend.
 
 Keras picks its backend once, at import, so every run is a subprocess. A backend whose package is not installed
-is skipped (jax: ``pip install -e '.[backends]'``; torch: the CPU wheel from download.pytorch.org).
+is skipped (both are in the ``tests`` extra, CPU builds, so `make test` runs them).
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ def test_train_stage_under_backend(tmp_path: Path, backend: str) -> None:
     trained = _python(backend, tmp_path, TRAIN, str(REPO / "params.yaml"), json.dumps(overrides))
 
     report = trained["report"]
-    assert report["backend"] == backend and report["device"] == "CPU"
-    assert report["epochs_run"] == EPOCHS and report["policy"] == "float32"
+    assert report["backend"] == backend and report["device"] in ("CPU", "GPU")  # CPU here, GPU where there is one
+    assert report["policy"] == ("mixed_float16" if report["device"] == "GPU" else "float32")  # mixed_precision: auto
+    assert report["epochs_run"] == EPOCHS
     assert trained["val_loss_steps"] == list(range(EPOCHS))  # the MLflow callback logged every epoch
     model = tmp_path / "models" / "model.keras"
     assert zipfile.is_zipfile(model) and "config.json" in zipfile.ZipFile(model).namelist()  # the .keras format

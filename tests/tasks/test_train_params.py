@@ -9,14 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.lib.config import Params, apply_overrides, parse_params, read_params_file
+from tasks.lib.config import Params, apply_overrides, parse_params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
-
-
-@pytest.fixture
-def raw() -> dict[str, Any]:
-    return read_params_file(REPO / "params.yaml")
 
 
 def test_defaults_are_the_seed_behaviour(params: Params) -> None:

@@ -9,14 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params, read_params_file
+from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
-
-
-@pytest.fixture
-def raw() -> dict[str, Any]:
-    return read_params_file(REPO / "params.yaml")
 
 
 def error_for(raw: dict[str, Any], overrides: dict[str, Any]) -> str:

@@ -22,11 +22,7 @@ from tasks.lib.sources import (
     load_source,
     read_idx,
 )
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+from tests.helpers import idx_bytes
 
 
 def write_idx_pair(folder: Path, prefix: str, x: np.ndarray, y: np.ndarray, gz: bool = False) -> tuple[Path, Path]:

@@ -74,7 +74,11 @@ def test_a_run_holds_params_curves_metrics_artifacts_and_tags(workspace: Path, r
     assert [m.step for m in history] == list(range(len(history))) and len(history) >= 2
     assert run.data.metrics["test.accuracy"] > 0.5 and "val.f1_macro" in run.data.metrics
     assert run.data.tags["data.source"] == "digits" and run.data.tags["keras.backend"] == "tensorflow"
-    assert run.data.tags["device"] == "CPU" and len(run.data.tags["git.commit"]) == 40
+    assert run.data.tags["device"] in ("CPU", "GPU") and run.data.tags["device.name"]  # whichever this machine has
+    assert len(run.data.tags["git.commit"]) == 40
+    assert run.info.run_name.startswith("digits 20")  # the data and the start time, not a random name
+    experiment = mlflow_client().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens its training runs
     assert run.data.tags["deploy.promoted"] == "true"
     names = set()
     for folder in ("", "figures", "evaluate", "augment", "validation", "deploy", "train", "data_docs"):

@@ -1,0 +1,70 @@
+"""Library noise kept out of a run's output: a CPU run prints only what the user needs.
+
+TensorFlow's native code logs before its log is set up (absl: oneDNN notes, CPU feature lists, CUDA probes that fail
+on a machine without a GPU), which ``TF_CPP_MIN_LOG_LEVEL`` does not reach: :func:`import_keras` filters those lines
+out of the process's stderr while Keras, TensorFlow and the device probe load. Any other line still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|I\d{4} [\d:.]+ +\d+ \S+\] "  # absl INFO lines
+    r"|To enable the following instructions"
+    r"|.*(failed call to cuInit|Could not find cuda drivers|Unable to register cu\w+ factory))"
+)
+
+
+def quiet_libraries() -> None:
+    """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, MLflow's repeated warnings, and
+    the INFO chatter of HTTP clients and migrations. A value the user set in the environment is kept."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
+    for name in ("httpx", "alembic", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file for the body; afterwards its lines, less :data:`NOISE`, are
+    written to stderr (all of them, also when the body raised)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True) if not NOISE.match(line)]
+            sys.stderr.write("".join(kept))
+
+
+def import_keras() -> Any:
+    """``import keras`` (and its backend) with TensorFlow's start-up lines filtered; the GPU probe runs here too."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    quiet_libraries()
+    with native_stderr_filtered():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the CUDA probe logs once, here
+    return keras
