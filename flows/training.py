@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.states import State
+from prefect.utilities.annotations import quote
 
 from flows import dvc_repo, runners
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
@@ -97,15 +98,19 @@ def record_in_dvc_lock(root: str) -> None:
 def stage(name: str, params: Params, root: str, upstream: list[State]) -> State:
     """One stage as a task run that waits for (and in the run graph hangs from) the stages it reads from.
 
-    Only TransientError-like failures are retried (:func:`_retry_transient`); bad data and params fail at once.
+    The arguments are quoted: Prefect draws an edge from any task whose result holds an object (by id) found in
+    another task's arguments, and a string in the params can be the very object a stage returned. The graph's only
+    edges are ``upstream``, those of `dvc dag`. Only TransientError-like failures are retried
+    (:func:`_retry_transient`); bad data and params fail at once.
     """
     options = {"name": name, "task_run_name": name, "retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS}
-    state = run_stage.with_options(**options)(name, params, root, wait_for=upstream, return_state=True)
+    arguments = (quote(name), quote(params), quote(root))
+    state = run_stage.with_options(**options)(*arguments, wait_for=upstream, return_state=True)
     result = state.result()  # re-raises the stage's own error: the flow fails, no later stage runs
     if state.name == "Cached" and result["outs"] != dvc_repo.stage_hashes(Path(root), name, "outs"):
         # A cache hit whose outputs were since deleted or changed on disk: run the stage again.
         rerun = run_stage.with_options(**options, refresh_cache=True)
-        state = rerun(name, params, root, wait_for=upstream, return_state=True)
+        state = rerun(*arguments, wait_for=upstream, return_state=True)
         state.result()
     return state
 
@@ -158,7 +163,7 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
         states: dict[str, State] = {}
         for name, upstream in dvc_repo.stage_graph(root).items():  # dvc.yaml: the one list of stages and edges
             states[name] = stage(name, params, str(root), [states[u] for u in upstream])
-        record_in_dvc_lock(str(root))
+        record_in_dvc_lock(quote(str(root)), wait_for=list(states.values()))
     results = [{**s.result(), "state": s.name} for s in states.values()]
     evaluation = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     metrics = importlib.import_module("tasks.evaluate").headline(evaluation) if evaluation else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -48,6 +49,16 @@ def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> ob
             return result
         time.sleep(every)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def processes_in(folder: Path) -> list[str]:
+    """Processes (other than this one) whose working directory is ``folder`` or below it."""
+    found = []
+    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = process.info["cwd"]
+        if process.info["pid"] != os.getpid() and cwd and Path(cwd).is_relative_to(folder):
+            found.append(" ".join(process.info["cmdline"] or []))
+    return found
 
 
 def tool_env(**extra: str) -> dict[str, str]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import STAGES, TINY, make_workspace, ran, sh
+from tests.helpers import STAGES, TINY, make_workspace, processes_in, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -17,16 +15,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("pipeline"), TINY)
-
-
-def processes_in(folder: Path) -> list[str]:
-    """Processes (other than this one) whose working directory is ``folder`` or below it."""
-    found = []
-    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
-        cwd = process.info["cwd"]
-        if process.info["pid"] != os.getpid() and cwd and Path(cwd).is_relative_to(folder):
-            found.append(" ".join(process.info["cmdline"] or []))
-    return found
 
 
 def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Path) -> None:

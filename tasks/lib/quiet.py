@@ -25,14 +25,37 @@ NOISE = re.compile(
 )
 
 
+# MLflow warns, when it logs the served model, that it reads no input schema from predict's type hints (the
+# signature comes from the input example); its log_model resets warning filters (once per call), so these are dropped
+# where warnings are shown.
+MLFLOW_TYPE_HINTS = re.compile(r".*type hint", re.IGNORECASE)
+
+
+def _drop_mlflow_type_hint_warnings(show: Any) -> Any:
+    if getattr(show, "trainflow_quiet", False):
+        return show
+
+    def showwarning(message: Any, category: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        if f"{os.sep}mlflow{os.sep}" in filename and MLFLOW_TYPE_HINTS.match(str(message)):
+            return
+        show(message, category, filename, *args, **kwargs)
+
+    showwarning.trainflow_quiet = True  # type: ignore[attr-defined]
+    return showwarning
+
+
 def quiet_libraries() -> None:
-    """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, MLflow's repeated warnings, and
-    the INFO chatter of HTTP clients and migrations. A value the user set in the environment is kept."""
+    """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, no MLflow progress bars or repeated
+    warnings, and the libraries' INFO chatter (HTTP clients, migrations, MLflow, TensorFlow). A value the user set in
+    the environment is kept."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level when imported
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
-    for name in ("httpx", "alembic", "great_expectations"):
+    warnings.showwarning = _drop_mlflow_type_hint_warnings(warnings.showwarning)
+    for name in ("httpx", "alembic", "great_expectations", "mlflow", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 # MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds classic model training
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# ... and MLflow 3.17's UI reads its GenAI / Model training switch from the address (else the browser's last choice)
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 SECRET = re.compile(r"(token|password|passwd|secret|credential|(^|_)key)$", re.IGNORECASE)
 DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of the SHA-256
 
@@ -157,7 +159,7 @@ def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, r
             "run_id": run_id,
             "experiment_id": experiment,
             "tracking_uri": tracking_uri(settings),
-            "ui_path": f"#/experiments/{experiment}/runs/{run_id}",
+            "ui_path": f"#/experiments/{experiment}/runs/{run_id}?{UI_TRAINING_VIEW}",
         },
     )
 

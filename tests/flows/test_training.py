@@ -29,7 +29,7 @@ import tasks.lib.sources
 from flows.dvc_repo import stage_graph
 from flows.training import SUMMARY_KEY, parse_overrides, summary_markdown, training
 from tasks.lib.errors import TrainflowError, TransientError
-from tests.helpers import STAGES, TINY, make_workspace, ran, sh, wait_for
+from tests.helpers import STAGES, TINY, make_workspace, processes_in, ran, sh, wait_for
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
@@ -87,6 +87,7 @@ def test_the_dask_runner_writes_the_bytes_of_the_single_process_run(tmp_path: Pa
     assert "Creating a new Dask cluster" in log and "Task run 'clean-inspect-4'" in log
     assert "database is locked" not in log
     assert log.count("Starting temporary server") == 1  # the workers report to the flow's server, none of their own
+    assert processes_in(root) == []  # the temporary server and the Dask cluster stopped with the command
     assert files() == single
     assert "up to date" in sh(root, "dvc", "status").stdout
 
