@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import machine, today, write_section
 
-from tasks import validation
-from tasks.artifacts import Dataset, Split
-from tasks.config import Params, load_params
-from tasks.sources import load_idx_dir
+from tasks.lib import stats, validation
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import Params, load_params
+from tasks.lib.sources import load_idx_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def best_of(repeats: int, fn: object) -> float:
 def measure(dataset: Dataset, params: Params, repeats: int) -> tuple[float, float]:
     validation.validate_dataset("raw", dataset, params)  # warm-up: GX import, context and suite setup
     shard_size = params.data.shard_size
-    table = best_of(repeats, lambda: validation.summary_table(validation.summarize_dataset(dataset, shard_size)))
+    table = best_of(repeats, lambda: stats.summary_table(stats.summarize_dataset(dataset, shard_size)))
     whole = best_of(repeats, lambda: validation.validate_dataset("raw", dataset, params))
     return table, whole
 
