@@ -42,7 +42,7 @@ def stage_hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
         (spec,) = [s for s in repo.index.stages if s.name == stage]
         result: dict[str, Any] = {}
         for item in spec.deps if which == "deps" else spec.outs:
-            if which == "outs" and not item.exists:
+            if not item.exists:  # an output not written yet, or a data path that is missing (ingest says so)
                 result[item.def_path] = None
                 continue
             info = item.get_hash()

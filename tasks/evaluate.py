@@ -113,28 +113,58 @@ def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) 
     return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
 
 
+def contract(stored: artifacts.Stored) -> dict[str, Any]:
+    """What a model trained on ``stored`` takes and answers: raw images of one shape and dtype, these classes.
+
+    Part of every registered version (tasks/lib/tracking.py tags it); a version with another contract never takes
+    the champion alias of one with this one unless ``deploy.allow_new_contract`` says so.
+    """
+    return {"input_shape": list(stored.image_shape), "dtype": "uint8", "classes": list(stored.classes)}
+
+
 def score_champion(
-    params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, classes: tuple[str, ...]
+    params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, wanted: dict[str, Any]
 ) -> dict[str, Any]:
-    """The registry's current champion scored on the candidate's test split, paired with the candidate."""
-    version = tracking.champion_version(params.tracking, params.deploy.model_name)
+    """The registry's current champion scored on the candidate's test split, paired with the candidate.
+
+    Returns:
+        ``{"champion": None}`` without one; else ``champion.status`` is ``scored`` (with its headline metrics and
+        per-class recall, and the McNemar pairs), ``other_contract`` (it takes or answers something else than
+        ``wanted``) or ``unscorable`` (it has the same contract but cannot be loaded or run: ``why``).
+    """
+    name = params.deploy.model_name
+    version = tracking.champion_version(params.tracking, name)
     if version is None:
         return {"champion": None}
     entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
+    tagged = tracking.version_contract(version)
+    if tagged is not None and tagged != wanted:
+        return _other_contract(entry, tagged, wanted)
     try:
-        probabilities = tracking.predict_probabilities(
-            tracking.load_model(params.tracking, f"models:/{params.deploy.model_name}/{version.version}"), x
-        )
-    except Exception as exc:  # a champion trained on another image shape cannot score this split at all
-        return {"champion": {**entry, "comparable": False, "why": str(exc).splitlines()[0][:300]}}
-    if probabilities.shape != candidate.shape:
-        why = f"champion outputs {probabilities.shape[1:]} classes, the candidate {candidate.shape[1:]}"
-        return {"champion": {**entry, "comparable": False, "why": why}}
-    scored = classification_metrics(y, probabilities, classes)
+        model = tracking.load_model(params.tracking, f"models:/{name}/{version.version}")
+        served = tracking.model_contract(model)
+        if tagged is None and served != wanted:  # a version registered before contracts were tagged
+            return _other_contract(entry, served, wanted)
+        probabilities = tracking.predict_probabilities(model, x)
+        if probabilities.shape != candidate.shape:
+            raise ValueError(f"it answers {probabilities.shape[1:]} class probabilities, not {candidate.shape[1:]}")
+    except Exception as exc:  # missing artifacts, a broken model: many types
+        return {"champion": {**entry, "status": "unscorable", "why": str(exc).splitlines()[0][:300]}}
+    scored = classification_metrics(y, probabilities, tuple(wanted["classes"]))
     return {
-        "champion": {**entry, "comparable": True, "metrics": {k: scored[k] for k in HEADLINE}},
+        "champion": {
+            **entry,
+            "status": "scored",
+            "metrics": {k: scored[k] for k in HEADLINE},
+            "recall": {c: m["recall"] for c, m in scored["per_class"].items()},
+        },
         "paired": paired_outcomes(y, candidate, probabilities),
     }
+
+
+def _other_contract(entry: dict[str, Any], theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    differs = "; ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+    return {"champion": {**entry, "status": "other_contract", "contract": theirs, "why": f"its {differs}"}}
 
 
 def run(params: Params) -> dict:
@@ -161,14 +191,14 @@ def run(params: Params) -> dict:
     artifacts.write_json(Path(params.paths.metrics), headline(metrics))  # few columns in `dvc exp show`
     per_class = {split: {k: metrics[split][k] for k in DETAIL} for split in EVAL_SPLITS}
     artifacts.write_json(Path(params.paths.per_class), per_class)
-    comparison = score_champion(params, data.splits["test"].x, y_test, p_test, data.classes)
+    comparison = score_champion(params, data.splits["test"].x, y_test, p_test, contract(stored))
     artifacts.write_json(Path(params.paths.gate), comparison)
 
     run_id = tracking.current_run(Path(params.paths.run_info))
     # Named as in metrics.json (`test.accuracy`), apart from Keras' per-epoch `val_accuracy` curves.
     scalars = {f"{split}.{k}": metrics[split][k] for split in EVAL_SPLITS for k in HEADLINE}
     scalars |= {f"test.per_class.{name}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
-    if comparison["champion"] and comparison["champion"]["comparable"]:
+    if comparison["champion"] and comparison["champion"]["status"] == "scored":
         scalars |= {f"champion.test.{k}": v for k, v in comparison["champion"]["metrics"].items()}
     tracking.log_metrics(params.tracking, run_id, scalars)
     tracking.log_datasets(params.tracking, run_id, params.paths.clean, ("test",))

@@ -1,4 +1,4 @@
-"""ingest: data.source → data/raw (uint8 N×H×W×C images, int labels, train/val/test split, manifest)."""
+"""ingest: data.source (data.path) → data/raw (uint8 N×H×W×C images, int labels, train/val/test split, manifest)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tasks.lib import artifacts, drift, validation
 from tasks.lib.artifacts import Dataset, Split
 from tasks.lib.config import DataParams, IngestParams, Params
 from tasks.lib.errors import TrainflowError
-from tasks.lib.sources import Loaded, load_source
+from tasks.lib.sources import Loaded, label, load_source
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         The dataset with splits train/val/test and the class names.
     """
     if len(loaded.y) == 0:
-        raise TrainflowError(f"{data.source}: the dataset is empty")
+        raise TrainflowError(f"{label(data)}: the dataset is empty")
     if np.unique(loaded.y).size < 2:
-        raise TrainflowError(f"{data.source}: only one class ({loaded.y[0]}); a classifier needs at least two")
+        raise TrainflowError(f"{label(data)}: only one class ({loaded.y[0]}); a classifier needs at least two")
     classes = data.classes or loaded.classes
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
@@ -62,7 +62,7 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
         if params.split == "ordered":
             return _ordered(x, y, fraction)
-        return _stratified(x, y, fraction, seed, what, data.source)
+        return _stratified(x, y, fraction, seed, what, label(data))
 
     if loaded.x_test is None or loaded.y_test is None:
         pool, test = cut(loaded.x, loaded.y, params.test_fraction, "test")
@@ -72,8 +72,8 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         val_share = params.val_fraction
     train, val = cut(pool.x, pool.y, val_share, "val")
     if train.x.shape[1:] != test.x.shape[1:]:
-        raise TrainflowError(f"{data.source}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
-    return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": data.source})
+        raise TrainflowError(f"{label(data)}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
+    return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": label(data)})
 
 
 def run(params: Params) -> dict:
@@ -83,7 +83,7 @@ def run(params: Params) -> dict:
     drift.check(dataset, params)
     manifest = artifacts.write_dataset(params.paths.raw, dataset, params.data.shard_size)
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
-    log.info("ingest: %s → %s %s, shape %s", params.data.source, params.paths.raw, counts, manifest["shape"])
+    log.info("ingest: %s → %s %s, shape %s", label(params.data), params.paths.raw, counts, manifest["shape"])
     return manifest
 
 

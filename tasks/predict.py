@@ -19,13 +19,19 @@ from tasks.lib.sources import as_images, read_images, visible_files
 
 
 def load_inputs(path: Path, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
-    """Ids and uint8 images shaped for the model: a folder of PNG/JPEG files, or an .npz (``x``/``x_test``)."""
+    """Ids and uint8 images shaped for the model: PNG/JPEG files in a folder and its sub-folders (ids: relative
+    paths), or an .npz (``x``/``x_test``; ids: row numbers)."""
     if not path.exists():
         raise TrainflowError(f"{path}: not found")
     if path.is_dir():
-        files = visible_files(path)
+        # the folder's images and those of its sub-folders (a folder: source's layout, one sub-folder per class)
+        folders = [path, *sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))]
+        files = [f for folder in folders for f in visible_files(folder)]
+        if not files:
+            raise TrainflowError(f"{path}: no images found (PNG/JPEG files in it or in its sub-folders, one down)")
         color_mode = "grayscale" if shape[2] == 1 else "rgb"
-        return [f.name for f in files], read_images(files, path, (shape[0], shape[1]), color_mode)
+        ids = [f.relative_to(path).as_posix() for f in files]
+        return ids, read_images(files, path, (shape[0], shape[1]), color_mode)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as archive:
             key = next((k for k in ("x", "x_test") if k in archive.files), None)
@@ -62,7 +68,9 @@ def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__)
-    parser.add_argument("input", type=Path, help="a folder of PNG/JPEG images, or an .npz with an array x")
+    parser.add_argument(
+        "input", type=Path, help="a folder of PNG/JPEG images (and its sub-folders), or an .npz with an array x"
+    )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write (%(default)s)")
     parser.add_argument("--model", help="model URI (default: models:/<deploy.model_name>@champion)")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")

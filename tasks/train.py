@@ -343,7 +343,7 @@ def run(params: Params) -> dict:
 
     cfg = params.train
     device = detect_device()
-    if cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
+    if cfg.mixed_precision == "mixed_float16" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(params.seed)
     data = artifacts.open_dataset(Path(params.paths.normalized))

@@ -58,7 +58,7 @@ def write_idx(tmp: Path, images: bytes, labels: bytes) -> dict[str, Any]:
     folder.mkdir()
     (folder / "train-images-idx3-ubyte").write_bytes(images)
     (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
-    return {"data.source": f"idx:{folder}"}
+    return {"data.source": "idx", "data.path": str(folder)}
 
 
 def idx_truncated(tmp: Path) -> dict[str, Any]:
@@ -89,19 +89,19 @@ def write_folder(tmp: Path, sizes: tuple[tuple[int, int], ...] = ((8, 8),) * 12)
 def folder_non_image(tmp: Path) -> dict[str, Any]:
     root = write_folder(tmp)
     (root / "cat" / "notes.txt").write_text("not a picture\n")
-    return {"data.source": f"folder:{root}"}
+    return {"data.source": "folder", "data.path": str(root)}
 
 
 def folder_corrupt_png(tmp: Path) -> dict[str, Any]:
     root = write_folder(tmp)
     good = (root / "cat" / "001.png").read_bytes()
     (root / "cat" / "zzz.png").write_bytes(good[:40])  # a valid signature and header, then nothing
-    return {"data.source": f"folder:{root}"}
+    return {"data.source": "folder", "data.path": str(root)}
 
 
 def folder_mixed_sizes(tmp: Path) -> dict[str, Any]:
     root = write_folder(tmp, ((8, 8),) * 11 + ((10, 12),))
-    return {"data.source": f"folder:{root}", "data.image_size": None}
+    return {"data.source": "folder", "data.path": str(root), "data.image_size": None}
 
 
 def folder_symlink_outside(tmp: Path) -> dict[str, Any]:
@@ -109,13 +109,13 @@ def folder_symlink_outside(tmp: Path) -> dict[str, Any]:
     outside = tmp / "outside.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(outside)
     os.symlink(outside, root / "dog" / "link.png")
-    return {"data.source": f"folder:{root}"}
+    return {"data.source": "folder", "data.path": str(root)}
 
 
 def write_npz(tmp: Path, **arrays: np.ndarray) -> dict[str, Any]:
     path = tmp / "data.npz"
     np.savez(path, **arrays)
-    return {"data.source": f"npz:{path}"}
+    return {"data.source": "npz", "data.path": str(path)}
 
 
 def npz_with(x_train: np.ndarray | None = None, y_train: np.ndarray | None = None, n: int = 40) -> Callable:
@@ -150,7 +150,7 @@ def npz_object_array(tmp: Path) -> dict[str, Any]:
 def npz_not_an_archive(tmp: Path) -> dict[str, Any]:
     path = tmp / "data.npz"
     path.write_bytes(b"\x93NUMPY not really")
-    return {"data.source": f"npz:{path}"}
+    return {"data.source": "npz", "data.path": str(path)}
 
 
 def npz_empty(tmp: Path) -> dict[str, Any]:
@@ -202,7 +202,11 @@ CASES = [
     Case("npz_empty", npz_empty, ("{tmp}/data.npz", "empty")),
     Case("npz_single_class", npz_single_class, ("{tmp}/data.npz", "only one class")),
     Case("npz_smaller_than_split", npz_with(n=4), ("{tmp}/data.npz", "cannot split 4 images", "ingest.val_fraction")),
-    Case("source_path_missing", params_only(**{"data.source": "npz:/no/such/file.npz"}), ("/no/such/file.npz",)),
+    Case(
+        "source_path_missing",
+        params_only(**{"data.source": "npz", "data.path": "/no/such/file.npz"}),
+        ("/no/such/file.npz",),
+    ),
     Case("source_unknown_scheme", params_only(**{"data.source": "s3:bucket/x"}), ("data.source", "s3:bucket/x")),
     Case("params_unknown_key", params_only(**{"ingest.shuffle": True}), ("ingest.shuffle: unknown key",)),
     Case("params_wrong_type", params_only(**{"train.epochs": "ten"}), ("train.epochs", "'ten'")),
@@ -223,7 +227,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repo copy whose data/raw and data/clean hold a good run's output (the default digits)."""
-    root = make_workspace(tmp_path_factory.mktemp("bad-input"), {"validation": {"drift_action": "off"}})
+    root = make_workspace(tmp_path_factory.mktemp("bad-input"), {"validation": {"drift_action": "ignore"}})
     sh(root, "python", "-m", "tasks.ingest")
     sh(root, "python", "-m", "tasks.clean")
     return root

@@ -66,7 +66,7 @@ def test_a_stage_killed_mid_write_keeps_the_previous_output_and_reruns_correctly
         set_params(workspace, "data", source="digits")
         sh(workspace, sys.executable, "-m", "tasks.ingest")
         before = (workspace / "data/raw/manifest.json").read_text()
-        set_params(workspace, "data", source=f"npz:{big}")
+        set_params(workspace, "data", source="npz", path=str(big))
         if kill_when(stage(workspace, "ingest"), writing):
             break
     else:

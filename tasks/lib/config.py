@@ -25,6 +25,7 @@ class Section(BaseModel):
 
 class DataParams(Section):
     source: str = Field(min_length=1)
+    path: str = Field(min_length=1)
     image_size: tuple[PositiveInt, PositiveInt] | None
     color_mode: Literal["grayscale", "rgb"]
     classes: tuple[str, ...] | None
@@ -32,11 +33,13 @@ class DataParams(Section):
 
     @field_validator("source")
     @classmethod
-    def _known_scheme(cls, source: str) -> str:
+    def _known_source(cls, source: str) -> str:
         scheme, _, arg = source.partition(":")
-        if (scheme == "digits" and not arg) or (scheme in {"idx", "npz", "folder", "keras"} and arg):
+        if (scheme in {"digits", "idx", "npz", "folder"} and not arg) or (scheme == "keras" and arg):
             return source
-        raise ValueError(f"unknown data source {source!r}; use digits, idx:PATH, npz:PATH, folder:PATH or keras:NAME")
+        if scheme in {"idx", "npz", "folder"}:
+            raise ValueError(f"the path goes in data.path now: data.source={scheme}, data.path={arg}")
+        raise ValueError(f"unknown data source {source!r}; use digits, idx, npz, folder (with data.path) or keras:NAME")
 
 
 class PathsParams(Section):
@@ -53,7 +56,6 @@ class PathsParams(Section):
     predictions: str
     confusion: str
     figures: str
-    serving: str
     deploy_report: str
     gx: str
     data_docs: str
@@ -108,7 +110,7 @@ class TrainParams(Section):
     lr_schedule: Literal["plateau", "cosine"]
     lr_warmup_epochs: Annotated[int, Field(ge=0)]
     batch_norm: bool
-    mixed_precision: Literal["auto", "on", "off"]
+    mixed_precision: Literal["auto", "mixed_float16", "float32"]
     distribute: Literal["none", "mirrored"]
 
     @model_validator(mode="after")
@@ -125,11 +127,15 @@ class EvaluateParams(Section):
 class DeployParams(Section):
     check_samples: PositiveInt
     tolerance: Annotated[float, Field(gt=0.0)]
+    serving_timeout: Annotated[float, Field(gt=0.0)]
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     metric: Literal["accuracy", "f1_macro"]
     min_metric: Annotated[float, Field(ge=0.0, le=1.0)]
     require_significance: bool
     significance_level: Annotated[float, Field(gt=0.0, lt=1.0)]
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)]
+    allow_new_contract: bool
+    replace_unscorable_champion: bool
     max_request_images: PositiveInt
 
 
@@ -145,7 +151,7 @@ class ValidationParams(Section):
     min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
     max_abs_standardized: Annotated[float, Field(gt=0.0)]
     probability_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]
-    drift_action: Literal["off", "warn", "fail"]
+    drift_action: Literal["ignore", "warn", "fail"]
     drift_label_p_value: Annotated[float, Field(gt=0.0, lt=1.0)]
     drift_psi: Annotated[float, Field(gt=0.0)]
 

@@ -1,7 +1,9 @@
-"""Drift: the training data of the current model (reference statistics) against newly ingested data.
+"""Drift: newly ingested data against the training data of the model in production (the registry's champion).
 
-Labels are compared with a chi-square test, pixel intensity with the population stability index (PSI) of the
-per-image mean; per-class mean intensity shifts are reported. TFDV has this; the other pipeline tools do not.
+train logs the statistics of its training data with its MLflow run; ingest compares new data with those of the
+current ``@champion``. Labels are compared with a chi-square test, pixel intensity with the population stability
+index (PSI) of the per-image mean; per-class mean intensity shifts are reported. Data of other classes or another
+image shape is "not comparable": reported, and the run goes on unless ``validation.drift_action`` is ``fail``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from tasks.lib import artifacts
 from tasks.lib.artifacts import Dataset
 from tasks.lib.config import Params, ValidationParams
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import TrainflowError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ def statistics(parts: Iterable[tuple[np.ndarray, np.ndarray]], classes: tuple[st
     k = len(classes)
     histogram = np.zeros(BINS, dtype=np.int64)
     totals = np.zeros((3, k))  # pixels, sum, sum of squares per class
-    labels, count = np.zeros(k, dtype=np.int64), 0
+    labels, count, shape = np.zeros(k, dtype=np.int64), 0, None
     for x, y in parts:
+        shape = tuple(int(d) for d in np.shape(x)[1:])
         y = np.asarray(y)
         flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
         means = flat.mean(axis=1) if flat.size else np.zeros(len(flat))
@@ -56,6 +59,7 @@ def statistics(parts: Iterable[tuple[np.ndarray, np.ndarray]], classes: tuple[st
         }
     return {
         "count": count,
+        "image_shape": list(shape) if shape is not None else None,
         "label_counts": {name: int(n) for name, n in zip(classes, labels, strict=True)},
         "intensity_histogram": (histogram / max(count, 1)).tolist(),
         "per_class": per_class,
@@ -100,35 +104,61 @@ def write_reference(stored: artifacts.Stored, params: Params) -> None:
     artifacts.write_json(Path(params.paths.reference_stats), statistics(parts, stored.classes))
 
 
+def comparable(reference: dict[str, Any], dataset: Dataset) -> str | None:
+    """Why ``dataset`` cannot be compared with ``reference`` (other classes, image shape or channels), or None."""
+    if list(reference.get("label_counts", {})) != list(dataset.classes):
+        return f"reference classes {list(reference.get('label_counts', {}))}, ingested {list(dataset.classes)}"
+    shape = reference.get("image_shape")
+    if shape is not None and tuple(shape) != dataset.image_shape:
+        return f"reference images {tuple(shape)} (H, W, C), ingested {dataset.image_shape}"
+    return None
+
+
 def check(dataset: Dataset, params: Params) -> dict[str, Any]:
-    """Compare freshly ingested data (all splits) with the reference; warn or fail as params say.
+    """Compare freshly ingested data (all splits) with the champion's training data; warn or fail as params say.
 
     Raises:
-        TrainflowError: on drift when ``validation.drift_action`` is ``fail``.
+        TrainflowError: on drift, or data that cannot be compared, when ``validation.drift_action`` is ``fail``.
     """
     action = params.validation.drift_action
-    reference_path = Path(params.paths.reference_stats)
-    if action == "off" or not reference_path.is_file():
-        why = "validation.drift_action=off" if action == "off" else f"no reference yet ({reference_path})"
-        report: dict[str, Any] = {"checked": False, "drifted": False, "why": why}
+    report: dict[str, Any] = {"checked": False, "drifted": False, "action": action}
+    if action == "ignore":
+        report["why"] = "validation.drift_action=ignore"
     else:
-        reference = artifacts.read_json(reference_path)
-        parts = ((s.x, s.y) for s in dataset.splits.values())
-        if list(reference["label_counts"]) != list(dataset.classes):
-            raise TrainflowError(
-                f"{reference_path}: reference classes {list(reference['label_counts'])} differ from the "
-                f"ingested classes {list(dataset.classes)}"
-            )
-        report = {
-            "checked": True,
-            "action": action,
-            **compare(reference, statistics(parts, dataset.classes), params.validation),
-        }
-        if report["drifted"] and action == "fail":
-            raise TrainflowError(f"data drift against {reference_path}: {'; '.join(report['reasons'])}")
-        if report["drifted"]:
-            log.warning("drift against %s: %s", reference_path, "; ".join(report["reasons"]))
+        from tasks.lib import tracking
+
+        name = params.deploy.model_name
+        try:
+            found = tracking.champion_json(params.tracking, name, f"train/{Path(params.paths.reference_stats).name}")
+        except TransientError:
+            raise  # the registry is unreachable: a retry may pass
+        except TrainflowError as exc:  # a champion without reference statistics
+            found = ({}, str(exc))
+        if found is None:
+            report["why"] = f"no reference yet: {name} has no champion"
         else:
-            log.info("drift: none (label p=%.3g, intensity PSI %.4f)", report["label_p_value"], report["intensity_psi"])
+            reference, where = found
+            report["reference"] = where
+            why = comparable(reference, dataset)
+            if why is not None:
+                report |= {"comparable": False, "why": f"not comparable with {where}: {why}"}
+                if action == "fail":
+                    raise TrainflowError(f"drift: {report['why']} (validation.drift_action=fail)")
+                log.warning("drift: %s; not checked", report["why"])
+            else:
+                parts = ((s.x, s.y) for s in dataset.splits.values())
+                scores = compare(reference, statistics(parts, dataset.classes), params.validation)
+                report |= {"checked": True, "comparable": True, **scores}
+                if report["drifted"] and action == "fail":
+                    raise TrainflowError(f"data drift against {where}: {'; '.join(report['reasons'])}")
+                if report["drifted"]:
+                    log.warning("drift against %s: %s", where, "; ".join(report["reasons"]))
+                else:
+                    log.info(
+                        "drift: none against %s (label p=%.3g, intensity PSI %.4f)",
+                        where,
+                        report["label_p_value"],
+                        report["intensity_psi"],
+                    )
     artifacts.write_json(Path(params.paths.drift_report), report)
     return report

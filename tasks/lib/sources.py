@@ -1,4 +1,4 @@
-"""Data sources named by ``data.source``: digits, idx:PATH, npz:PATH, folder:PATH, keras:NAME.
+"""Data sources named by ``data.source``: digits, keras:NAME, or idx, npz, folder read from ``data.path``.
 
 Each loader returns uint8 images (N, H, W, C) and integer labels, with the source's own test split
 when it has one. Every problem is a TrainflowError naming the file.
@@ -34,19 +34,26 @@ class Loaded:
     classes: tuple[str, ...] | None = None
 
 
+FILE_SOURCES = ("idx", "npz", "folder")  # read from data.path, a dependency of ingest in dvc.yaml
+
+
+def label(data: DataParams) -> str:
+    """What identifies the data in reports, tags and messages: ``digits``, ``keras:mnist``, ``idx:PATH``, …"""
+    return f"{data.source}:{data.path}" if data.source in FILE_SOURCES else data.source
+
+
 def load_source(data: DataParams) -> Loaded:
-    """Dispatch on the scheme of ``data.source``."""
-    scheme, _, arg = data.source.partition(":")
-    if scheme == "digits":
+    """Dispatch on ``data.source``; the file sources read ``data.path``."""
+    if data.source == "digits":
         return load_digits()
-    if scheme == "keras":
-        return load_keras(arg)
-    path = Path(arg)
+    if data.source.startswith("keras:"):
+        return load_keras(data.source.removeprefix("keras:"))
+    path = Path(data.path)
     if not path.exists():
-        raise TrainflowError(f"{path}: data source path not found (data.source={data.source})")
-    if scheme == "idx":
+        raise TrainflowError(f"{path}: data source path not found (data.path, for data.source={data.source})")
+    if data.source == "idx":
         return load_idx_dir(path)
-    if scheme == "npz":
+    if data.source == "npz":
         return load_npz(path)
     return load_folder(path, data.image_size, data.color_mode)
 

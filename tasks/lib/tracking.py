@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from tasks.lib import artifacts
-from tasks.lib.config import Params, TrackingParams
+from tasks.lib.config import DataParams, Params, TrackingParams
 from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,30 @@ def tracking_uri(settings: TrackingParams) -> str:
 
 def client(settings: TrackingParams) -> Any:
     """An MlflowClient on the tracking/registry URI (also made the fluent API's), checked to be reachable."""
-    import mlflow
 
     uri = tracking_uri(settings)
-    tracker = _checked_client(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    tracker = _checked_client(uri, os.getcwd())  # a relative sqlite:/// path is relative to the working folder
+    _use(uri)
     return tracker
 
 
+def _use(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri``, leaving the environment as the user set it: MLflow also writes the URI
+    into ``MLFLOW_TRACKING_URI``, which :func:`tracking_uri` reads as the user's choice."""
+    import mlflow
+
+    user = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if user is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user
+
+
 @functools.cache
-def _checked_client(uri: str) -> Any:
+def _checked_client(uri: str, cwd: str) -> Any:
+    """One checked client per store and working folder (``cwd`` is part of the cache key, unused otherwise)."""
     from mlflow import MlflowClient
 
     try:
@@ -63,12 +77,16 @@ def _checked_client(uri: str) -> Any:
     return tracker
 
 
-REMOTE_SCHEMES = ("http://", "https://", "databricks")  # a tracking server keeps (or proxies) the artifacts
+REMOTE_SCHEMES = ("http://", "https://", "databricks")
+# artifacts beside the SQLite database: tasks/lib/artifact_store.py, which MLflow loads through its plugin entry point
+# (nothing here imports it: MLflow's registry would meet it half-initialised)
+ARTIFACT_SCHEME = "trainflow"  # a tracking server keeps (or proxies) the artifacts
 
 
 def experiment_id(tracker: Any, settings: TrackingParams) -> str:
     """Get or create the experiment, marked as model training; with a local store its artifacts go to
-    ``tracking.artifacts`` (not ./mlruns).
+    ``tracking.artifacts`` (not ./mlruns): relative to the SQLite database's folder, through
+    tasks/lib/artifact_store.py, so that the registry keeps working when the project folder is moved.
 
     Against a tracking server (``MLFLOW_TRACKING_URI=http://…``) the server decides where artifacts live.
     """
@@ -78,8 +96,11 @@ def experiment_id(tracker: Any, settings: TrackingParams) -> str:
             if found.tags.get(key) != value:  # an experiment made before the tag was set
                 tracker.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
-    location = None
-    if not tracking_uri(settings).startswith(REMOTE_SCHEMES):
+    uri, location = tracking_uri(settings), None
+    if uri.startswith("sqlite:") and not Path(settings.artifacts).is_absolute():
+        # beside the database wherever the project moves (MLflow itself would store an absolute path)
+        location = f"{ARTIFACT_SCHEME}:{settings.artifacts}"
+    elif not uri.startswith(REMOTE_SCHEMES):
         location = Path(settings.artifacts).resolve().as_uri()
     return tracker.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
@@ -112,21 +133,21 @@ def _prefect_flow_run_id() -> str | None:
     return flow_run.id
 
 
-def run_name(source: str) -> str:
-    """A run's name: where its data came from and when it started, e.g. ``digits 2026-11-30 01:24:05``."""
-    scheme, _, path = source.partition(":")
-    return f"{Path(path).name or scheme} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+def run_name(data: DataParams) -> str:
+    """A run's name: its data and when it started, e.g. ``digits 2026-11-30 01:24:05``, ``mnist 2026-…``."""
+    name = Path(data.path).name if data.source in FILE_SOURCES else data.source.removeprefix("keras:")
+    return f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 def start_run(settings: TrackingParams, run_info: Path, params: Params, device: Mapping[str, Any]) -> str:
     """Open the pipeline run (train does): every params value, lineage tags; its id goes to ``run_info``."""
-    import mlflow
 
     tracker = client(settings)
     tags = {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
         "data.source": params.data.source,
+        "data.path": params.data.path,
         "keras.backend": str(device.get("backend")),
         "device": str(device.get("device")),
         "device.name": str(device.get("device_name")),
@@ -134,7 +155,7 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
     }
     if (flow_run_id := _prefect_flow_run_id()) is not None:
         tags["prefect.flow_run_id"] = str(flow_run_id)
-    run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data.source))
+    run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data))
     run_id = run.info.run_id
     from mlflow.entities import Param
 
@@ -142,7 +163,7 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
     for start in range(0, len(items), 100):
         tracker.log_batch(run_id, params=items[start : start + 100])
     _write_run_info(settings, run_info, run.info.experiment_id, run_id)
-    mlflow.set_tracking_uri(tracking_uri(settings))
+    _use(tracking_uri(settings))
     return run_id
 
 
@@ -217,7 +238,7 @@ def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: I
 
     manifest = artifacts.read_json(Path(data_dir) / artifacts.MANIFEST)
     features = np.zeros((0, *manifest["shape"]), dtype=manifest["dtype"])
-    mlflow.set_tracking_uri(tracking_uri(settings))
+    _use(tracking_uri(settings))
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # a relative path matches two of MLflow's local source types, which are the same class: it warns
         warnings.filterwarnings("ignore", message="The specified dataset source", category=UserWarning)
@@ -243,6 +264,29 @@ def champion_version(settings: TrackingParams, model_name: str) -> Any | None:
         return None
 
 
+def champion_json(settings: TrackingParams, model_name: str, artifact: str) -> tuple[Any, str] | None:
+    """A JSON artifact of the champion's run and where it came from (``name v3, run …: path``); None without one.
+
+    Raises:
+        TrainflowError: when the champion's run has no such artifact (it cannot be compared, say so).
+    """
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    version = champion_version(settings, model_name)
+    if version is None:
+        return None
+    where = f"{model_name} v{version.version} (run {version.run_id}): {artifact}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client(settings).download_artifacts(version.run_id, artifact, tmp)
+            return json.loads(Path(local).read_text()), where
+        except (MlflowException, OSError, ValueError) as exc:
+            raise TrainflowError(f"{where}: cannot read it ({str(exc).splitlines()[0][:200]})") from None
+
+
 def load_model(settings: TrackingParams, uri: str) -> Any:
     """A registered model (a ``models:/`` URI) as an MLflow pyfunc model."""
     import mlflow.pyfunc
@@ -250,7 +294,7 @@ def load_model(settings: TrackingParams, uri: str) -> Any:
 
     client(settings)
     try:
-        return mlflow.pyfunc.load_model(uri)
+        return mlflow.pyfunc.load_model(uri, suppress_warnings=True)  # its requirements are exact pins of ours
     except MlflowException as exc:
         raise TrainflowError(f"{uri}: cannot load from {tracking_uri(settings)} ({exc.message[:200]})") from None
 
@@ -261,6 +305,24 @@ def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
     if hasattr(result, "columns") and "probabilities" in result.columns:
         return np.stack(result["probabilities"].to_numpy()).astype(np.float32)
     return np.asarray(result, dtype=np.float32)
+
+
+CONTRACT_TAG = "trainflow.contract"  # a registered version's input shape, dtype and classes (JSON)
+
+
+def version_contract(version: Any) -> dict[str, Any] | None:
+    """The contract a registered version was tagged with at registration, or None (registered before tags)."""
+    import json
+
+    tagged = (version.tags or {}).get(CONTRACT_TAG)
+    return json.loads(tagged) if tagged else None
+
+
+def model_contract(model: Any) -> dict[str, Any]:
+    """The contract of a loaded model: its signature's input shape and dtype, and its classes."""
+    (spec,) = model.metadata.get_input_schema().inputs
+    classes = list((getattr(model, "model_config", None) or {}).get("classes") or [])
+    return {"input_shape": list(spec.shape[1:]), "dtype": str(spec.type), "classes": classes}
 
 
 def model_classes(model: Any, count: int) -> tuple[str, ...]:
@@ -277,8 +339,11 @@ def log_model(
     MLflow infers the signature by running the served model on ``example``: uint8 images in; label, class name,
     probability and class probabilities out.
     """
-    import keras
     import mlflow
+
+    from tasks.lib.quiet import import_keras
+
+    keras = import_keras()  # the served model loads it to infer the signature: without TensorFlow's start-up lines
     import mlflow.pyfunc
     import pandas as pd
 
@@ -293,33 +358,54 @@ def log_model(
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: the int columns are our outputs (labels)
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("serving_model.py")),
-            artifacts={"keras_model": str(Path(keras_model).resolve())},
-            model_config=dict(config),
-            input_example=example,
-            pip_requirements=requirements,
-        )
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("serving_model.py")),
+                artifacts={"keras_model": str(Path(keras_model).resolve())},
+                model_config=dict(config),
+                input_example=example,
+                pip_requirements=requirements,
+            )
+        except Exception as exc:  # MLflow runs the served model on the example: a model that does not load fails
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise TrainflowError(f"{keras_model}: the served model does not load ({first})") from None
     return info.model_uri
 
 
 def register(
-    settings: TrackingParams, name: str, model_uri: str, promote: bool, decision: Mapping[str, Any]
+    settings: TrackingParams,
+    name: str,
+    model_uri: str,
+    promote: bool,
+    tags: Mapping[str, Any],
+    scored_champion: int | None,
 ) -> dict[str, Any]:
-    """Register a logged model under ``name`` (``deploy.model_name``) and move the aliases.
+    """Register a logged model under ``name`` (``deploy.model_name``) with ``tags``, and move the aliases.
 
-    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``.
+    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``, as a compare-and-set:
+    right before the alias moves, the champion must still be ``scored_champion`` (the version the gate compared
+    with; None when there was none). MLflow has no atomic alias update, so the window is that of two calls.
     Otherwise the new version becomes ``challenger`` and the champion is untouched.
+
+    Raises:
+        TrainflowError: the champion moved since the gate; the new version stays ``challenger``.
     """
     import mlflow
 
     tracker = client(settings)
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in decision.items()})
-    previous = champion_version(settings, name)
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     if promote:
-        if previous is not None:
-            tracker.set_registered_model_alias(name, PREVIOUS, previous.version)
+        current = champion_version(settings, name)
+        now = int(current.version) if current is not None else None
+        if now != scored_champion:
+            tracker.set_registered_model_alias(name, CHALLENGER, version.version)
+            raise TrainflowError(
+                f"{name}: the champion is v{now} now, the gate compared with v{scored_champion}; v{version.version} "
+                "is registered as challenger and the champion is unchanged: run deploy again to compare with it"
+            )
+        if current is not None:
+            tracker.set_registered_model_alias(name, PREVIOUS, current.version)
         tracker.set_registered_model_alias(name, CHAMPION, version.version)
     else:
         tracker.set_registered_model_alias(name, CHALLENGER, version.version)

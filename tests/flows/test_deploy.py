@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -106,7 +107,7 @@ def test_nightly_deployment_is_scheduled_and_a_triggered_run_completes(
             )
         assert final.state.name == "Completed", (tmp_path / "serve.log").read_text()[-3000:]
         assert "HTTP Request:" not in (tmp_path / "serve.log").read_text()  # no httpx line for every poll
-        assert (workspace / "models/serving/saved_model.pb").is_file()
+        assert json.loads((workspace / "reports/deploy.json").read_text())["serving"]["ok"] is True
         assert "up to date" in sh(workspace, "dvc", "status").stdout
     finally:
         stop(serve)

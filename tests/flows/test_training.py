@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,7 +55,11 @@ def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
         "normalize": {"method": "scale"},
         "train": {"epochs_run": 2, "device": "CPU", "backend": "tensorflow"},
         "evaluate": {"test": {"accuracy": 0.9}},
-        "deploy": {"checked": 16, "max_abs_diff": 0.0, "gate": {"promote": True}, "registry": {"version": 3}},
+        "deploy": {
+            "serving": {"checked": 16, "latency_ms": {"p50": 12.0}},
+            "gate": {"promote": True},
+            "registry": {"version": 3},
+        },
     }
     results = [
         {"stage": s, "state": "Cached", "seconds": 1.0, "summary": importlib.import_module(f"tasks.{s}").describe(r)}
@@ -160,7 +165,7 @@ def test_flow_runs_every_stage_wired_as_dvc_dag_then_caches_and_leaves_dvc_clean
     # the data stages' per-shard work shows as task runs of its own (TINY: one shard per split)
     assert {"clean-inspect-0", "clean-write-2", "augment-3", "normalize-2"} <= set(runs)
     assert first["metrics"]["test"]["accuracy"] > 0.5
-    assert (workspace / "models/serving/saved_model.pb").is_file()
+    assert json.loads((workspace / "reports/deploy.json").read_text())["serving"]["ok"] is True
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
     summary = next(a.data for a in artifacts if first["mlflow_run_id"] in a.data)  # the summary links the MLflow run
@@ -214,7 +219,9 @@ def test_changed_code_or_missing_outputs_rerun_that_stage(workspace: Path) -> No
 
 @pytest.mark.slow
 def test_a_failing_stage_fails_the_flow_with_its_message_and_stops(workspace: Path) -> None:
-    state = training(params_path="params.yaml", overrides={"data.source": "idx:no/such/folder"}, return_state=True)
+    state = training(
+        params_path="params.yaml", overrides={"data.source": "idx", "data.path": "no/such/folder"}, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(TrainflowError, match="no/such/folder: data source path not found"):
         state.result()

@@ -1,4 +1,4 @@
-"""tasks/deploy.py: reading evaluate's probabilities back and comparing served predictions."""
+"""tasks/deploy.py: reading evaluate's probabilities back, and the gate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks import deploy
-from tasks.deploy import compare, expected_probabilities
+from tasks.deploy import expected_probabilities
 from tasks.evaluate import predictions_csv
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError
@@ -32,42 +32,16 @@ def test_expected_probabilities_reads_test_rows_only(tmp_path: Path) -> None:
     assert expected_probabilities(path, 100).shape == (6, 3)
 
 
-def test_compare_ok_within_tolerance() -> None:
-    expected = probabilities(8, 2)
-    check = compare(expected, expected + 1e-6, tolerance=1e-4)
-    assert check["ok"] is True and check["classes_agree"] is True
-    assert check["checked"] == 8
-    assert 0 < check["max_abs_diff"] < 1e-4
-
-
-def test_compare_fails_beyond_tolerance() -> None:
-    expected = probabilities(8, 3)
-    served = expected.copy()
-    served[2, 0] += 0.001
-    check = compare(expected, served, tolerance=1e-4)
-    assert check["ok"] is False and check["classes_agree"] is True
-    assert check["max_abs_diff"] == pytest.approx(0.001, rel=1e-3)
-
-
-def test_compare_fails_when_classes_disagree_within_tolerance() -> None:
-    expected = np.array([[0.50001, 0.49999], [0.9, 0.1]], dtype=np.float32)
-    served = np.array([[0.49999, 0.50001], [0.9, 0.1]], dtype=np.float32)
-    check = compare(expected, served, tolerance=1e-3)
-    assert check["classes_agree"] is False and check["ok"] is False
-
-
-def test_compare_shape_mismatch_is_an_error() -> None:
-    with pytest.raises(TrainflowError, match=r"served output shape \(4, 2\) != expected \(4, 3\)"):
-        compare(probabilities(4, 4), np.zeros((4, 2), np.float32), tolerance=1e-4)
-
-
 def _gate(params: Params, **deploy: object) -> DeployParams:
     return params.deploy.model_copy(update={"min_metric": 0.5, "require_significance": True, **deploy})
 
 
-def _champion(accuracy: float, b: int, c: int) -> dict:
+RECALL = {"a": 0.9, "b": 0.8, "c": 0.85}
+
+
+def _champion(accuracy: float, b: int, c: int, recall: dict[str, float] | None = None) -> dict:
     return {
-        "champion": {"version": 1, "comparable": True, "metrics": {"accuracy": accuracy}},
+        "champion": {"version": 1, "status": "scored", "metrics": {"accuracy": accuracy}, "recall": recall or RECALL},
         "paired": {"b": b, "c": c},
     }
 
@@ -79,23 +53,50 @@ def test_mcnemar_exact_p_values() -> None:
 
 
 def test_gate_promotes_the_first_model_above_the_minimum(params: Params) -> None:
-    assert deploy.decide({"accuracy": 0.8}, {"champion": None}, _gate(params))["promote"] is True
-    below = deploy.decide({"accuracy": 0.4}, {"champion": None}, _gate(params))
+    assert deploy.decide({"accuracy": 0.8}, RECALL, {"champion": None}, _gate(params))["promote"] is True
+    below = deploy.decide({"accuracy": 0.4}, RECALL, {"champion": None}, _gate(params))
     assert below["promote"] is False and "below deploy.min_metric" in below["reason"]
 
 
 def test_gate_needs_a_significant_improvement_unless_params_waive_it(params: Params) -> None:
     slightly_better = _champion(0.80, b=3, c=1)
-    decision = deploy.decide({"accuracy": 0.81}, slightly_better, _gate(params))
+    decision = deploy.decide({"accuracy": 0.81}, RECALL, slightly_better, _gate(params))
     assert decision["promote"] is False and "not significantly" in decision["reason"]
-    assert deploy.decide({"accuracy": 0.81}, slightly_better, _gate(params, require_significance=False))["promote"]
-    much_better = deploy.decide({"accuracy": 0.95}, _champion(0.80, b=40, c=2), _gate(params))
+    waived = _gate(params, require_significance=False)
+    assert deploy.decide({"accuracy": 0.81}, RECALL, slightly_better, waived)["promote"]
+    much_better = deploy.decide({"accuracy": 0.95}, RECALL, _champion(0.80, b=40, c=2), _gate(params))
     assert much_better["promote"] is True and much_better["p_value"] < 0.05
 
 
 def test_gate_never_promotes_a_tie_or_a_worse_candidate(params: Params) -> None:
     for accuracy in (0.80, 0.70):
         decision = deploy.decide(
-            {"accuracy": accuracy}, _champion(0.80, b=0, c=5), _gate(params, require_significance=False)
+            {"accuracy": accuracy}, RECALL, _champion(0.80, b=0, c=5), _gate(params, require_significance=False)
         )
         assert decision["promote"] is False and "does not beat" in decision["reason"]
+
+
+def test_a_better_candidate_that_drops_a_class_is_not_promoted_and_the_reason_names_it(params: Params) -> None:
+    worse_on_b = {"a": 0.99, "b": 0.70, "c": 0.95}  # b: 0.80 → 0.70
+    decision = deploy.decide({"accuracy": 0.95}, worse_on_b, _champion(0.80, b=40, c=2), _gate(params))
+    assert decision["promote"] is False
+    assert "recall of class 'b' drops by 0.1000 > deploy.max_class_recall_drop" in decision["reason"]
+    assert decision["class_recall_drops"] == {"b": 0.1}
+    lenient = _gate(params, max_class_recall_drop=0.15)
+    assert deploy.decide({"accuracy": 0.95}, worse_on_b, _champion(0.80, b=40, c=2), lenient)["promote"] is True
+
+
+def test_a_champion_with_another_contract_keeps_its_alias_unless_asked(params: Params) -> None:
+    other = {"champion": {"version": 4, "status": "other_contract", "why": "its input_shape [8, 8, 1] vs [28, 28, 1]"}}
+    kept = deploy.decide({"accuracy": 0.95}, RECALL, other, _gate(params))
+    assert kept["promote"] is False and "champion v4 has another input contract" in kept["reason"]
+    assert "deploy.allow_new_contract" in kept["reason"]
+    assert deploy.decide({"accuracy": 0.95}, RECALL, other, _gate(params, allow_new_contract=True))["promote"] is True
+
+
+def test_an_unscorable_champion_stops_deploy_unless_the_user_opts_in(params: Params) -> None:
+    lost = {"champion": {"version": 2, "status": "unscorable", "why": "No such file or directory: '/old/mlartifacts'"}}
+    with pytest.raises(TrainflowError, match=r"v2 \(the champion\) cannot be scored .*/old/mlartifacts"):
+        deploy.decide({"accuracy": 0.95}, RECALL, lost, _gate(params))
+    opted = deploy.decide({"accuracy": 0.95}, RECALL, lost, _gate(params, replace_unscorable_champion=True))
+    assert opted["promote"] is True and "replace_unscorable_champion" in opted["reason"]

@@ -120,18 +120,24 @@ def test_fractions_must_leave_a_train_split(raw: dict[str, Any], val: float, tes
     assert "val_fraction" in message and "test_fraction" in message
 
 
-@pytest.mark.parametrize("source", ["ftp:x", "idx:", "folder", "digits:extra", "mnist"])
+@pytest.mark.parametrize("source", ["ftp:x", "keras:", "digits:extra", "mnist"])
 def test_unknown_source_scheme_rejected(raw: dict[str, Any], source: str) -> None:
     message = error_for(raw, {"data.source": source})
     assert repr(source) in message
-    assert "idx:PATH" in message  # the error lists what is allowed
+    assert "keras:NAME" in message  # the error lists what is allowed
+
+
+def test_a_path_in_the_source_says_where_it_goes_now(raw: dict[str, Any]) -> None:
+    assert "the path goes in data.path now: data.source=idx, data.path=data/x" in error_for(
+        raw, {"data.source": "idx:data/x"}
+    )
 
 
 def test_unknown_source_scheme_names_the_dotted_key(raw: dict[str, Any]) -> None:
     assert "data.source" in error_for(raw, {"data.source": "ftp:x"})
 
 
-@pytest.mark.parametrize("source", ["digits", "idx:data/x", "npz:a.npz", "folder:imgs", "keras:mnist"])
+@pytest.mark.parametrize("source", ["digits", "idx", "npz", "folder", "keras:mnist"])
 def test_known_source_schemes_accepted(raw: dict[str, Any], source: str) -> None:
     assert parse_params(apply_overrides(raw, {"data.source": source})).data.source == source
 
@@ -225,3 +231,39 @@ def test_every_stage_depends_on_the_project_modules_it_runs() -> None:
         deps = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("tasks/")}
         missing = {module.replace(".", "/") + ".py" for module in seen} - deps
         assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
+
+
+def enum_values() -> dict[str, tuple[str, ...]]:
+    """Every params key whose value is one of a fixed set (a Literal), with its values."""
+    from typing import Literal, get_args, get_origin
+
+    found = {}
+    for section, field in Params.model_fields.items():
+        model = field.annotation
+        for key, inner in getattr(model, "model_fields", {}).items():
+            if get_origin(inner.annotation) is Literal:
+                found[f"{section}.{key}"] = get_args(inner.annotation)
+    return found
+
+
+def test_every_enum_value_is_a_plain_word_in_yaml_1_1() -> None:
+    values = enum_values()
+    assert {"validation.drift_action", "train.mixed_precision", "train.distribute"} <= set(values)
+    for key, choices in values.items():
+        for value in choices:  # YAML 1.1 reads off/on/yes/no/null/~ as booleans or null: never a choice
+            assert yaml.safe_load(f"x: {value}")["x"] == value, f"{key}: {value!r} does not survive YAML 1.1"
+
+
+@pytest.mark.slow
+def test_every_enum_value_survives_dvc_exp_run_set(tmp_path: Path) -> None:
+    """`dvc exp run -S key=value` strips quotes and writes YAML: each value must reach the config as itself."""
+    from tests.helpers import TINY, make_workspace, sh
+
+    workspace = make_workspace(tmp_path, TINY)
+    values = enum_values()
+    for round_ in range(max(len(choices) for choices in values.values())):
+        chosen = {key: choices[round_ % len(choices)] for key, choices in values.items()}
+        sh(workspace, "dvc", "exp", "run", "ingest", *(f"-S{key}={value}" for key, value in chosen.items()))
+        params = load_params(workspace / "params.yaml")
+        got = {key: getattr(getattr(params, key.split(".")[0]), key.split(".")[1]) for key in chosen}
+        assert got == chosen

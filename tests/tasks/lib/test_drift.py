@@ -1,4 +1,5 @@
-"""tasks/drift.py: a shifted dataset is flagged, an unshifted one passes; warn vs fail; the reference round trip."""
+"""tasks/lib/drift.py: a shifted dataset is flagged, an unshifted one passes; warn vs fail; the champion's
+reference; data that cannot be compared."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.lib import drift
+from tasks.lib import drift, tracking
 from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError
@@ -32,7 +33,9 @@ def dparams(params: Params, tmp_path: Path) -> Params:
             "clean": str(tmp_path / "clean"),
         }
     )
-    return params.model_copy(update={"paths": paths})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = params.tracking.model_copy(update={"uri": uri, "artifacts": str(tmp_path / "mlartifacts")})
+    return params.model_copy(update={"paths": paths, "tracking": settings})
 
 
 def with_action(params: Params, action: str) -> Params:
@@ -75,23 +78,65 @@ def dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
     return Dataset(splits={"train": Split(x, y)}, classes=CLASSES)
 
 
-def test_check_without_a_reference_reports_that_and_passes(dparams: Params, digits: tuple) -> None:
+def champion_with(params: Params, reference: dict | None) -> None:
+    """A real MLflow registry (SQLite, under tmp) whose champion's run logged ``reference`` as train would."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=params.tracking.uri, registry_uri=params.tracking.uri)
+    run = client.create_run(tracking.experiment_id(client, params.tracking))
+    if reference is not None:
+        local = Path(params.paths.reference_stats)
+        local.write_text(json.dumps(reference))
+        client.log_artifact(run.info.run_id, str(local), "train")
+    name = params.deploy.model_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+
+
+def test_check_without_a_champion_reports_that_and_passes(dparams: Params, digits: tuple) -> None:
     report = drift.check(dataset(*digits), with_action(dparams, "fail"))
-    assert report == {"checked": False, "drifted": False, "why": f"no reference yet ({dparams.paths.reference_stats})"}
+    why = f"no reference yet: {dparams.deploy.model_name} has no champion"
+    assert report == {"checked": False, "drifted": False, "action": "fail", "why": why}
     assert json.loads(Path(dparams.paths.drift_report).read_text()) == report
 
 
-def test_check_warns_or_fails_on_drift_as_params_say(dparams: Params, digits: tuple) -> None:
+def test_check_against_the_champions_reference_warns_or_fails_as_params_say(dparams: Params, digits: tuple) -> None:
     (xa, ya), (xb, yb) = halves(*digits)
     write_dataset(Path(dparams.paths.clean), dataset(xa, ya), shard_size=100)  # train's reference: shard by shard
     drift.write_reference(open_dataset(Path(dparams.paths.clean)), dparams)
-    whole = drift.statistics([(xa, ya)], CLASSES)
     reference = json.loads(Path(dparams.paths.reference_stats).read_text())
-    assert reference["label_counts"] == whole["label_counts"]
+    whole = drift.statistics([(xa, ya)], CLASSES)
+    assert reference["label_counts"] == whole["label_counts"] and reference["image_shape"] == [8, 8, 1]
     np.testing.assert_allclose(reference["intensity_histogram"], whole["intensity_histogram"])
-    assert drift.check(dataset(xb, yb), with_action(dparams, "fail"))["drifted"] is False
+    champion_with(dparams, reference)
+    Path(dparams.paths.reference_stats).unlink()  # the workspace's file is not what ingest reads: the champion's is
+
+    checked = drift.check(dataset(xb, yb), with_action(dparams, "fail"))
+    assert checked["checked"] is True and checked["drifted"] is False
+    assert checked["reference"].startswith(f"{dparams.deploy.model_name} v1 (run ")
     assert drift.check(dataset(xb // 3, yb), with_action(dparams, "warn"))["drifted"] is True
     Path(dparams.paths.drift_report).unlink()
-    with pytest.raises(TrainflowError, match=r"data drift against .*reference.json: intensity \(PSI"):
+    with pytest.raises(TrainflowError, match=r"data drift against .* v1 .*reference.json: intensity \(PSI"):
         drift.check(dataset(xb // 3, yb), with_action(dparams, "fail"))
     assert not Path(dparams.paths.drift_report).exists()
+    assert drift.check(dataset(xb // 3, yb), with_action(dparams, "ignore"))["checked"] is False
+
+
+def test_data_of_other_classes_or_shape_is_not_comparable_and_goes_on(dparams: Params, digits: tuple) -> None:
+    x, y = digits
+    champion_with(dparams, drift.statistics([(x, y)], CLASSES))
+    named = Dataset(splits={"train": Split(x, y)}, classes=tuple(f"c{i}" for i in range(10)))
+    report = drift.check(named, with_action(dparams, "warn"))
+    assert report["checked"] is False and report["comparable"] is False and report["drifted"] is False
+    assert "not comparable" in report["why"] and "'c0'" in report["why"]
+    bigger = dataset(np.repeat(np.repeat(x, 2, axis=1), 2, axis=2), y)  # 16×16 images, the same classes
+    assert "(8, 8, 1)" in drift.check(bigger, with_action(dparams, "warn"))["why"]
+    with pytest.raises(TrainflowError, match=r"not comparable .* \(validation.drift_action=fail\)"):
+        drift.check(named, with_action(dparams, "fail"))
+
+
+def test_a_champion_without_reference_statistics_is_not_comparable(dparams: Params, digits: tuple) -> None:
+    champion_with(dparams, None)
+    report = drift.check(dataset(*digits), with_action(dparams, "warn"))
+    assert report["comparable"] is False and "cannot read it" in report["why"]

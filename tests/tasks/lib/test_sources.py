@@ -42,6 +42,10 @@ def images_and_labels(n: int, seed: int, h: int = 5, w: int = 4) -> tuple[np.nda
 
 
 def source(params: Params, value: str, **data: object):
+    """The data section for ``scheme:path`` (data.source and data.path) or a source without a path."""
+    kind, _, path = value.partition(":")
+    if kind in ("idx", "npz", "folder"):
+        return params.data.model_copy(update={"source": kind, "path": path, **data})
     return params.data.model_copy(update={"source": value, **data})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,9 +63,11 @@ def runs(workspace: Path) -> dict[str, dict[str, Any]]:
 
 
 def mlflow_client() -> Any:
+    """A client of the store the test is on (MLflow's own default follows whatever URI was set last)."""
     from mlflow import MlflowClient
 
-    return MlflowClient()
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_a_run_holds_params_curves_metrics_artifacts_and_tags(workspace: Path, runs: dict) -> None:
@@ -179,6 +182,28 @@ def test_batch_prediction_writes_a_csv_from_the_champion(runs: dict, workspace: 
     assert (predicted == test.y[:10]).mean() >= 0.7
 
 
+def test_batch_prediction_reads_a_folder_of_class_sub_folders(runs: dict, workspace: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    test = artifacts.read_dataset(workspace / "data/clean").splits["test"]
+    for i, (image, label) in enumerate(zip(test.x[:6], test.y[:6], strict=True)):
+        (tmp_path / "images" / str(label)).mkdir(parents=True, exist_ok=True)  # the folder: source's layout
+        Image.fromarray(image[..., 0]).save(tmp_path / "images" / str(label) / f"{i}.png")
+    (tmp_path / "empty").mkdir()
+
+    def predict(folder: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tasks.predict", str(folder), "--output", str(tmp_path / "out.csv")]
+        env = tool_env(MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"])
+        return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, check=False)
+
+    done = predict(tmp_path / "images")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(f"{y}/{i}.png" for i, y in enumerate(test.y[:6]))
+    empty = predict(tmp_path / "empty")
+    assert empty.returncode == 1 and "no images found (PNG/JPEG files in it or in its sub-folders" in empty.stderr
+
+
 def test_an_unreachable_store_is_one_line_naming_the_uri(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.lib.errors import TransientError
 
@@ -187,3 +212,115 @@ def test_an_unreachable_store_is_one_line_naming_the_uri(params: Params, monkeyp
         TransientError, match=r"MLflow tracking store sqlite:////proc/no/such/dir/mlflow.db is unreachable"
     ):
         tracking.client(params.tracking)
+
+
+@pytest.fixture
+def sandbox(runs: dict, workspace: Path, tmp_path: Path) -> Iterator[tuple[Path, Params]]:
+    """A copy of the module's workspace and registry (champion: the stronger run), for tests that change them."""
+    root = tmp_path / "sandbox"
+    shutil.copytree(workspace, root, symlinks=True)
+    previous = Path.cwd()
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        yield root, load_params(root / "params.yaml")
+    finally:
+        os.chdir(previous)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workspace / 'mlflow.db'}"
+
+
+def registry_state(name: str) -> tuple[int, dict[str, str]]:
+    """The newest version number and every alias of the registered model."""
+    client = mlflow_client()
+    model = client.get_registered_model(name)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    return newest, dict(model.aliases)
+
+
+def stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tasks.<name>`` in ``root``: a fresh process, as after a move (MLflow caches artifact stores per run
+    in a process, and a sandbox's runs have the ids of the module workspace's)."""
+    command = [sys.executable, "-m", f"tasks.{name}"]
+    return subprocess.run(command, cwd=root, env=tool_env(), capture_output=True, text=True, check=False)
+
+
+def test_a_model_failing_the_serving_check_is_not_registered_and_moves_no_alias(sandbox: tuple) -> None:
+    root, params = sandbox
+    before = registry_state(params.deploy.model_name)
+    predictions = root / params.paths.predictions
+    rows = [row.split(",") for row in predictions.read_text().splitlines()]
+    first_test = next(i for i, row in enumerate(rows) if row[0] == "test")
+    column = rows[0].index("p_0")
+    rows[first_test][column] = str(float(rows[first_test][column]) + 0.01)  # not what the served model answers
+    predictions.write_text("\n".join(",".join(row) for row in rows) + "\n")
+    failed = stage(root, "deploy")
+    assert failed.returncode == 1 and "served predictions differ from evaluate's" in failed.stderr
+    assert "nothing was registered and no alias moved" in failed.stderr.splitlines()[-1]
+    assert registry_state(params.deploy.model_name) == before
+
+    (root / params.paths.model).write_bytes(b"not a keras model")  # a model that does not even load
+    failed = stage(root, "deploy")
+    assert failed.returncode == 1 and "the served model does not load" in failed.stderr.splitlines()[-1]
+    assert registry_state(params.deploy.model_name) == before
+
+
+def test_deploy_scores_a_champion_that_moved_since_evaluate(runs: dict, sandbox: tuple) -> None:
+    root, params = sandbox
+    name, weaker = params.deploy.model_name, runs["weaker"]["registry"]["version"]
+    mlflow_client().set_registered_model_alias(name, "champion", weaker)  # another run moved it after evaluate
+    text = (root / "params.yaml").read_text()  # the weaker model's recall of the class it favours is not the point
+    (root / "params.yaml").write_text(text.replace("max_class_recall_drop: 0.05", "max_class_recall_drop: 1.0"))
+    done = stage(root, "deploy")  # the stronger run's gate compared with the mediocre champion
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"moved since evaluate (v{runs['mediocre']['registry']['version']} → v{weaker})" in done.stderr
+    report = json.loads((root / params.paths.deploy_report).read_text())
+    assert report["gate"]["champion_version"] == weaker and report["gate"]["reason"] != "no champion yet"
+    assert report["registry"]["alias"] == "champion"  # it beats the weaker one, which it was compared with
+    assert str(mlflow_client().get_model_version_by_alias(name, "previous-champion").version) == str(weaker)
+
+
+def test_a_champion_of_another_contract_keeps_its_alias(runs: dict, sandbox: tuple) -> None:
+    root, params = sandbox
+    name, champion = params.deploy.model_name, runs["stronger"]["registry"]["version"]
+    other = {"input_shape": [28, 28, 1], "dtype": "uint8", "classes": [str(i) for i in range(10)]}
+    mlflow_client().set_model_version_tag(name, str(champion), tracking.CONTRACT_TAG, json.dumps(other))
+    assert stage(root, "evaluate").returncode == 0
+    done = stage(root, "deploy")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((root / params.paths.deploy_report).read_text())
+    assert report["gate"]["promote"] is False and "another input contract" in report["gate"]["reason"]
+    assert "input_shape [28, 28, 1] vs [8, 8, 1]" in report["gate"]["reason"]
+    assert str(mlflow_client().get_model_version_by_alias(name, "champion").version) == str(champion)
+    version = mlflow_client().get_model_version(name, str(report["registry"]["version"]))
+    assert json.loads(version.tags[tracking.CONTRACT_TAG])["input_shape"] == [8, 8, 1]  # the contract is registered
+
+
+def test_the_registry_keeps_working_after_the_project_folder_moves(runs: dict, sandbox: tuple, workspace: Path) -> None:
+    root, params = sandbox  # a copy of the project in another folder, the original's artifacts out of the way
+    away = workspace.with_name(workspace.name + "-away")
+    (workspace / "mlartifacts").rename(away)
+    try:
+        artifact_uri = mlflow_client().get_run(runs["stronger"]["run_id"]).info.artifact_uri
+        assert artifact_uri.startswith("trainflow:mlartifacts/")  # no absolute path stored in mlflow.db
+        done = stage(root, "evaluate")  # loads the champion from its artifacts, beside the copy's mlflow.db
+        assert done.returncode == 0, done.stderr[-2000:]
+        gate = json.loads((root / params.paths.gate).read_text())
+        assert gate["champion"]["status"] == "scored", gate
+        assert not (workspace / "mlartifacts").exists()  # nothing looked for, or wrote, at the old place
+    finally:
+        away.rename(workspace / "mlartifacts")
+
+
+def test_an_unscorable_champion_is_never_replaced_silently(runs: dict, sandbox: tuple) -> None:
+    root, params = sandbox
+    name, champion = params.deploy.model_name, runs["stronger"]["registry"]["version"]
+    before = registry_state(name)
+    source = mlflow_client().get_model_version(name, str(champion)).source  # models:/m-<id>
+    logged = mlflow_client().get_logged_model(source.removeprefix("models:/"))
+    shutil.rmtree(root / logged.artifact_location.removeprefix("trainflow:"))  # the champion's files are lost
+    assert stage(root, "evaluate").returncode == 0
+    failed = stage(root, "deploy")
+    assert failed.returncode == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: deploy: {name} v{champion} (the champion) cannot be scored"), line
+    assert registry_state(name) == before
