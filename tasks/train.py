@@ -326,7 +326,8 @@ def history_rows(history_csv: Path) -> bytes:
 def save_model(model: keras.Model, path: Path) -> None:
     """Save atomically (Keras needs the .keras suffix on the temporary name too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".keras")
+    artifacts.remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.keras")
     os.close(fd)
     try:
         model.save(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -141,7 +142,8 @@ def background_server(cwd: Path, args: list[str], ready_url: str, env: dict[str,
         wait_for(f"{' '.join(args)} to answer {ready_url}", answers, timeout=120)
         yield
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn/gunicorn workers
+        with contextlib.suppress(ProcessLookupError):  # it may have exited (and failed the test) already
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn/gunicorn workers
         server.wait(timeout=30)
 
 

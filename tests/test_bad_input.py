@@ -208,6 +208,13 @@ CASES = [
         ("/no/such/file.npz",),
     ),
     Case("source_unknown_scheme", params_only(**{"data.source": "s3:bucket/x"}), ("data.source", "s3:bucket/x")),
+    Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
+    Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
+    Case("paths_clean_is_git", params_only(**{"paths.clean": ".git"}), ("paths.clean=.git: overlaps .git",)),
+    Case("paths_outside", params_only(**{"paths.raw": "/tmp/elsewhere"}), ("paths.raw=/tmp/elsewhere: outside",)),
+    Case(
+        "data_path_is_an_output", params_only(**{"data.path": "data/raw"}), ("data.path=data/raw overlaps paths.raw",)
+    ),
     Case("params_unknown_key", params_only(**{"ingest.shuffle": True}), ("ingest.shuffle: unknown key",)),
     Case("params_wrong_type", params_only(**{"train.epochs": "ten"}), ("train.epochs", "'ten'")),
     Case("params_negative_epochs", params_only(**{"train.epochs": -1}), ("train.epochs", "greater than 0", "-1")),
@@ -248,6 +255,8 @@ def write_params(workspace: Path, tmp: Path, changes: dict[str, Any]) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_fails_with_one_line_and_writes_nothing(case: Case, workspace: Path, tmp_path: Path) -> None:
+    tmp_path = workspace / "cases" / tmp_path.name  # inside the repository: outputs may lie nowhere else
+    tmp_path.mkdir(parents=True)
     before = {name: tree_digest(workspace / "data" / name) for name in ("raw", "clean")}
     manifest = json.loads((workspace / "data/raw/manifest.json").read_text())
     params = write_params(workspace, tmp_path, case.build(tmp_path))
@@ -268,6 +277,8 @@ def test_labels_out_of_range_are_cleaned_and_counted(workspace: Path, tmp_path: 
     """Labels outside data.classes pass ingest (raw keeps what the source said); clean drops and counts them."""
     from sklearn.datasets import load_digits
 
+    tmp_path = workspace / "cases" / tmp_path.name  # inside the repository: outputs may lie nowhere else
+    tmp_path.mkdir(parents=True)
     bunch = load_digits()
     x, y = bunch.images.astype(np.uint8) * 15, bunch.target.astype(np.int64)
     y[[5, 50, 500]] = 12  # three labels beyond the 10 named classes

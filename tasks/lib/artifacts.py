@@ -66,6 +66,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces ``target``, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o755)
     try:
@@ -84,10 +85,23 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             old.unlink()
 
 
+def remove_leftovers(target: Path) -> None:
+    """Remove what a killed writer of ``target`` left beside it (``.<name>.*.tmp[.suffix]``, ``.<name>.old-*``).
+
+    Safe because every stage holds the workspace lock: no other writer of ``target`` is running.
+    """
+    for leftover in [*target.parent.glob(f".{target.name}.*.tmp*"), *target.parent.glob(f".{target.name}.old-*")]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically: a temporary sibling renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
         f.write(data)
         f.flush()

@@ -257,24 +257,140 @@ def _yaml_lists_as_tuples(value: Any) -> Any:
     return value
 
 
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a page of settings: a larger one is not one
+MAX_PARAMS_DEPTH = 8  # sections, keys and the lists in them; params.yaml uses 3
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what a params file never needs and DVC refuses too: repeated keys, and
+    anchors/aliases (nested aliases expand exponentially: a few lines can stand for billions of values)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            event = self.peek_event()
+            raise TrainflowError(f"line {event.start_mark.line + 1}: YAML anchors and aliases are not allowed here")
+        if len(self.ancestors) >= MAX_PARAMS_DEPTH:  # type: ignore[attr-defined]
+            line = self.peek_event().start_mark.line + 1
+            raise TrainflowError(f"line {line}: nested deeper than {MAX_PARAMS_DEPTH} levels")
+        self.ancestors.append(True)  # type: ignore[attr-defined]
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.ancestors.pop()  # type: ignore[attr-defined]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise TrainflowError(f"line {line}: key {key!r} repeats line {seen[key]} (YAML keeps only the last)")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params_file(path: Path) -> dict[str, Any]:
-    """Read params.yaml as a plain mapping."""
+    """Read params.yaml as a plain mapping: a size limit, no repeated keys, no anchors or aliases, bounded depth.
+
+    Raises:
+        TrainflowError: naming the file (and the line, for what YAML parsing finds).
+    """
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1)
     except FileNotFoundError:
         raise TrainflowError(f"{path}: params file not found") from None
+    except OSError as exc:
+        raise TrainflowError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise TrainflowError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes; not a params file")
+    loader = _StrictLoader(data.decode("utf-8", errors="replace"))
+    loader.ancestors = []  # type: ignore[attr-defined]
     try:
-        raw = yaml.safe_load(text)
+        raw = loader.get_single_data()
+    except TrainflowError as exc:
+        raise TrainflowError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise TrainflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         raise TrainflowError(f"{path}: expected a mapping of sections")
     return raw
 
 
+# What the pipeline never writes or deletes: the code, the tools' own state and the files that define the pipeline.
+PROTECTED = (
+    ".git",
+    ".dvc",
+    ".ci",
+    "tasks",
+    "flows",
+    "tests",
+    "benchmarks",
+    "docs",
+    "params.yaml",
+    "dvc.yaml",
+    "dvc.lock",
+    "pyproject.toml",
+    "constraints.txt",
+    "Makefile",
+    "README.md",
+)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_paths(params: Params, root: Path, origin: str) -> None:
+    """Refuse, before any work, outputs that could write or delete what is not the pipeline's own.
+
+    Every ``paths.*`` entry must lie inside ``root`` (the repository: the working folder), not be it, not overlap
+    another entry, the code, ``.git``, ``params.yaml`` or ``dvc.yaml`` (:data:`PROTECTED`); ``data.path``, the input,
+    must not overlap an output.
+
+    Raises:
+        TrainflowError: naming the key(s) and the value.
+    """
+    root = root.resolve()
+    outputs = {key: (root / value).resolve() for key, value in params.paths.model_dump().items()}
+    protected = {name: (root / name).resolve() for name in PROTECTED}
+    for key, path in outputs.items():
+        value = getattr(params.paths, key)
+        if path == root or root not in path.parents:
+            raise TrainflowError(
+                f"{origin}: paths.{key}={value}: outside the repository {root} (or the repository "
+                "itself); the pipeline writes only inside it"
+            )
+        for name, guarded in protected.items():
+            if _overlap(path, guarded):
+                raise TrainflowError(
+                    f"{origin}: paths.{key}={value}: overlaps {name}, which the pipeline never writes or deletes"
+                )
+    keys = list(outputs)
+    for i, key in enumerate(keys):
+        for other in keys[i + 1 :]:
+            if _overlap(outputs[key], outputs[other]):
+                raise TrainflowError(
+                    f"{origin}: paths.{key}={getattr(params.paths, key)} and paths.{other}="
+                    f"{getattr(params.paths, other)} overlap: a stage would delete the other's files"
+                )
+    source = (root / params.data.path).resolve()
+    for key, path in outputs.items():
+        if _overlap(source, path):
+            raise TrainflowError(
+                f"{origin}: data.path={params.data.path} overlaps paths.{key}="
+                f"{getattr(params.paths, key)}: the input would be an output"
+            )
+
+
 def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
-    """Load and validate params.yaml, with optional dotted-key overrides."""
+    """Load and validate params.yaml, with optional dotted-key overrides; outputs checked against the working
+    folder (the repository, where dvc.yaml runs the stages)."""
     raw = read_params_file(path)
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return parse_params(raw, origin=str(path))
+    params = parse_params(raw, origin=str(path))
+    check_paths(params, Path.cwd(), str(path))
+    return params

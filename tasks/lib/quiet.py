@@ -52,6 +52,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level when imported
+    # MLflow prints "View run … at: <tracking URI>" after each run against a server: with its credentials, if any
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
     warnings.showwarning = _drop_mlflow_type_hint_warnings(warnings.showwarning)

@@ -11,6 +11,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -193,31 +194,45 @@ def load_npz(path: Path) -> Loaded:
     return Loaded(*train, *test)
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image: larger files are refused before they are decoded (decompression bombs)
+MAX_REPORTED = 10  # unreadable images listed in one error
+
+
 def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | None, color_mode: str) -> np.ndarray:
     """PNG/JPEG files under ``root`` → uint8 (N, H, W, C), converted to ``color_mode`` and resized when asked.
 
+    16-bit images are scaled to 8 bits (the high byte), never clipped. Special files (FIFOs, devices, sockets) are
+    refused without being opened, and images over :data:`MAX_IMAGE_PIXELS` before they are decoded.
+
     Raises:
-        TrainflowError: naming the file that is not an image, is corrupt, lies outside ``root`` through a
-            symlink, or differs in size from the first one while ``image_size`` is None.
+        TrainflowError: naming every file (up to :data:`MAX_REPORTED`) that is not an image, is corrupt or too large,
+            is not a regular file or lies outside ``root`` through a symlink; or the first that differs in size from
+            the first image while ``image_size`` is None.
     """
     from PIL import Image, UnidentifiedImageError
 
     real_root = root.resolve()
     mode = "L" if color_mode == "grayscale" else "RGB"
     images: list[np.ndarray] = []
+    problems: list[str] = []
     for file in files:
-        if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
-            raise TrainflowError(f"{file}: symlink points outside the data folder {root}")
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
-            raise TrainflowError(f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})")
-        try:
-            with Image.open(file) as img:
-                img = img.convert(mode)
-                if image_size is not None and img.size != (image_size[1], image_size[0]):
-                    img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise TrainflowError(f"{file}: corrupt or unreadable image ({exc})") from None
+        problem = _unreadable(file, real_root, root)
+        if problem is None:
+            try:
+                with Image.open(file) as img:
+                    width, height = img.size
+                    if width * height > MAX_IMAGE_PIXELS:
+                        problem = f"{file}: {width}×{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed"
+                    else:
+                        img = _eight_bit(img).convert(mode)
+                        if image_size is not None and img.size != (image_size[1], image_size[0]):
+                            img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+                        pixels = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                problem = f"{file}: corrupt or unreadable image ({exc})"
+        if problem is not None:
+            problems.append(problem)
+            continue
         if pixels.ndim == 2:
             pixels = pixels[..., None]
         if images and pixels.shape != images[0].shape:
@@ -226,9 +241,37 @@ def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | Non
                 "set data.image_size to resize"
             )
         images.append(pixels)
+    if len(problems) == 1:
+        raise TrainflowError(problems[0])
+    if problems:
+        shown = "; ".join(problems[:MAX_REPORTED])
+        more = f"; and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise TrainflowError(f"{len(problems)} files cannot be read as images: {shown}{more}")
     if not images:
         raise TrainflowError(f"{root}: no images found")
     return np.stack(images)
+
+
+def _unreadable(file: Path, real_root: Path, root: Path) -> str | None:
+    """Why ``file`` is not even opened, or None: outside the data folder, not a regular file, not PNG/JPEG."""
+    if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
+        return f"{file}: symlink points outside the data folder {root}"
+    if not file.is_file():  # a FIFO would block the read forever; a device or socket is no image either
+        return f"{file}: not a regular file (a FIFO, device or socket); refused without opening it"
+    if file.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})"
+    return None
+
+
+def _eight_bit(img: Any) -> Any:
+    """An image of more than 8 bits per channel scaled to 8 bits by its high byte (PIL's convert would clip)."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.uint32)
+        high = values.max(initial=0) > 255 or img.mode.startswith("I;16")
+        return Image.fromarray((values >> 8 if high else values).astype(np.uint8), mode="L")
+    return img
 
 
 def visible_files(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.lib import artifacts
 from tasks.lib.config import DataParams, Params, TrackingParams
-from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.errors import TrainflowError, TransientError, redact
 from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
@@ -37,36 +37,41 @@ DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the first 3
 
 
 def tracking_uri(settings: TrackingParams) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else params (the embedded SQLite store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or settings.uri
+    """``MLFLOW_TRACKING_URI`` when set, else params (the embedded SQLite store), a relative SQLite path made absolute:
+    MLflow caches a store per URI, and a relative one would stay on the database of the folder it was first used in."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def client(settings: TrackingParams) -> Any:
     """An MlflowClient on the tracking/registry URI (also made the fluent API's), checked to be reachable."""
 
     uri = tracking_uri(settings)
-    tracker = _checked_client(uri, os.getcwd())  # a relative sqlite:/// path is relative to the working folder
+    tracker = _checked_client(uri)
     _use(uri)
     return tracker
 
 
 def _use(uri: str) -> None:
     """Point MLflow's fluent API at ``uri``, leaving the environment as the user set it: MLflow also writes the URI
-    into ``MLFLOW_TRACKING_URI``, which :func:`tracking_uri` reads as the user's choice."""
+    into ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` (for subprocesses), which would outlive this call and
+    send later processes, and :func:`tracking_uri`, to this store."""
     import mlflow
 
-    user = os.environ.get("MLFLOW_TRACKING_URI")
+    user = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if user is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = user
+    for name, value in user.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @functools.cache
-def _checked_client(uri: str, cwd: str) -> Any:
-    """One checked client per store and working folder (``cwd`` is part of the cache key, unused otherwise)."""
+def _checked_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     try:
@@ -179,7 +184,7 @@ def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, r
         {
             "run_id": run_id,
             "experiment_id": experiment,
-            "tracking_uri": tracking_uri(settings),
+            "tracking_uri": redact(tracking_uri(settings)),  # a file others read: never the credentials
             "ui_path": f"#/experiments/{experiment}/runs/{run_id}?{UI_TRAINING_VIEW}",
         },
     )

@@ -33,6 +33,6 @@ def test_artifacts_live_beside_the_database_and_move_with_it(
     os.chdir(tmp_path)
     shutil.move(project, moved)
     os.chdir(moved)
-    again = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    again = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
     local = again.download_artifacts(run.info.run_id, "train/note.txt", str(tmp_path))
     assert Path(local).read_text() == "kept"

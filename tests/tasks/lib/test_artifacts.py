@@ -173,3 +173,18 @@ def test_read_dataset_missing_split_file_named(tmp_path: Path, make_dataset: Mak
     (tmp_path / "d" / "val" / "y-00000.npy").unlink()
     with pytest.raises(TrainflowError, match=r"d/val: cannot read shard 0"):
         read_dataset(tmp_path / "d")
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "raw"
+    leftovers = [tmp_path / ".raw.k1ll3d.tmp", tmp_path / ".raw.old-0badc0de", tmp_path / ".model.keras.x.tmp.keras"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "x-00000.npy").write_bytes(b"half")
+    leftovers[1].mkdir()
+    leftovers[2].write_bytes(b"half a model")
+    with atomic_dir(target) as tmp:
+        (tmp / "done").write_text("yes")
+    assert not leftovers[0].exists() and not leftovers[1].exists()
+    assert leftovers[2].exists()  # another target's leftover: its own next write removes it
+    write_bytes(tmp_path / "model.keras", b"model")
+    assert not leftovers[2].exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "raw"]

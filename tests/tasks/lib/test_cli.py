@@ -81,3 +81,20 @@ def test_main_runs_the_stage_with_loaded_params(monkeypatch: pytest.MonkeyPatch)
     seen: list[Params] = []
     main("clean", seen.append, ["--params", str(REPO / "params.yaml")])
     assert len(seen) == 1 and isinstance(seen[0], Params)
+
+
+def test_a_credential_in_a_uri_never_reaches_the_error_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://bob:s3cret-pass@127.0.0.1:9/mlflow?sslkey=abc123")
+
+    def unreachable(params: Params) -> None:
+        from tasks.lib import tracking
+
+        tracking.client(params.tracking)  # no PostgreSQL driver here, nor a server on port 9
+
+    with pytest.raises(SystemExit):
+        main("train", unreachable, ["--params", str(REPO / "params.yaml")])
+    line = capsys.readouterr().err
+    assert "MLflow tracking store postgresql://***@127.0.0.1:9/mlflow?sslkey=*** is unreachable" in line
+    assert "s3cret-pass" not in line and "abc123" not in line

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params
+from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
 
@@ -267,3 +267,30 @@ def test_every_enum_value_survives_dvc_exp_run_set(tmp_path: Path) -> None:
         params = load_params(workspace / "params.yaml")
         got = {key: getattr(getattr(params, key.split(".")[0]), key.split(".")[1]) for key in chosen}
         assert got == chosen
+
+
+def test_a_repeated_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text() + "seed: 7\n")  # DVC refuses this file too
+    with pytest.raises(TrainflowError, match=r"params.yaml: line \d+: key 'seed' repeats line \d+"):
+        load_params(path)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10⁹ values once expanded
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(levels) + "\n")
+    with pytest.raises(TrainflowError, match="line 1: YAML anchors and aliases are not allowed"):
+        read_params_file(path)
+
+
+def test_a_params_file_too_large_or_too_deep_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("x: " + "y" * (2 << 20) + "\n")
+    with pytest.raises(TrainflowError, match="larger than 1048576 bytes"):
+        read_params_file(big)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("x: " + "[" * 50 + "]" * 50 + "\n")
+    with pytest.raises(TrainflowError, match="nested deeper than 8 levels"):
+        read_params_file(deep)

@@ -1,8 +1,9 @@
-"""tasks/sources.py: every loader on files written here; every problem names the file."""
+"""tasks/lib/sources.py: every loader on files written here; every problem names the file."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tasks.lib.sources import (
     load_npz,
     load_source,
     read_idx,
+    read_images,
 )
 from tests.helpers import idx_bytes
 
@@ -366,3 +368,34 @@ def test_missing_path_named(tmp_path: Path, params: Params, scheme: str) -> None
 def test_unknown_keras_dataset_refused_offline(params: Params) -> None:
     with pytest.raises(TrainflowError, match="keras:imagenet: unknown dataset"):
         load_source(source(params, "keras:imagenet"))
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tmp_path: Path) -> None:
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)  # 0 … 63,000
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    pixels = read_images([tmp_path / "deep.png"], tmp_path, None, "grayscale")[0, ..., 0]
+    np.testing.assert_array_equal(pixels, deep >> 8)  # 63,000 → 246, not 255 (clipped), and not constant
+
+
+def test_special_files_are_refused_without_being_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "x.png")  # opening it for reading would block until a writer comes
+    with pytest.raises(TrainflowError, match=r"x.png: not a regular file \(a FIFO, device or socket\)"):
+        read_images([tmp_path / "x.png"], tmp_path, None, "grayscale")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    Image.new("L", (5000, 5000)).save(tmp_path / "huge.png")  # a few KB on disk, 25 MB decoded
+    with pytest.raises(TrainflowError, match=r"huge.png: 5000×5000 pixels, more than the 16,777,216 allowed"):
+        read_images([tmp_path / "huge.png"], tmp_path, None, "grayscale")
+
+
+def test_every_unreadable_image_is_named_up_to_a_limit(tmp_path: Path) -> None:
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"bad{i:02d}.png")
+        files[-1].write_bytes(b"not a png")
+    with pytest.raises(TrainflowError) as info:
+        read_images(files, tmp_path, None, "grayscale")
+    message = str(info.value)
+    assert message.startswith("12 files cannot be read as images: ") and message.endswith("; and 2 more")
+    assert all(f"bad{i:02d}.png" in message for i in range(10)) and "\n" not in message

@@ -17,14 +17,23 @@ def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> 
     from mlflow import MlflowClient
 
     workspace = make_workspace(tmp_path / "workspace", {**TINY, "deploy": {"min_metric": 0.1}})
-    with mlflow_tracking_server(tmp_path / "server") as uri:
+    with mlflow_tracking_server(tmp_path / "server") as plain:
+        uri = plain.replace("http://", "http://trainflow:s3cret-pass@")  # a credential in the URI (ignored here)
         done = sh(workspace, "dvc", "repro", MLFLOW_TRACKING_URI=uri)
         assert "Running stage 'deploy'" in done.stdout
+        # the credential is in no output, no report or run-info file, and none of the run's params or tags
+        written = {
+            str(p): p.read_text() for folder in ("reports", "models") for p in (workspace / folder).rglob("*.json")
+        }
+        outputs = {"stdout": done.stdout, "stderr": done.stderr, **written}
+        assert written and not [name for name, text in outputs.items() if "s3cret-pass" in text]
+        assert json.loads((workspace / "models/mlflow_run.json").read_text())["tracking_uri"].startswith("http://***@")
 
         run_id = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
         server = MlflowClient(tracking_uri=uri, registry_uri=uri)
         run = server.get_run(run_id)
         assert run.data.params["train.epochs"] == "2" and run.data.metrics["test.accuracy"] > 0.5
+        assert "s3cret-pass" not in json.dumps({**run.data.params, **run.data.tags})
         assert len(server.get_metric_history(run_id, "val_loss")) == 2
         champion = server.get_model_version_by_alias("trainflow-classifier", "champion")
         assert champion.run_id == run_id
