@@ -44,6 +44,11 @@ def _drop_mlflow_type_hint_warnings(show: Any) -> Any:
     return showwarning
 
 
+def _not_an_mlflow_type_hint_warning(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (f"{os.sep}mlflow{os.sep}" in message and re.search(r"type hint", message, re.IGNORECASE))
+
+
 def quiet_libraries() -> None:
     """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, no MLflow progress bars or repeated
     warnings, and the libraries' INFO chatter (HTTP clients, migrations, MLflow, TensorFlow). A value the user set in
@@ -57,6 +62,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
     warnings.showwarning = _drop_mlflow_type_hint_warnings(warnings.showwarning)
+    # ... and where a library routes warnings to logging (logging.captureWarnings) after this
+    logging.getLogger("py.warnings").addFilter(_not_an_mlflow_type_hint_warning)
     for name in ("httpx", "alembic", "great_expectations", "mlflow", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
