@@ -35,6 +35,26 @@ def _ordered(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Split, Spli
     return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
 
 
+MAX_CLASSES = 1000  # with data.classes: null, labels are the classes 0..K-1: a larger K is a wrong label
+
+
+def _numbered_classes(labels: np.ndarray, origin: str) -> tuple[str, ...]:
+    """Class names "0".."K-1" for labels that are exactly 0..K-1, checked before anything of size K is made."""
+    present = np.unique(labels)
+    if present[-1] >= MAX_CLASSES:
+        raise TrainflowError(
+            f"{origin}: label {int(present[-1])} would make {int(present[-1]) + 1} classes (at most {MAX_CLASSES} "
+            "with data.classes: null); fix the label, or name the classes in data.classes"
+        )
+    missing = sorted(set(range(int(present[-1]) + 1)) - {int(v) for v in present if v >= 0})
+    if missing:
+        raise TrainflowError(
+            f"{origin}: with data.classes: null the labels must be 0..{int(present[-1])}, but {missing[:10]} never "
+            f"occur{' (and more)' if len(missing) > 10 else ''}; relabel, or name the classes in data.classes"
+        )
+    return tuple(str(i) for i in range(int(present[-1]) + 1))
+
+
 def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> Dataset:
     """Train/val/test split, stratified or in the source's order; a source's own test split is kept as test.
 
@@ -57,7 +77,7 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     classes = data.classes or loaded.classes
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
-        classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+        classes = _numbered_classes(labels, label(data))
 
     def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
         if params.split == "ordered":

@@ -153,6 +153,30 @@ def npz_not_an_archive(tmp: Path) -> dict[str, Any]:
     return {"data.source": "npz", "data.path": str(path)}
 
 
+def npz_header_claims_a_terabyte(tmp: Path) -> dict[str, Any]:
+    """An .npz whose x_train header claims 10¹² elements over a few bytes of data."""
+    import zipfile
+
+    x, y = digits_like(40)
+    xt, yt = digits_like(12, seed=1)
+    write_npz(tmp, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.uint8))
+    header["shape"] = (10**12,)
+    fake = tmp / "x_train.npy"
+    with fake.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+    path = tmp / "data.npz"
+    kept = {}
+    with zipfile.ZipFile(path) as archive:
+        kept = {name: archive.read(name) for name in archive.namelist() if name != "x_train.npy"}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(fake, "x_train.npy")
+        for name, data in kept.items():
+            archive.writestr(name, data)
+    return {"data.source": "npz", "data.path": str(path)}
+
+
 def npz_empty(tmp: Path) -> dict[str, Any]:
     empty_x, empty_y = np.zeros((0, 8, 8), dtype=np.uint8), np.zeros(0, dtype=np.int64)
     return write_npz(tmp, x_train=empty_x, y_train=empty_y, x_test=empty_x, y_test=empty_y)
@@ -208,6 +232,17 @@ CASES = [
         ("/no/such/file.npz",),
     ),
     Case("source_unknown_scheme", params_only(**{"data.source": "s3:bucket/x"}), ("data.source", "s3:bucket/x")),
+    Case(
+        "npz_label_of_a_billion",
+        npz_with(y_train=np.r_[np.arange(59) % 3, 10**9], n=60),
+        ("{tmp}/data.npz", "label 1000000000 would make 1000000001 classes (at most 1000"),
+    ),
+    Case(
+        "npz_labels_not_0_to_k",
+        npz_with(y_train=np.arange(40) % 3 * 3),  # 0, 3, 6: with the test split's 0..2, 4 and 5 never occur
+        ("labels must be 0..6, but [4, 5] never occur",),
+    ),
+    Case("npz_header_claims_a_terabyte", npz_header_claims_a_terabyte, ("{tmp}/data.npz", "larger than this machine")),
     Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
     Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
     Case("paths_clean_is_git", params_only(**{"paths.clean": ".git"}), ("paths.clean=.git: overlaps .git",)),

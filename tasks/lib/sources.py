@@ -179,6 +179,8 @@ def load_npz(path: Path) -> Loaded:
             if missing:
                 raise TrainflowError(f"{path}: missing arrays {sorted(missing)}")
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except MemoryError as exc:  # a header that claims more elements than memory holds: refused at allocation
+        raise TrainflowError(f"{path}: an array is larger than this machine can load ({exc})") from None
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise TrainflowError(f"{path}: cannot load without pickle ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
