@@ -56,11 +56,9 @@ def commit(root: Path) -> None:
     Raises:
         TrainflowError: with DVC's own last error line.
     """
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=root, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force"], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        last = ((done.stderr + done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise TrainflowError(f"dvc commit in {root} failed: {last}")
 
 

@@ -261,7 +261,8 @@ def test_only_transient_ingest_failures_are_retried(
     monkeypatch.setattr(training_module, "RETRY_DELAYS", [0, 0])
     state = training(  # a new split fraction: ingest cannot come from the cache
         params_path="params.yaml",
-        overrides={"data.source": "digits", "ingest.val_fraction": fraction},
+        # data.path too: a test before may have left one that does not exist, which DVC refuses to commit
+        overrides={"data.source": "digits", "data.path": "data/input", "ingest.val_fraction": fraction},
         return_state=True,
     )
     assert len(calls) == calls_expected
