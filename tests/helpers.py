@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +76,19 @@ def sh(cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.Comp
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
+
+
+_PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
+)
+
+
+def sh_peak(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a command like ``sh(check=False)``; also return its peak resident memory in MiB (Linux ru_maxrss)."""
+    with tempfile.NamedTemporaryFile(suffix=".rss") as out:
+        done = sh(cwd, sys.executable, "-c", _PEAK_RSS, out.name, *args, check=False)
+        return done, int(Path(out.name).read_text() or 0) / 1024
 
 
 def ran(dvc_output: str) -> list[str]:

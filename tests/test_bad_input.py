@@ -20,11 +20,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import idx_bytes, make_workspace, sh
+from tests.helpers import idx_bytes, make_workspace, sh, sh_peak
 
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 DELETE = object()  # a params change that removes the key
+MAX_PEAK_MIB = 300  # refusing bad input takes 45–200 MiB (numpy, the config, at most scikit-learn): nothing more
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,24 @@ def idx_wrong_magic(tmp: Path) -> dict[str, Any]:
 def idx_count_mismatch(tmp: Path) -> dict[str, Any]:
     x, y = digits_like(30)
     return write_idx(tmp, idx_bytes(x, IDX_IMAGES_MAGIC), idx_bytes(y[:29], IDX_LABELS_MAGIC))
+
+
+def idx_gzip_bomb(tmp: Path) -> dict[str, Any]:
+    """A 30-image IDX file whose gzip stream goes on to 256 MiB of zeros (a few hundred KB on disk)."""
+    x, y = digits_like(30)
+    folder = tmp / "idx"
+    write_idx(tmp, b"", idx_bytes(y, IDX_LABELS_MAGIC))
+    with gzip.open(folder / "train-images-idx3-ubyte", "wb", compresslevel=9) as f:
+        f.write(idx_bytes(x, IDX_IMAGES_MAGIC))
+        for _ in range(256):
+            f.write(bytes(1 << 20))
+    return {"data.source": "idx", "data.path": str(folder)}
+
+
+def idx_header_claims_too_much(tmp: Path) -> dict[str, Any]:
+    """60,000 images of 4,000×4,000 pixels declared (960 GB) over a few bytes."""
+    header = IDX_IMAGES_MAGIC.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (60_000, 4_000, 4_000))
+    return write_idx(tmp, header + bytes(64), idx_bytes(digits_like(30)[1], IDX_LABELS_MAGIC))
 
 
 def write_folder(tmp: Path, sizes: tuple[tuple[int, int], ...] = ((8, 8),) * 12) -> Path:
@@ -242,7 +261,22 @@ CASES = [
         npz_with(y_train=np.arange(40) % 3 * 3),  # 0, 3, 6: with the test split's 0..2, 4 and 5 never occur
         ("labels must be 0..6, but [4, 5] never occur",),
     ),
-    Case("npz_header_claims_a_terabyte", npz_header_claims_a_terabyte, ("{tmp}/data.npz", "larger than this machine")),
+    Case(
+        "npz_header_claims_a_terabyte",
+        npz_header_claims_a_terabyte,
+        ("{tmp}/data.npz", "declares 1,000,000,001,184 bytes", "more than data.max_bytes (4,294,967,296)"),
+    ),
+    Case("idx_gzip_bomb", idx_gzip_bomb, ("{tmp}/idx/train-images-idx3-ubyte", "oversized", "header says 1936")),
+    Case(
+        "idx_header_claims_too_much",
+        idx_header_claims_too_much,
+        ("{tmp}/idx/train-images-idx3-ubyte", "declares 960,000,000,000 bytes", "data.max_bytes"),
+    ),
+    Case(
+        "folder_over_max_bytes",
+        lambda tmp: {"data.source": "folder", "data.path": str(write_folder(tmp)), "data.max_bytes": 700},
+        ("{tmp}/images: 12 images", "declares 704 bytes", "more than data.max_bytes (700)"),
+    ),
     Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
     Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
     Case("paths_clean_is_git", params_only(**{"paths.clean": ".git"}), ("paths.clean=.git: overlaps .git",)),
@@ -297,8 +331,9 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(case: Case, workspace:
     params = write_params(workspace, tmp_path, case.build(tmp_path))
     if case.extra_args == ("missing",):
         params = tmp_path / "no-such-params.yaml"
-    done = sh(workspace, "python", "-m", f"tasks.{case.stage}", "--params", str(params), check=False)
+    done, peak_mib = sh_peak(workspace, "python", "-m", f"tasks.{case.stage}", "--params", str(params))
     assert done.returncode == 1, done.stderr[-2000:]
+    assert peak_mib < MAX_PEAK_MIB, f"{peak_mib:.0f} MiB"  # what the input claims is never allocated
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {case.stage}: "), last

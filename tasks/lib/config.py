@@ -30,6 +30,7 @@ class DataParams(Section):
     color_mode: Literal["grayscale", "rgb"]
     classes: tuple[str, ...] | None
     shard_size: PositiveInt
+    max_bytes: PositiveInt
 
     @field_validator("source")
     @classmethod

@@ -13,11 +13,39 @@ import numpy as np
 import pandas as pd
 
 
+def refuse_deep_json() -> None:
+    """Make MLflow's scoring server answer JSON nested too deeply to parse with a 400, not a 500.
+
+    ``mlflow models serve`` parses the body with ``json.loads``, which raises RecursionError at about 1,000 levels;
+    MLflow catches only JSONDecodeError there, so the error escapes as HTTP 500 (mlflow/mlflow#4897: bad input
+    should be a 4xx). The server loads this model before it answers, so wrapping its JSON decoder here fixes every
+    request. ``tests/tasks/lib/test_serving.py`` fails by name if MLflow renames the decoder.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+    from mlflow.pyfunc import scoring_server
+
+    decode = scoring_server._decode_json_input
+    if getattr(decode, "refuses_deep_json", False):
+        return
+
+    def decode_or_refuse(json_input: Any) -> Any:
+        try:
+            return decode(json_input)
+        except RecursionError:
+            raise MlflowException("the request's JSON is nested too deeply to parse", error_code=BAD_REQUEST) from None
+
+    decode_or_refuse.refuses_deep_json = True  # type: ignore[attr-defined]
+    scoring_server._decode_json_input = decode_or_refuse
+
+
 class RawPixelClassifier(mlflow.pyfunc.PythonModel):
     """Wraps the Keras model (preprocessing layers inside) and names the predicted class."""
 
     def load_context(self, context: Any) -> None:
         import keras
+
+        refuse_deep_json()
 
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.classes = list(context.model_config["classes"])

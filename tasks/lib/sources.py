@@ -7,6 +7,7 @@ when it has one. Every problem is a TrainflowError naming the file.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -53,10 +54,10 @@ def load_source(data: DataParams) -> Loaded:
     if not path.exists():
         raise TrainflowError(f"{path}: data source path not found (data.path, for data.source={data.source})")
     if data.source == "idx":
-        return load_idx_dir(path)
+        return load_idx_dir(path, data.max_bytes)
     if data.source == "npz":
-        return load_npz(path)
-    return load_folder(path, data.image_size, data.color_mode)
+        return load_npz(path, data.max_bytes)
+    return load_folder(path, data.image_size, data.color_mode, data.max_bytes)
 
 
 def load_digits() -> Loaded:
@@ -106,36 +107,55 @@ def _pair(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
+def _too_big(origin: str, declared: int, max_bytes: int) -> TrainflowError:
+    return TrainflowError(
+        f"{origin}: declares {declared:,} bytes of data, more than data.max_bytes ({max_bytes:,}); "
+        "raise data.max_bytes if the machine has the memory"
+    )
+
+
+def read_idx(
+    path: Path, magic: int, max_bytes: int | None = None, images: tuple[Path, int] | None = None
+) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) of unsigned bytes, checking magic number, header and length.
+
+    The header's declared size is checked against ``max_bytes``, and a labels file's count against ``images`` (the
+    images file and its count), before the body is read. A gzip stream is read only as far as the header says, so a
+    decompression bomb costs nothing.
+    """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TrainflowError(f"{path}: cannot read ({exc.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise TrainflowError(f"{path}: corrupt gzip data ({exc})") from None
-    return raw
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) of unsigned bytes, checking magic number and length."""
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4:
-        raise TrainflowError(f"{path}: truncated IDX file ({len(raw)} bytes)")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise TrainflowError(f"{path}: wrong IDX magic number 0x{found:08x} (expected 0x{magic:08x})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise TrainflowError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise TrainflowError(f"{path}: truncated or oversized IDX file ({len(raw)} bytes, header says {expected})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+        with path.open("rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+            raw.seek(0)
+            head = stream.read(4)
+            if len(head) < 4:
+                raise TrainflowError(f"{path}: truncated IDX file ({len(head)} bytes)")
+            found = int.from_bytes(head, "big")
+            if found != magic:
+                raise TrainflowError(f"{path}: wrong IDX magic number 0x{found:08x} (expected 0x{magic:08x})")
+            ndim = head[3]
+            dims_raw = stream.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise TrainflowError(f"{path}: truncated IDX header")
+            dims = [int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+            size = math.prod(dims)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_big(str(path), size, max_bytes)
+            if images is not None and (not dims or dims[0] != images[1]):
+                raise TrainflowError(f"{images[0]} / {path}: {images[1]} images but {dims[0] if dims else 0} labels")
+            body = stream.read(size)
+            extra = stream.read(1)
+    except OSError as exc:  # gzip.BadGzipFile and zlib errors included
+        raise TrainflowError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except EOFError as exc:
+        raise TrainflowError(f"{path}: corrupt gzip data ({exc})") from None
+    if len(body) != size or extra:
+        length = 4 + 4 * ndim + len(body) + len(extra)
+        raise TrainflowError(
+            f"{path}: truncated or oversized IDX file ({'more than ' if extra else ''}{length} bytes, "
+            f"header says {4 + 4 * ndim + size})"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _idx_file(directory: Path, prefix: str, kind: str) -> Path | None:
@@ -147,7 +167,7 @@ def _idx_file(directory: Path, prefix: str, kind: str) -> Path | None:
     return None
 
 
-def load_idx_dir(directory: Path) -> Loaded:
+def load_idx_dir(directory: Path, max_bytes: int | None = None) -> Loaded:
     """MNIST-style IDX files: ``train-*`` and/or ``t10k-*`` images and labels in one folder."""
     if not directory.is_dir():
         raise TrainflowError(f"{directory}: idx source must be a folder of *-images-idx3-ubyte[.gz] files")
@@ -159,8 +179,11 @@ def load_idx_dir(directory: Path) -> Loaded:
         if images is None or labels is None:
             missing = "images" if images is None else "labels"
             raise TrainflowError(f"{directory}: {prefix} {missing} IDX file missing")
-        x = read_idx(images, IDX_IMAGES_MAGIC)
-        y = read_idx(labels, IDX_LABELS_MAGIC).astype(np.int64)
+        x = read_idx(images, IDX_IMAGES_MAGIC, max_bytes)
+        y = read_idx(labels, IDX_LABELS_MAGIC, None if max_bytes is None else max_bytes - x.nbytes, (images, len(x)))
+        if max_bytes is not None:
+            max_bytes -= x.nbytes + y.nbytes
+        y = y.astype(np.int64)
         parts[prefix] = _pair(as_images(x, str(images)), y, f"{images} / {labels}")
     if not parts:
         raise TrainflowError(f"{directory}: no IDX files (train-images-idx3-ubyte, t10k-images-idx3-ubyte, ...)")
@@ -169,19 +192,51 @@ def load_idx_dir(directory: Path) -> Loaded:
     return Loaded(*next(iter(parts.values())))
 
 
-def load_npz(path: Path) -> Loaded:
-    """The keras.datasets layout: x_train, y_train, x_test, y_test; never unpickled."""
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_declared_bytes(path: Path) -> int:
+    """The bytes NumPy would allocate for the four arrays, from their .npy headers alone (nothing is loaded)."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in names]
+        if missing:
+            raise TrainflowError(f"{path}: missing arrays {missing}")
+        for key in NPZ_ARRAYS:
+            with archive.open(f"{key}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise TrainflowError(f"{path}:{key}: unsupported .npy format version {version}")
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                try:
+                    shape, _fortran, dtype = read_header(member)
+                except ValueError as exc:
+                    raise TrainflowError(f"{path}:{key}: malformed .npy header ({exc})") from None
+                if dtype.hasobject:
+                    raise TrainflowError(f"{path}: cannot load without pickle ({key} is an object array)")
+                total += math.prod(shape) * dtype.itemsize
+    return total
+
+
+def load_npz(path: Path, max_bytes: int | None = None) -> Loaded:
+    """The keras.datasets layout: x_train, y_train, x_test, y_test; never unpickled.
+
+    The arrays' declared sizes are read from their headers and checked against ``max_bytes`` before any is loaded.
+    """
     if not zipfile.is_zipfile(path):
         raise TrainflowError(f"{path}: not an .npz archive")
     try:
+        declared = _npz_declared_bytes(path)
+        if max_bytes is not None and declared > max_bytes:
+            raise _too_big(str(path), declared, max_bytes)
         with np.load(path, allow_pickle=False) as archive:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-            if missing:
-                raise TrainflowError(f"{path}: missing arrays {sorted(missing)}")
-            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except MemoryError as exc:  # a header that claims more elements than memory holds: refused at allocation
+            arrays = {key: archive[key] for key in NPZ_ARRAYS}
+    except MemoryError as exc:  # no limit given and more than memory holds: refused at allocation
         raise TrainflowError(f"{path}: an array is larger than this machine can load ({exc})") from None
-    except ValueError as exc:  # object arrays need pickle, which is refused
+    except ValueError as exc:  # a malformed header, or object arrays (they need pickle, which is refused)
         raise TrainflowError(f"{path}: cannot load without pickle ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise TrainflowError(f"{path}: not a readable .npz file ({exc})") from None
@@ -200,11 +255,18 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # per image: larger files are refused before the
 MAX_REPORTED = 10  # unreadable images listed in one error
 
 
-def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | None, color_mode: str) -> np.ndarray:
+def read_images(
+    files: list[Path],
+    root: Path,
+    image_size: tuple[int, int] | None,
+    color_mode: str,
+    max_bytes: int | None = None,
+) -> np.ndarray:
     """PNG/JPEG files under ``root`` → uint8 (N, H, W, C), converted to ``color_mode`` and resized when asked.
 
     16-bit images are scaled to 8 bits (the high byte), never clipped. Special files (FIFOs, devices, sockets) are
-    refused without being opened, and images over :data:`MAX_IMAGE_PIXELS` before they are decoded.
+    refused without being opened, and images over :data:`MAX_IMAGE_PIXELS` before they are decoded; the images'
+    decoded bytes together may not exceed ``max_bytes`` (checked from each header before it is decoded).
 
     Raises:
         TrainflowError: naming every file (up to :data:`MAX_REPORTED`) that is not an image, is corrupt or too large,
@@ -217,6 +279,7 @@ def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | Non
     mode = "L" if color_mode == "grayscale" else "RGB"
     images: list[np.ndarray] = []
     problems: list[str] = []
+    channels, total = (1 if mode == "L" else 3), 0
     for file in files:
         problem = _unreadable(file, real_root, root)
         if problem is None:
@@ -226,6 +289,9 @@ def read_images(files: list[Path], root: Path, image_size: tuple[int, int] | Non
                     if width * height > MAX_IMAGE_PIXELS:
                         problem = f"{file}: {width}×{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed"
                     else:
+                        total += math.prod(image_size or (height, width)) * channels
+                        if max_bytes is not None and total > max_bytes:  # the stack below doubles it: stop here
+                            raise _too_big(f"{root}: {len(files)} images", total, max_bytes)
                         img = _eight_bit(img).convert(mode)
                         if image_size is not None and img.size != (image_size[1], image_size[0]):
                             img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
@@ -280,7 +346,9 @@ def visible_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
 
 
-def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str) -> Loaded:
+def load_folder(
+    root: Path, image_size: tuple[int, int] | None, color_mode: str, max_bytes: int | None = None
+) -> Loaded:
     """One sub-folder per class of PNG/JPEG images, resized to ``image_size`` (H, W) when set."""
     if not root.is_dir():
         raise TrainflowError(f"{root}: folder source must be a directory with one sub-folder per class")
@@ -288,7 +356,7 @@ def load_folder(root: Path, image_size: tuple[int, int] | None, color_mode: str)
     if not class_dirs:
         raise TrainflowError(f"{root}: no class sub-folders")
     files = [visible_files(d) for d in class_dirs]
-    x = read_images([f for group in files for f in group], root, image_size, color_mode)
+    x = read_images([f for group in files for f in group], root, image_size, color_mode, max_bytes)
     y = np.concatenate([np.full(len(group), label, dtype=np.int64) for label, group in enumerate(files)])
     return Loaded(x=x, y=y, classes=tuple(d.name for d in class_dirs))
 

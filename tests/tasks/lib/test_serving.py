@@ -44,6 +44,7 @@ BAD = {
     "over_255": (json.dumps({"inputs": [[[[300]] * 8] * 8]}).encode(), "out of bounds for uint8"),
     "negative": (json.dumps({"inputs": [[[[-1]] * 8] * 8]}).encode(), "out of bounds for uint8"),
     "nan": (b'{"inputs": [[[[NaN]]]]}', "NaN"),
+    "nested_100000_deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     # 20 MB of zeros in the wrong shape: parsed in full, then refused by the signature.
     "oversized_20mb": (b'{"inputs": [' + b",".join([b"0"] * 10_000_000) + b"]}", "does not match expected shape"),
     # well-formed but more images than deploy.max_request_images (4096) allows
