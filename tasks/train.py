@@ -291,10 +291,12 @@ def fit(
         else []
     )
     callbacks = [
-        # The history row is written before the epoch's backup: a kill between the two repeats that epoch
-        # on resume (history_rows keeps the last row per epoch) rather than losing its row. The backup is not
-        # written atomically; double_checkpoint keeps the previous one to fall back on if a kill truncates it.
+        # The history row and the epoch's logging (extra_callbacks: MLflow) come before the epoch's backup: a kill
+        # between them repeats that epoch on resume (history_rows keeps the last row per epoch) rather than losing
+        # its row or its metrics. The backup is not written atomically; double_checkpoint keeps the previous one to
+        # fall back on if a kill truncates it.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
+        *(extra_callbacks or []),
         keras.callbacks.BackupAndRestore(
             str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
         ),
@@ -302,7 +304,6 @@ def fit(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
         ),
         *plateau,
-        *(extra_callbacks or []),
     ]
     start = time.perf_counter()
     classifier.fit(

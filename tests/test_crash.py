@@ -1,8 +1,10 @@
-"""Crashes: a stage killed mid-write leaves the previous output intact; a killed training resumes."""
+"""Crashes: a stage killed mid-write (SIGKILL, SIGTERM) leaves the previous output intact and its leftovers go with
+the next good run; a killed training resumes after its last finished epoch."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tasks.lib import artifacts
 from tests.helpers import TINY, make_workspace, sh, tool_env
@@ -35,12 +38,14 @@ def set_params(workspace: Path, section: str, **values: object) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def kill_when(process: subprocess.Popen[bytes], ready: object, timeout: float = 120) -> bool:
-    """SIGKILL ``process`` as soon as ``ready()`` holds; False if it finished first."""
+def kill_when(
+    process: subprocess.Popen[bytes], ready: object, timeout: float = 120, how: signal.Signals = signal.SIGKILL
+) -> bool:
+    """Send ``how`` (SIGKILL) to ``process`` as soon as ``ready()`` holds; False if it finished first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():  # type: ignore[operator]
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(how)
             process.wait(timeout=30)
             return True
         time.sleep(0.001)
@@ -59,18 +64,25 @@ def test_a_stage_killed_mid_write_keeps_the_previous_output_and_reruns_correctly
         y_test=np.arange(10_000) % 10,
     )
 
-    def writing() -> bool:  # the new output is being written beside the old one
-        return any((p / "train" / "x-00000.npy").exists() for p in (workspace / "data").glob(".raw.*.tmp"))
+    def leftovers() -> set[Path]:
+        return set((workspace / "data").glob(".raw.*.tmp"))
+
+    def writing(besides: set[Path]) -> object:  # a new output is being written beside the old one
+        return lambda: any((p / "train" / "x-00000.npy").exists() for p in leftovers() - besides)
 
     for _attempt in range(5):
         set_params(workspace, "data", source="digits")
         sh(workspace, sys.executable, "-m", "tasks.ingest")
         before = (workspace / "data/raw/manifest.json").read_text()
         set_params(workspace, "data", source="npz", path=str(big))
-        if kill_when(stage(workspace, "ingest"), writing):
+        if not kill_when(stage(workspace, "ingest"), writing(set())):
+            continue
+        first = leftovers()
+        if kill_when(stage(workspace, "ingest"), writing(first), how=signal.SIGTERM):
             break
     else:
         pytest.fail("ingest finished every time before it could be killed mid-write")
+    assert len(first) == 1 and len(leftovers()) == 1 and not first & leftovers()  # the second run removed the first's
 
     assert (workspace / "data/raw/manifest.json").read_text() == before
     kept = artifacts.open_dataset(workspace / "data/raw")
@@ -82,28 +94,45 @@ def test_a_stage_killed_mid_write_keeps_the_previous_output_and_reruns_correctly
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
     counts = json.loads((workspace / "data/raw/manifest.json").read_text())["splits"]
     assert sum(s["count"] for s in counts.values()) == 70_000 and counts["test"]["count"] == 10_000
+    assert not list((workspace / "data").glob(".raw.*.tmp"))  # the next good run removed the leftovers
 
 
-def test_a_killed_training_resumes_from_its_last_epoch_in_the_same_mlflow_run(tmp_path: Path) -> None:
+def finished_epochs(backup_dir: Path) -> int:
+    """Epochs a resume would skip: Keras's BackupAndRestore metadata (its previous copy when a kill cut it short)."""
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            return json.loads((backup_dir / name).read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def test_a_killed_training_resumes_after_its_last_finished_epoch_in_the_same_mlflow_run(tmp_path: Path) -> None:
     epochs = 6
     workspace = make_workspace(
         tmp_path / "workspace", {**TINY, "train": {**TINY["train"], "epochs": epochs, "batch_size": 8}}
     )
     for name in ("ingest", "clean", "augment", "normalize"):
         sh(workspace, sys.executable, "-m", f"tasks.{name}")
+    checkpoints = workspace / "models/checkpoints"
 
-    def two_epochs_done() -> bool:
-        logs = list((workspace / "models/checkpoints").glob("*.history.csv"))
-        return bool(logs) and len(logs[0].read_text().splitlines()) >= 3
+    def two_epochs_backed_up() -> bool:
+        return any(finished_epochs(d) >= 2 for d in checkpoints.glob("*") if d.is_dir())
 
-    assert kill_when(stage(workspace, "train"), two_epochs_done), "training finished before it could be killed"
+    assert kill_when(stage(workspace, "train"), two_epochs_backed_up), "training finished before it could be killed"
+    finished = max(finished_epochs(d) for d in checkpoints.glob("*") if d.is_dir())
     first_run = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
     assert not (workspace / "models/model.keras").exists()
 
     resumed = sh(workspace, sys.executable, "-m", "tasks.train")
     assert f"resuming MLflow run {first_run}" in resumed.stderr
+    # Keras prints "Epoch k/N" for each epoch it trains: the resumed process trains only the epochs not finished.
+    trained = [int(m) for m in re.findall(rf"^Epoch (\d+)/{epochs}$", resumed.stdout, re.M)]
+    assert finished >= 2 and trained == list(range(finished + 1, epochs + 1)), (finished, trained)
     rows = (workspace / "reports/train/history.csv").read_text().splitlines()
-    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(epochs))  # every epoch once: none lost, none twice
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(epochs))
     assert json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"] == first_run
+    history = MlflowClient(f"sqlite:///{workspace}/mlflow.db").get_metric_history(first_run, "loss")
+    assert sorted(m.step for m in history) == list(range(epochs))  # every epoch logged once: none lost, none twice
     assert (workspace / "models/model.keras").is_file()
-    assert not list((workspace / "models/checkpoints").iterdir())  # the checkpoint is gone once training finished
+    assert not list(checkpoints.iterdir())  # the checkpoint is gone once training finished
