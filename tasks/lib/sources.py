@@ -10,6 +10,7 @@ import gzip
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,10 @@ def read_idx(
                 raise TrainflowError(f"{images[0]} / {path}: {images[1]} images but {dims[0] if dims else 0} labels")
             body = stream.read(size)
             extra = stream.read(1)
-    except OSError as exc:  # gzip.BadGzipFile and zlib errors included
-        raise TrainflowError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except EOFError as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TrainflowError(f"{path}: corrupt gzip data ({exc})") from None
+    except OSError as exc:
+        raise TrainflowError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(body) != size or extra:
         length = 4 + 4 * ndim + len(body) + len(extra)
         raise TrainflowError(

@@ -1,6 +1,9 @@
-"""tasks/ingest.py: the stratified, seeded train/val/test split and the ordered one."""
+"""tasks/ingest.py: the stratified, seeded train/val/test split and the ordered one; the stage's peak memory."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from tasks.ingest import split
 from tasks.lib.config import IngestParams, Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import Loaded
+from tests.helpers import make_workspace, sh_peak
 
 
 def loaded(per_class: list[int], seed: int = 0, with_test: int = 0) -> Loaded:
@@ -127,3 +131,30 @@ def test_ordered_split_with_the_source_test_split(params: Params) -> None:
     np.testing.assert_array_equal(dataset.splits["test"].x, data.x_test)
     np.testing.assert_array_equal(dataset.splits["val"].x, data.x[60:])
     np.testing.assert_array_equal(dataset.splits["train"].x, data.x[:60])
+
+
+LIBRARIES_MIB = 400  # numpy, scikit-learn, Great Expectations: ingest of the 8×8 digits peaks at about 300 MiB
+DATA_MULTIPLE = 2  # docs/own-data.md: ingest's peak memory is the libraries plus at most twice the data
+
+
+@pytest.mark.slow
+def test_ingest_peak_memory_is_the_libraries_plus_twice_the_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n, n_test = 110_000, 20_000  # 101 MiB of 28×28 pixels
+    path = tmp_path / "data.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        y_train=np.arange(n) % 10,
+        x_test=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        y_test=np.arange(n_test) % 10,
+    )
+    data_mib = (n + n_test) * 28 * 28 / 2**20
+    workspace = make_workspace(tmp_path / "workspace", {"validation": {"drift_action": "ignore"}})
+    params = workspace / "params.yaml"
+    params.write_text(
+        params.read_text().replace("source: digits", "source: npz").replace("path: data/input", f"path: {path}")
+    )
+    done, peak_mib = sh_peak(workspace, sys.executable, "-m", "tasks.ingest")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert peak_mib <= LIBRARIES_MIB + DATA_MULTIPLE * data_mib, f"{peak_mib:.0f} MiB for {data_mib:.0f} MiB of data"
