@@ -308,10 +308,13 @@ def gather(params: Params) -> dict[str, Any]:
 
     try:
         run = tracking.run_record(settings, run_info["run_id"])
-        champion = gate.get("champion")
-        champion_run = tracking.run_record(settings, champion["run_id"]) if champion else None
     except MlflowException as exc:
         raise TrainflowError(f"{paths.run_info}: MLflow run not found ({str(exc).splitlines()[0][:200]})") from None
+    champion = gate.get("champion")
+    try:  # the champion's params, to compare with: a champion whose run is gone has none
+        champion_run = tracking.run_record(settings, champion["run_id"]) if champion else None
+    except MlflowException:
+        champion_run = None
     registry = deployed["registry"]
     aliases = tracking.model_aliases(settings, registry["model_name"])
     classes = list(clean.classes)

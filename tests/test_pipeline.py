@@ -62,7 +62,7 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Pat
     sh(workspace, "git", "add", "-A")
     sh(workspace, "git", "commit", "-qm", "baseline run")
     experiment = sh(workspace, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(experiment.stdout) == ["train", "evaluate", "deploy"]
+    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "report"]
     history = (workspace / "reports/train/history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 1  # header + one epoch
 
