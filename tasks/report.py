@@ -439,7 +439,9 @@ def gather(params: Params) -> dict[str, Any]:
                 "model_uri": registry["model_uri"],
                 "report_uri": report_uri,
             },
-            "prefect_flow_run": tags.get("prefect.flow_run_id") or tracking.prefect_flow_run_id(),
+            # the flow run that trained the model (a tag of its MLflow run), and the one writing this page (they differ
+            # when the flow found train cached)
+            "prefect": {"training": tags.get("prefect.flow_run_id"), "report": tracking.prefect_flow_run_id()},
             "stages": _lineage_stages(Path("dvc.lock")),
             "packages": _versions(),
             "platform": f"{platform.system()} {platform.machine()}",

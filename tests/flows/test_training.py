@@ -179,6 +179,11 @@ def test_flow_runs_every_stage_wired_as_dvc_dag_then_caches_and_leaves_dvc_clean
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
     summary = next(a.data for a in artifacts if first["mlflow_run_id"] in a.data)  # the summary links the MLflow run
     assert "| deploy | Completed |" in summary
+    assert f"runs:/{first['mlflow_run_id']}/report/report.html" in summary  # ... and the run report
+    page = (workspace / "reports/report.html").read_text()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert all(out["md5"] in page for out in lock["train"]["outs"])  # recorded before the report ran: this run's
+    assert f"trained in <code>{flow_run_id}</code>" in page
     from mlflow import MlflowClient
 
     run = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}").get_run(first["mlflow_run_id"])

@@ -199,7 +199,7 @@ def facts() -> dict[str, Any]:
                 "model_uri": "models:/pets/2",
                 "report_uri": "runs:/r1/report/report.html",
             },
-            "prefect_flow_run": None,
+            "prefect": {"training": "f-1", "report": "f-2"},
             "stages": [
                 {
                     "stage": "ingest",
@@ -282,6 +282,7 @@ def test_render_has_every_section_inline_images_and_nothing_to_fetch() -> None:
     assert "90.0 %" in text and "82.6 % – 94.5 %" in text  # accuracy with its Wilson interval
     assert "@champion → v2; @previous-champion → v1" in text
     assert 'href="data_docs/x.html"' in text  # the relative link to the suite's Data Docs page
+    assert "trained in <code>f-1</code>" in text and "this page written by <code>f-2</code>" in text
 
 
 def test_render_refuses_a_missing_fact() -> None:
