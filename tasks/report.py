@@ -165,14 +165,13 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
 
     columns = min(6, max(1, len(images)))
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         picture = image[..., 0] if image.shape[-1] == 1 else image
         ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -267,7 +266,10 @@ def _lineage_stages(lock: Path) -> list[dict[str, Any]]:
             for item in stage.get(kind) or []:
                 digest = item.get("md5") or item.get("etag") or item.get("checksum") or "—"
                 files.append({"kind": kind[:-1], "path": item.get("path"), "hash": digest, "size": item.get("size")})
-        stages.append({"stage": name, "files": files, "params": flatten(stage.get("params") or {})})
+        values = {}  # keyed by params file: params.yaml's keys as they are, another file's under its name
+        for source, tree in (stage.get("params") or {}).items():
+            values |= flatten(tree, "" if source == "params.yaml" else source)
+        stages.append({"stage": name, "files": files, "params": values})
     return stages
 
 
