@@ -28,6 +28,7 @@ import yaml
 from tasks.lib import artifacts, tracking
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def gather(params: Params) -> dict[str, Any]:
         },
         "data": {
             "source": raw.info.get("source", params.data.source),
-            "path": params.data.path if params.data.source.split(":")[0] in {"idx", "npz", "folder"} else None,
+            "path": params.data.path if params.data.source in FILE_SOURCES else None,
             "classes": classes,
             "shape": list(clean.image_shape),
             "splits": [
