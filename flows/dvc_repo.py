@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,16 @@ def stage_hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
         return result
 
 
-def commit(root: Path) -> None:
-    """`dvc commit --force` (DVC's command line, in ``root``): the workspace's outputs go into dvc.lock and the cache.
+def commit(root: Path, stages: Sequence[str] = ()) -> None:
+    """`dvc commit --force [stage ...]` (DVC's command line, in ``root``): the workspace's outputs of ``stages``
+    (default: all) go into dvc.lock and the cache.
 
     Raises:
         TrainflowError: with DVC's own last error line.
     """
-    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force"], cwd=root, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "commit", "--force", *stages], cwd=root, capture_output=True, text=True
+    )
     if done.returncode != 0:
         last = ((done.stderr + done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise TrainflowError(f"dvc commit in {root} failed: {last}")

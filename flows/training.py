@@ -89,10 +89,16 @@ def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
     }
 
 
+# Stages that show dvc.lock (the run report's lineage): before one runs, the flow records the stages before it, as
+# `dvc repro` has by then, so that it shows this run's hashes. (Its own entry is recorded after it, with the rest.)
+READS_DVC_LOCK = ("report",)
+
+
 @task(name="dvc-commit", task_run_name="dvc-commit")
-def record_in_dvc_lock(root: str) -> None:
-    """`dvc commit`: the flow's outputs go into dvc.lock and the DVC cache, so `dvc status` is clean."""
-    dvc_repo.commit(Path(root))
+def record_in_dvc_lock(root: str, stages: list[str] | None = None) -> None:
+    """`dvc commit`: the flow's outputs (of ``stages``; default all) go into dvc.lock and the DVC cache, so `dvc status`
+    is clean."""
+    dvc_repo.commit(Path(root), stages or ())
 
 
 def stage(name: str, params: Params, root: str, upstream: list[State]) -> State:
@@ -115,8 +121,11 @@ def stage(name: str, params: Params, root: str, upstream: list[State]) -> State:
     return state
 
 
-def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | None, run: dict | None = None) -> str:
-    """The flow-run summary: one row per stage (state, duration, its own one-line summary), metrics, the MLflow run."""
+def summary_markdown(
+    results: list[dict[str, Any]], metrics: dict[str, Any] | None, run: dict | None = None, report: Path | None = None
+) -> str:
+    """The flow-run summary: one row per stage (state, duration, its own one-line summary), metrics, the MLflow run
+    and the run report (reports/report.html: a file link, and the artifact of the MLflow run)."""
     lines = ["# training flow run", "", "| stage | state | seconds | summary |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} | {r['summary']} |" for r in results]
     if metrics:
@@ -128,6 +137,10 @@ def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any] | No
             f"MLflow run `{run['run_id']}` in {run['tracking_uri']}: "
             f"`mlflow ui --backend-store-uri {run['tracking_uri']}`, then {run['ui_path']}",
         ]
+    if report:
+        lines += ["", f"Run report (one self-contained page): [{report.name}]({report.resolve().as_uri()})"]
+        if run:
+            lines[-1] += f", also the MLflow run's artifact `runs:/{run['run_id']}/report/{report.name}`"
     return "\n".join(lines) + "\n"
 
 
@@ -162,17 +175,25 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
             dvc_repo.write_params(path, overrides)
         states: dict[str, State] = {}
         for name, upstream in dvc_repo.stage_graph(root).items():  # dvc.yaml: the one list of stages and edges
-            states[name] = stage(name, params, str(root), [states[u] for u in upstream])
+            waits = [states[u] for u in upstream]
+            if name in READS_DVC_LOCK and states:
+                recorded = record_in_dvc_lock.with_options(task_run_name=f"dvc-commit-before-{name}")(
+                    quote(str(root)), quote(list(states)), wait_for=list(states.values()), return_state=True
+                )
+                recorded.result()
+                waits.append(recorded)
+            states[name] = stage(name, params, str(root), waits)
         record_in_dvc_lock(quote(str(root)), wait_for=list(states.values()))
     results = [{**s.result(), "state": s.name} for s in states.values()]
     evaluation = next((r["report"] for r in results if r["stage"] == "evaluate"), None)
     metrics = importlib.import_module("tasks.evaluate").headline(evaluation) if evaluation else None
     run_info = root / params.paths.run_info
     mlflow_run = json.loads(run_info.read_text()) if run_info.is_file() else None
+    report = root / params.paths.report
     create_markdown_artifact(
-        markdown=summary_markdown(results, metrics, mlflow_run),
+        markdown=summary_markdown(results, metrics, mlflow_run, report if report.is_file() else None),
         key=SUMMARY_KEY,
-        description="Stages, durations and evaluation metrics of this run",
+        description="Stages, durations and evaluation metrics of this run, and its report",
     )
     return {
         "stages": {r["stage"]: {"state": r["state"], "seconds": r["seconds"]} for r in results},

@@ -157,6 +157,7 @@ def score_champion(
             "status": "scored",
             "metrics": {k: scored[k] for k in HEADLINE},
             "recall": {c: m["recall"] for c, m in scored["per_class"].items()},
+            "per_class": scored["per_class"],  # precision/recall/F1/support, shown beside the candidate's in the report
         },
         "paired": paired_outcomes(y, candidate, probabilities),
     }

@@ -58,7 +58,7 @@ def test_your_own_images_step_by_step(tmp_path: Path) -> None:
         "-S",
         "data.image_size=[28, 28]",
     )
-    assert ran(kept.stdout) == ["ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy"]
+    assert ran(kept.stdout) == ["ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy", "report"]
     drift = report(workspace, "drift.json")
     assert drift["comparable"] is False and "not comparable" in drift["why"] and "'zero'" in drift["why"]
     deployed = report(workspace, "deploy.json")

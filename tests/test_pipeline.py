@@ -56,13 +56,14 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Pat
     assert drift["reference"].startswith("trainflow-classifier v1 (run ")
 
     second = sh(workspace, "dvc", "repro")
-    assert ran(second.stdout) == []
+    assert ran(second.stdout) == ["report"]  # only the page: it shows the new drift verdict
+    assert ran(sh(workspace, "dvc", "repro").stdout) == []
     assert "up to date" in sh(workspace, "dvc", "status").stdout
 
     sh(workspace, "git", "add", "-A")
     sh(workspace, "git", "commit", "-qm", "baseline run")
     experiment = sh(workspace, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(experiment.stdout) == ["train", "evaluate", "deploy"]
+    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "report"]
     history = (workspace / "reports/train/history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 1  # header + one epoch
 

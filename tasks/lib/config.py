@@ -66,6 +66,7 @@ class PathsParams(Section):
     lock: str
     gate: str
     drift_report: str
+    report: str
 
 
 class IngestParams(Section):
@@ -140,6 +141,24 @@ class DeployParams(Section):
     max_request_images: PositiveInt
 
 
+class ReportParams(Section):
+    misclassified: Annotated[int, Field(ge=0, le=64)]
+    confidence: Fraction
+
+
+class ModelCardParams(Section):
+    """What only a person can write about the model (the Model Card Toolkit's free-text fields)."""
+
+    overview: str
+    owners: tuple[str, ...]
+    license: str
+    intended_use: str
+    users: str
+    limitations: str
+    tradeoffs: str
+    ethical_considerations: str
+
+
 class TrackingParams(Section):
     uri: str = Field(min_length=1)
     artifacts: str = Field(min_length=1)
@@ -202,6 +221,8 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     deploy: DeployParams
+    report: ReportParams
+    model_card: ModelCardParams
     tracking: TrackingParams
     validation: ValidationParams
     flow: FlowParams

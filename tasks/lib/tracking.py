@@ -130,7 +130,8 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _prefect_flow_run_id() -> str | None:
+def prefect_flow_run_id() -> str | None:
+    """The Prefect flow run this process runs in, or None (not under Prefect)."""
     if "prefect" not in sys.modules:  # not under Prefect: don't pay for importing it
         return None
     from prefect.runtime import flow_run
@@ -158,7 +159,7 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
         "device.name": str(device.get("device_name")),
         "mlflow.source.name": "trainflow",
     }
-    if (flow_run_id := _prefect_flow_run_id()) is not None:
+    if (flow_run_id := prefect_flow_run_id()) is not None:
         tags["prefect.flow_run_id"] = str(flow_run_id)
     run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data))
     run_id = run.info.run_id
@@ -221,6 +222,58 @@ def set_tags(settings: TrackingParams, run_id: str, tags: Mapping[str, Any]) -> 
     tracker = client(settings)
     for key, value in tags.items():
         tracker.set_tag(run_id, key, str(value))
+
+
+def run_record(settings: TrackingParams, run_id: str) -> dict[str, Any]:
+    """What a run holds for a report: its tags, params, latest metrics, status, start and end (ms since the epoch)."""
+    run = client(settings).get_run(run_id)
+    return {
+        "run_id": run_id,
+        "name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "metrics": dict(run.data.metrics),
+        "params": dict(run.data.params),
+    }
+
+
+def model_aliases(settings: TrackingParams, name: str) -> dict[str, int]:
+    """Every alias of a registered model and the version it names (empty when the model is not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client(settings).get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in sorted(model.aliases.items())}
+
+
+REPORT_TAG = "trainflow.report"  # on the run (artifact path) and on the registered version (runs:/ URI)
+
+
+def link_report(settings: TrackingParams, run_id: str, report: Path, name: str, version: int | None) -> str:
+    """Log the run's report as the artifact ``report/<file>`` and point the run and its registered version at it.
+
+    The version gets the tag ``trainflow.report`` (the ``runs:/`` URI) and a description naming it, so the registry
+    page of a version leads to its report. Returns the ``runs:/`` URI.
+    """
+    tracker = client(settings)
+    tracker.log_artifact(run_id, str(report), "report")
+    artifact = f"report/{Path(report).name}"
+    uri = f"runs:/{run_id}/{artifact}"
+    tracker.set_tag(run_id, REPORT_TAG, artifact)
+    if version is not None:
+        tracker.set_model_version_tag(name, str(version), REPORT_TAG, uri)
+        tracker.update_model_version(
+            name,
+            str(version),
+            description=f"Run report: {uri} (the run's Artifacts tab, {artifact}): data, training, evaluation, "
+            "the gate's decision, lineage and the model card on one self-contained page.",
+        )
+    return uri
 
 
 def log_artifacts(

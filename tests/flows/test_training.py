@@ -60,13 +60,18 @@ def test_summary_lists_every_stage_its_counts_and_the_metrics() -> None:
             "gate": {"promote": True},
             "registry": {"version": 3},
         },
+        "report": {"path": "reports/report.html", "bytes": 150_000, "mlflow": "runs:/r1/report/report.html"},
     }
     results = [
         {"stage": s, "state": "Cached", "seconds": 1.0, "summary": importlib.import_module(f"tasks.{s}").describe(r)}
         for s, r in reports.items()
     ]
-    text = summary_markdown(results, {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}})
+    run = {"run_id": "r1", "tracking_uri": "sqlite:///mlflow.db", "ui_path": "#/experiments/1/runs/r1"}
+    report = Path("reports/report.html")
+    text = summary_markdown(results, {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}}, run, report)
     assert all(f"| {s} | Cached | 1.0 |" in text for s in STAGES)
+    assert f"[report.html]({report.resolve().as_uri()})" in text  # the flow run's summary links the run report
+    assert "`runs:/r1/report/report.html`" in text and "reports/report.html (146 KB)" in text
     assert "train 7 / val 2 / test 1" in text and "removed 1 of 10" in text and "2 epochs on CPU" in text
     assert "| test | 0.9000 | 0.8000 | 0.3000 |" in text
 
@@ -158,7 +163,11 @@ def test_flow_runs_every_stage_wired_as_dvc_dag_then_caches_and_leaves_dvc_clean
     dag = sh(workspace, "dvc", "dag", "--dot").stdout
     expected = {s: sorted(u for u in STAGES if f'"{u}" -> "{s}"' in dag) for s in STAGES}
     assert expected["deploy"] == ["clean", "evaluate", "train"]  # the parse above found the edges
-    assert upstream_names(flow_run_id) == expected
+    # ... and the report, which shows dvc.lock, also hangs from the dvc commit of the stages before it
+    assert upstream_names(flow_run_id) == {
+        **expected,
+        "report": sorted([*expected["report"], "dvc-commit-before-report"]),
+    }
     _, logs = task_runs_and_logs(flow_run_id, "evaluate: val accuracy")
     assert "evaluate: val accuracy" in logs  # the stage's own log lines reach the Prefect UI
     runs, _ = task_runs_and_logs(flow_run_id, "")
@@ -170,6 +179,11 @@ def test_flow_runs_every_stage_wired_as_dvc_dag_then_caches_and_leaves_dvc_clean
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
     summary = next(a.data for a in artifacts if first["mlflow_run_id"] in a.data)  # the summary links the MLflow run
     assert "| deploy | Completed |" in summary
+    assert f"runs:/{first['mlflow_run_id']}/report/report.html" in summary  # ... and the run report
+    page = (workspace / "reports/report.html").read_text()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert all(out["md5"] in page for out in lock["train"]["outs"])  # recorded before the report ran: this run's
+    assert f"trained in <code>{flow_run_id}</code>" in page
     from mlflow import MlflowClient
 
     run = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}").get_run(first["mlflow_run_id"])
@@ -195,7 +209,7 @@ def test_a_param_change_reruns_only_downstream_stages(workspace: Path) -> None:
     summary = training(params_path="params.yaml", overrides={"train.epochs": epochs + 1})
     assert states(summary) == {
         **dict.fromkeys(STAGES[:4], "Cached"),
-        **dict.fromkeys(("train", "evaluate", "deploy"), "Completed"),
+        **dict.fromkeys(("train", "evaluate", "deploy", "report"), "Completed"),
     }
     assert f"epochs: {epochs + 1}" in (workspace / "params.yaml").read_text()
     assert "up to date" in sh(workspace, "dvc", "status").stdout

@@ -1,0 +1,496 @@
+"""report: every stage's outputs, the MLflow run and the registry → reports/report.html (one self-contained page).
+
+The page has six sections: data, training, evaluation, decision, lineage and the model card (the Model Card
+Toolkit's sections). It renders offline: figures are matplotlib PNGs inlined as data URIs, the style is inline, and
+there is no script. :func:`gather` reads what the stages wrote (nothing is recomputed but a few intervals),
+:func:`render` turns those facts into HTML through the Jinja2 template ``tasks/templates/report.html.j2``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tasks.lib import artifacts, tracking
+from tasks.lib.config import Params, TrainParams
+from tasks.lib.errors import TrainflowError
+from tasks.lib.sources import FILE_SOURCES
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {
+    "data": "Data",
+    "training": "Training",
+    "evaluation": "Evaluation",
+    "decision": "Decision",
+    "lineage": "Lineage",
+    "model-card": "Model card",
+}
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+BOUNDARIES = ("raw", "clean", "augmented", "normalized", "predictions")  # the validated boundaries, in DAG order
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "numpy",
+    "scikit-learn",
+    "mlflow",
+    "dvc",
+    "great-expectations",
+    "prefect",
+    "jinja2",
+    "matplotlib",
+)
+
+
+# ---- the pure core: numbers and figures in, facts out; facts in, HTML out ----
+
+
+def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound near 0 and 1 and for small samples); (0, 1) without trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A params mapping as ``section.key`` → value text (as MLflow logs params), secret-looking names left out."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out |= flatten(value, name)
+        elif not tracking.SECRET.search(str(key)):
+            out[name] = str(list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+def changed_params(
+    current: Mapping[str, str], committed: Mapping[str, str] | None, champion: Mapping[str, str] | None
+) -> list[dict[str, Any]]:
+    """The params of this run that differ from the committed params.yaml or from the champion's run (None: unknown).
+
+    Returns:
+        One row per differing key, sorted: ``{"key", "value", "committed", "champion"}`` (absent there: None).
+    """
+    rows = []
+    for key in sorted(set(current) | set(committed or {}) | set(champion or {})):
+        value = current.get(key)
+        theirs = [ref.get(key) for ref in (committed, champion) if ref is not None]
+        if any(not _same(other, value) for other in theirs):
+            rows.append(
+                {
+                    "key": key,
+                    "value": value,
+                    "committed": None if committed is None else committed.get(key),
+                    "champion": None if champion is None else champion.get(key),
+                }
+            )
+    return rows
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Equal as values: ``120`` in YAML and ``120.0`` as logged are the same number."""
+    if a is None or b is None:
+        return a is b
+    try:
+        return a == b or yaml.safe_load(a) == yaml.safe_load(b)
+    except yaml.YAMLError:
+        return False
+
+
+def stopping(history: Sequence[Mapping[str, str]], train: TrainParams) -> dict[str, Any]:
+    """Epochs run, the best epoch (lowest val loss, whose weights early stopping keeps) and why training stopped."""
+    epochs_run = len(history)
+    if not history:
+        return {"epochs_run": 0, "epochs_max": train.epochs, "best_epoch": None, "best_val_loss": None, "reason": ""}
+    losses = [float(row["val_loss"]) for row in history]
+    best = int(np.argmin(losses))
+    if epochs_run >= train.epochs:
+        reason = f"ran all train.epochs={train.epochs} epochs"
+    else:
+        reason = (
+            f"early stopping: val loss did not improve for train.early_stopping_patience="
+            f"{train.early_stopping_patience} epochs after epoch {best + 1}; the weights of epoch {best + 1} are kept"
+        )
+    return {
+        "epochs_run": epochs_run,
+        "epochs_max": train.epochs,
+        "best_epoch": best + 1,
+        "best_val_loss": losses[best],
+        "reason": reason,
+    }
+
+
+def mistakes(rows: Sequence[Mapping[str, str]], count: int) -> list[dict[str, Any]]:
+    """The ``count`` most confident wrong answers among evaluate's test predictions (predictions.csv rows)."""
+    wrong = []
+    for row in rows:
+        if row["split"] != "test" or row["label"] == row["predicted"]:
+            continue
+        probabilities = [float(v) for k, v in row.items() if k.startswith("p_")]
+        wrong.append(
+            {
+                "index": int(row["index"]),
+                "label": int(row["label"]),
+                "predicted": int(row["predicted"]),
+                "probability": probabilities[int(row["predicted"])],
+            }
+        )
+    return sorted(wrong, key=lambda w: (-w["probability"], w["index"]))[:count]
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
+    """A PNG of uint8 images (N, H, W, C) in a grid, each with its title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(6, max(1, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        picture = image[..., 0] if image.shape[-1] == 1 else image
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def quantitative(per_class: Mapping[str, Any], headline: Mapping[str, Any], confidence: float) -> dict[str, Any]:
+    """Accuracy with its Wilson interval per split and per class (a class's accuracy is its recall)."""
+    overall = []
+    for split, metrics in headline.items():
+        n = int(per_class[split]["count"])
+        correct = round(metrics["accuracy"] * n)
+        overall.append({"split": split, "accuracy": metrics["accuracy"], "n": n, "ci": wilson(correct, n, confidence)})
+    classes = []
+    for name, m in per_class["test"]["per_class"].items():
+        n = int(m["support"])
+        classes.append(
+            {"class": name, "accuracy": m["recall"], "n": n, "ci": wilson(round(m["recall"] * n), n, confidence)}
+        )
+    return {"confidence": confidence, "overall": overall, "per_class": classes}
+
+
+def data_uri(png: bytes | None) -> str:
+    """An inline image source: the PNG itself, base64 (the page fetches nothing)."""
+    return "data:image/png;base64," + base64.b64encode(png or b"").decode("ascii")
+
+
+def render(facts: Mapping[str, Any]) -> str:
+    """The report page for :func:`gather`'s facts (a missing fact is an error, not a blank)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["data_uri"] = data_uri
+    environment.filters["pct"] = lambda v, d=1: "—" if v is None else f"{100 * float(v):.{d}f} %"
+    environment.filters["num"] = lambda v, d=4: "—" if v is None else f"{float(v):.{d}f}"
+    return environment.get_template(TEMPLATE.name).render(sections=SECTIONS, **facts)
+
+
+# ---- I/O: what the stages wrote, the MLflow run and the registry ----
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TrainflowError(f"{path}: not found (run the stage that writes it first)") from None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(_read_bytes(path).decode())))
+
+
+def _git(*args: str) -> str | None:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _committed_params() -> tuple[dict[str, str] | None, str | None]:
+    """params.yaml as committed at HEAD, flattened, and the commit; (None, None) outside git or before a commit."""
+    text, commit = _git("show", "HEAD:params.yaml"), _git("rev-parse", "--short", "HEAD")
+    if text is None or commit is None:
+        return None, None
+    try:
+        return flatten(yaml.safe_load(text) or {}), commit.strip()
+    except yaml.YAMLError:
+        return None, commit.strip()
+
+
+def _docs_page(params: Params, boundary: str) -> str | None:
+    """The newest Data Docs page of a boundary's validation, relative to the report (None: not there)."""
+    pages = sorted(
+        (Path(params.paths.data_docs) / "validations" / boundary).glob("**/*.html"), key=lambda p: p.stat().st_mtime
+    )
+    return os.path.relpath(pages[-1], Path(params.paths.report).parent) if pages else None
+
+
+def _lineage_stages(lock: Path) -> list[dict[str, Any]]:
+    """Each stage's deps and outs with DVC's hashes, as dvc.lock records them."""
+    if not lock.is_file():
+        return []
+    content = yaml.safe_load(lock.read_text()) or {}
+    stages = []
+    for name, stage in (content.get("stages") or {}).items():
+        files = []
+        for kind in ("deps", "outs"):
+            for item in stage.get(kind) or []:
+                digest = item.get("md5") or item.get("etag") or item.get("checksum") or "—"
+                files.append({"kind": kind[:-1], "path": item.get("path"), "hash": digest, "size": item.get("size")})
+        values = {}  # keyed by params file: params.yaml's keys as they are, another file's under its name
+        for source, tree in (stage.get("params") or {}).items():
+            values |= flatten(tree, "" if source == "params.yaml" else source)
+        stages.append({"stage": name, "files": files, "params": values})
+    return stages
+
+
+def _versions() -> list[dict[str, str]]:
+    found = [{"name": "python", "version": platform.python_version()}]
+    for name in PACKAGES:
+        try:
+            found.append({"name": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def gather(params: Params) -> dict[str, Any]:
+    """Every fact of the page, from the files the stages wrote, the MLflow run and the registry.
+
+    Raises:
+        TrainflowError: an upstream file is missing or unreadable (named), or the MLflow run is gone.
+    """
+    paths, settings = params.paths, params.tracking
+    raw = artifacts.open_dataset(Path(paths.raw))
+    clean = artifacts.open_dataset(Path(paths.clean))
+    augmented = artifacts.open_dataset(Path(paths.augmented))
+    validations = [artifacts.read_json(Path(paths.validation) / f"{b}.json") for b in BOUNDARIES]
+    drift = artifacts.read_json(Path(paths.drift_report))
+    history = _read_csv(Path(paths.history))
+    metrics = artifacts.read_json(Path(paths.metrics))
+    per_class = artifacts.read_json(Path(paths.per_class))
+    gate = artifacts.read_json(Path(paths.gate))
+    deployed = artifacts.read_json(Path(paths.deploy_report))
+    run_info = artifacts.read_json(Path(paths.run_info))
+    predictions = _read_csv(Path(paths.predictions))
+    curves = _read_bytes(Path(paths.figures) / "training_curves.png")
+    confusion = _read_bytes(Path(paths.figures) / "confusion_matrix.png")
+    samples = _read_bytes(Path(paths.samples))
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = tracking.run_record(settings, run_info["run_id"])
+    except MlflowException as exc:
+        raise TrainflowError(f"{paths.run_info}: MLflow run not found ({str(exc).splitlines()[0][:200]})") from None
+    champion = gate.get("champion")
+    try:  # the champion's params, to compare with: a champion whose run is gone has none
+        champion_run = tracking.run_record(settings, champion["run_id"]) if champion else None
+    except MlflowException:
+        champion_run = None
+    registry = deployed["registry"]
+    aliases = tracking.model_aliases(settings, registry["model_name"])
+    classes = list(clean.classes)
+
+    wrong = mistakes(predictions, params.report.misclassified)
+    test = clean.load("test", mmap=True)
+    wrong_png = None
+    if wrong:
+        images = np.stack([np.asarray(test.x[w["index"]]) for w in wrong])
+        titles = [f"true {classes[w['label']]}\npred {classes[w['predicted']]} ({w['probability']:.0%})" for w in wrong]
+        wrong_png = image_grid(images, titles)
+    for w in wrong:
+        w["label"], w["predicted"] = classes[w["label"]], classes[w["predicted"]]
+    total_wrong = sum(1 for r in predictions if r["split"] == "test" and r["label"] != r["predicted"])
+
+    tags = run["tags"]
+    committed, head = _committed_params()
+    current = flatten(params.model_dump(mode="json"))
+    champion_params = champion_run["params"] if champion_run else None
+    cleaned = clean.info.get("clean", {})
+    scored = champion if champion and champion.get("status") == "scored" else None
+    champion_per_class = (scored or {}).get("per_class") or {
+        name: {"recall": recall} for name, recall in (scored or {}).get("recall", {}).items()
+    }
+    report_uri = f"runs:/{run['run_id']}/report/{Path(paths.report).name}"
+    version = registry["version"]
+    return {
+        "title": f"{registry['model_name']} v{version}: {run['name']}",
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "headline": {
+            "test_accuracy": metrics["test"]["accuracy"],
+            "promoted": deployed["gate"]["promote"],
+            "version": version,
+            "alias": registry["alias"],
+            "reason": deployed["gate"]["reason"],
+        },
+        "data": {
+            "source": raw.info.get("source", params.data.source),
+            "path": params.data.path if params.data.source in FILE_SOURCES else None,
+            "classes": classes,
+            "shape": list(clean.image_shape),
+            "splits": [
+                {
+                    "split": split,
+                    "raw": raw.count(split),
+                    "clean": clean.count(split),
+                    "augmented": augmented.count(split),
+                    "per_class": clean.manifest["splits"][split]["class_counts"],
+                }
+                for split in clean.splits
+            ],
+            "removed": cleaned.get("removed", {}),
+            "removed_total": cleaned.get("removed_total", 0),
+            "input_total": cleaned.get("input_total", sum(raw.count(s) for s in raw.splits)),
+            "augment": {**augmented.info.get("augment", {}), "samples": samples},
+            "validation": [
+                {
+                    "boundary": v["boundary"],
+                    "success": v["success"],
+                    "rows": v["rows"],
+                    "expectations": len(v["expectations"]),
+                    "failed": v.get("failed", []),
+                    "page": _docs_page(params, v["boundary"]),
+                }
+                for v in validations
+            ],
+            "drift": drift,
+        },
+        "training": {
+            "model": params.train.model,
+            "changed": changed_params(current, committed, champion_params),
+            "committed": head,
+            "champion_version": champion["version"] if champion else None,
+            "backend": tags.get("keras.backend", "unknown"),
+            "device": tags.get("device", "unknown"),
+            "device_name": tags.get("device.name", "unknown"),
+            "replicas": tags.get("train.replicas"),
+            "fit_seconds": float(tags["train.fit_seconds"]) if "train.fit_seconds" in tags else None,
+            "stopping": stopping(history, params.train),
+            "curves": curves,
+            "last": history[-1] if history else {},
+        },
+        "evaluation": {
+            "headline": metrics,
+            "per_class": [
+                {"class": name, **m, "champion": champion_per_class.get(name)}
+                for name, m in per_class["test"]["per_class"].items()
+            ],
+            "champion": champion,
+            "confusion": confusion,
+            "mistakes": wrong,
+            "mistakes_png": wrong_png,
+            "total_wrong": total_wrong,
+            "test_count": per_class["test"]["count"],
+        },
+        "decision": {
+            "gate": deployed["gate"],
+            "deploy": params.deploy.model_dump(mode="json"),
+            "recall": [
+                {
+                    "class": name,
+                    "candidate": m["recall"],
+                    "champion": (scored or {}).get("recall", {}).get(name),
+                    "drop": deployed["gate"]["class_recall_drops"].get(name),
+                }
+                for name, m in per_class["test"]["per_class"].items()
+            ],
+            "serving": deployed["serving"],
+            "registry": registry,
+            "aliases": aliases,
+            "this_version_aliases": [alias for alias, v in aliases.items() if v == version],
+        },
+        "lineage": {
+            "git_commit": tags.get("git.commit", "unknown"),
+            "git_dirty": tags.get("git.dirty", "unknown"),
+            "mlflow": {
+                "run_id": run["run_id"],
+                "run_name": run["name"],
+                "experiment_id": run["experiment_id"],
+                "tracking_uri": run_info.get("tracking_uri"),
+                "ui_path": run_info.get("ui_path"),
+                "model_uri": registry["model_uri"],
+                "report_uri": report_uri,
+            },
+            # the flow run that trained the model (a tag of its MLflow run), and the one writing this page (they differ
+            # when the flow found train cached)
+            "prefect": {"training": tags.get("prefect.flow_run_id"), "report": tracking.prefect_flow_run_id()},
+            "stages": _lineage_stages(Path("dvc.lock")),
+            "packages": _versions(),
+            "platform": f"{platform.system()} {platform.machine()}",
+        },
+        "model_card": {
+            "card": params.model_card.model_dump(mode="json"),
+            "name": registry["model_name"],
+            "version": version,
+            "architecture": (
+                f"Keras {params.train.model}: filters {list(params.train.filters)}, dense {params.train.dense_units}, "
+                f"dropout {params.train.dropout}, batch norm {params.train.batch_norm}; preprocessing "
+                f"({params.normalize.method}) inside the model"
+            ),
+            "input": f"raw uint8 images {list(clean.image_shape)} (N × H × W × C)",
+            "output": f"one of {len(classes)} classes with its probability and every class's probability",
+            "datasets": [
+                {"name": f"{paths.augmented}/train", "use": "training", "count": augmented.count("train")},
+                {"name": f"{paths.clean}/val", "use": "early stopping", "count": clean.count("val")},
+                {"name": f"{paths.clean}/test", "use": "evaluation and the gate", "count": clean.count("test")},
+            ],
+            "hashes": {s: clean.manifest["splits"][s]["sha256"][:16] for s in clean.splits},
+            "quantitative": quantitative(per_class, metrics, params.report.confidence),
+        },
+    }
+
+
+def run(params: Params) -> dict:
+    """Write reports/report.html, log it to the MLflow run and point the registered version at it."""
+    facts = gather(params)
+    page = render(facts)
+    target = Path(params.paths.report)
+    artifacts.write_bytes(target, page.encode())
+    registry = facts["decision"]["registry"]
+    uri = tracking.link_report(
+        params.tracking, facts["lineage"]["mlflow"]["run_id"], target, registry["model_name"], registry["version"]
+    )
+    log.info("report: %s (%.0f KB), logged to MLflow as %s", target, len(page) / 1024, uri)
+    return {"path": str(target), "bytes": len(page), "mlflow": uri, "version": registry["version"]}
+
+
+def describe(report: dict) -> str:
+    """One line for the flow-run summary: where the report is."""
+    return f"{report['path']} ({report['bytes'] / 1024:.0f} KB), MLflow {report['mlflow']}"
+
+
+if __name__ == "__main__":
+    from tasks.lib.cli import main
+
+    main("report", run)
