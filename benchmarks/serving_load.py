@@ -1,9 +1,11 @@
-"""Bounded load test of a running `mlflow models serve`: N one-image requests from a few threads on loopback.
+"""Bounded load test of a running `mlflow models serve`: N one-image requests from 1, then 50 client threads.
 
-    python benchmarks/serving_load.py --url http://127.0.0.1:5001/invocations --requests 2000 --threads 4 --results
+    python benchmarks/serving_load.py --url http://127.0.0.1:5001/invocations --requests 2000 --threads 1 50 --results
 
-Prints one JSON line (requests, errors, p50/p99 latency in ms, throughput in requests/s); with --results it also
-writes them as the "Serving load" section of benchmarks/RESULTS.md, keeping the other sections. Exits 1 on any error.
+Prints one JSON line per thread count (requests, errors, p50/p99 latency in ms, throughput in requests/s); with
+--results it also writes them as the "Serving load" section of benchmarks/RESULTS.md, keeping the other sections.
+Targets (issue 17): one client p50 ≤ 20 ms and p99 ≤ 60 ms; 50 concurrent clients ≥ 200 requests/s. Exits 1 on any
+error.
 """
 
 from __future__ import annotations
@@ -58,19 +60,22 @@ def load(url: str, requests: int, threads: int, shape: tuple[int, ...], seed: in
     }
 
 
-def write_results(stats: dict[str, float | int], shape: tuple[int, ...]) -> None:
+def write_results(runs: list[dict[str, float | int]], shape: tuple[int, ...], workers: str) -> None:
     """Replace (or append) the "Serving load" section of RESULTS.md."""
+    rows = "".join(
+        f"| {r['threads']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
+        f"{r['throughput_rps']} |\n"
+        for r in runs
+    )
     write_section(
         SECTION,
-        "`python benchmarks/serving_load.py --url http://127.0.0.1:PORT/invocations --results`"
-        " against `mlflow models serve --env-manager local` of the registered model (TINY params, digits) on loopback:"
-        f" {stats['requests']} requests"
-        f" of one {'×'.join(map(str, shape))} uint8 image each from {stats['threads']} threads.\n"
-        f"Machine: {machine()}, CPU only; {today()}.\n\n"
-        "| requests | errors | p50 latency (ms) | p99 latency (ms) | throughput (requests/s) |\n"
-        "| --- | --- | --- | --- | --- |\n"
-        f"| {stats['requests']} | {stats['errors']} | {stats['p50_ms']} | {stats['p99_ms']} | "
-        f"{stats['throughput_rps']} |\n",
+        "`python benchmarks/serving_load.py --url http://127.0.0.1:PORT/invocations --threads 1 50 --results`"
+        f" against `mlflow models serve --env-manager local{workers}` of the registered model (digits) on loopback:"
+        f" one {'×'.join(map(str, shape))} uint8 image a request; the clients run on the same 2 cores.\n"
+        f"Machine: {machine()}, CPU only; {today()}. Targets: one client p50 ≤ 20 ms, p99 ≤ 60 ms; 50 clients"
+        " ≥ 200 requests/s.\n\n"
+        "| client threads | requests | errors | p50 latency (ms) | p99 latency (ms) | throughput (requests/s) |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + rows,
     )
 
 
@@ -78,15 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the server's /invocations URL")
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--workers", default="", help="the server's -w, for the record (e.g. ' -w 2')")
     parser.add_argument("--shape", type=int, nargs="+", default=[8, 8, 1], help="one image's H W C")
     parser.add_argument("--results", action="store_true", help="update the 'Serving load' section of RESULTS.md")
     args = parser.parse_args(argv)
-    stats = load(args.url, args.requests, args.threads, tuple(args.shape))
-    print(json.dumps(stats))
+    runs = []
+    for threads in args.threads:
+        runs.append(load(args.url, args.requests, threads, tuple(args.shape)))
+        print(json.dumps(runs[-1]))
     if args.results:
-        write_results(stats, tuple(args.shape))
-    return 1 if stats["errors"] else 0
+        write_results(runs, tuple(args.shape), args.workers)
+    return 1 if any(r["errors"] for r in runs) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""normalize: data/augmented → data/normalized (float32 in [0, 1] or standardised with train statistics)."""
+"""normalize: data/augmented → data/normalized: the same uint8 pixels, validated, with the train statistics that the
+model's first layers apply (the TensorFlow Transform pattern: scale to [0, 1], or standardise with train's per-channel
+mean and std, inside the model in training as in serving, so the two can never disagree)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from tasks.lib import artifacts, parallel, validation
-from tasks.lib.artifacts import Split
 from tasks.lib.config import NormalizeParams, Params
-from tasks.lib.stats import row_hashes, summarize
+from tasks.lib.errors import TrainflowError
+from tasks.lib.stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +42,31 @@ def statistics(sums: list[np.ndarray], channels: int, params: NormalizeParams) -
     }
 
 
-def apply(x: np.ndarray, stats: dict) -> np.ndarray:
-    """float32 ``(x * scale - mean) / std``: what the saved model's preprocessing layers compute."""
-    out = x.astype(np.float32)  # one copy, then in place
-    out *= np.float32(stats["scale"])
-    if stats["method"] == "standardize":
-        out -= np.asarray(stats["mean"], dtype=np.float32)
-        out /= np.asarray(stats["std"], dtype=np.float32)
-    return out
+def check(stats: dict, params: Params) -> None:
+    """Refuse statistics that would blow pixels up: standardised values beyond validation.max_abs_standardized."""
+    scale, mean, std = stats["scale"], np.asarray(stats["mean"]), np.asarray(stats["std"])
+    extreme = float(np.max(np.maximum(np.abs(0.0 - mean), np.abs(255 * scale - mean)) / std))
+    if extreme > params.validation.max_abs_standardized:
+        raise TrainflowError(
+            f"{params.paths.augmented}: normalize.method={stats['method']} would map pixels as far as "
+            f"{extreme:.1f} standard deviations (std {stats['std']}), beyond validation.max_abs_standardized="
+            f"{params.validation.max_abs_standardized}; a near-constant channel: use normalize.method=scale"
+        )
 
 
 def sums_shard(augmented: str, index: int) -> np.ndarray:
     return channel_sums(artifacts.open_dataset(Path(augmented)).shard("train", index).x)
 
 
-def normalize_shard(augmented: str, out: str, split: str, index: int, stats: dict) -> tuple:
-    """Write one shard normalised; its manifest entry and validation summary."""
+def normalize_shard(augmented: str, out: str, split: str, index: int) -> tuple:
+    """Write one shard (its uint8 pixels unchanged); its manifest entry and validation summary, in the same pass."""
     shard = artifacts.open_dataset(Path(augmented)).shard(split, index)
-    x = apply(shard.x, stats)
-    # Content hashes of the uint8 input: normalising maps equal images to equal images and distinct to distinct,
-    # so the leak check is the same, on a quarter of the bytes.
-    hashes = row_hashes(np.asarray(shard.x).reshape(len(shard.x), -1))
-    summary = summarize(split, index, x, shard.y, hashes=hashes)
-    return artifacts.write_shard(Path(out), split, index, Split(x, shard.y)), summary
+    summary = summarize(split, index, shard.x, shard.y)
+    return artifacts.write_shard(Path(out), split, index, shard), summary
 
 
 def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
-    """Read data/augmented shard by shard, normalise, validate, write data/normalized (statistics in its manifest)."""
+    """Train statistics, then data/augmented shard by shard → validated data/normalized (statistics in its manifest)."""
     augmented = artifacts.open_dataset(Path(params.paths.augmented))
     channels = augmented.image_shape[-1]
     sums = []
@@ -74,13 +74,14 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         calls = [(str(augmented.path), i) for i in range(len(augmented.shard_counts("train")))]
         sums = mapper("normalize-statistics", sums_shard, calls)
     stats = statistics(sums, channels, params.normalize)
+    check(stats, params)
     ids = augmented.shard_ids()
     with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
-        written = mapper("normalize", normalize_shard, [(str(augmented.path), str(tmp), *i, stats) for i in ids])
+        written = mapper("normalize", normalize_shard, [(str(augmented.path), str(tmp), *i) for i in ids])
         validation.validate_summaries("normalized", [summary for _, summary in written], augmented.classes, params)
         entries = artifacts.by_split(ids, [entry for entry, _ in written])
         info = {**augmented.info, "normalize": stats}
-        artifacts.write_manifest(tmp, entries, augmented.classes, augmented.image_shape, "float32", info)
+        artifacts.write_manifest(tmp, entries, augmented.classes, augmented.image_shape, "uint8", info)
     log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
     return stats
 

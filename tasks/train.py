@@ -11,8 +11,10 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +67,9 @@ def _conv_padding(size: int) -> str:
     return "valid" if (size - 2) // 2 >= 2 else "same"
 
 
-def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams) -> keras.Model:
-    """The network on normalised float inputs: ``cnn`` (the seed's two conv/pool blocks) or ``mlp``.
+def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams, stats: dict) -> keras.Model:
+    """The model on raw uint8 pixels: normalize's statistics as its first layers, then ``cnn`` (the seed's two
+    conv/pool blocks) or ``mlp``. Training and serving run the same preprocessing: the TensorFlow Transform pattern.
 
     With ``params.batch_norm`` every conv block and hidden dense layer normalises its pre-activations: conv (no
     bias) → max pooling → batch norm → ReLU, dense (no bias) → batch norm → ReLU.
@@ -75,6 +78,8 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
         input_shape: (H, W, C) of one image.
         num_classes: width of the softmax output.
         params: the train section.
+        stats: normalize's statistics (data/normalized's manifest): ``x * scale``, then ``(· - mean) / std`` for
+            ``standardize``.
 
     Returns:
         An uncompiled Keras model whose output is float32 class probabilities.
@@ -90,8 +95,10 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
         # that match the data, or inference sees activations scaled unlike anything seen in training.
         return layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x)) if params.batch_norm else x
 
-    inputs = keras.Input(shape=input_shape, name="normalized")
-    x = inputs
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="pixels")
+    x = layers.Rescaling(stats["scale"], name="rescale")(inputs)
+    if stats["method"] == "standardize":
+        x = layers.Normalization(mean=stats["mean"], variance=np.square(stats["std"]).tolist(), name="standardize")(x)
     if params.model == "cnn":
         size = min(input_shape[0], input_shape[1])
         for filters in params.filters:
@@ -120,19 +127,7 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
             )
             x = layers.Dropout(params.dropout)(relu(dense(x)))
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"{params.model}_classifier")
-
-
-def with_preprocessing(classifier: keras.Model, input_shape: tuple[int, ...], stats: dict) -> keras.Model:
-    """Wrap the classifier so it takes raw uint8 pixels: the normalize stage's maths as layers."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input(shape=input_shape, dtype="uint8", name="pixels")
-    x = layers.Rescaling(stats["scale"], name="rescale")(inputs)
-    if stats["method"] == "standardize":
-        x = layers.Normalization(mean=stats["mean"], variance=np.square(stats["std"]).tolist(), name="standardize")(x)
-    return keras.Model(inputs, classifier(x), name="trainflow_model")
+    return keras.Model(inputs, outputs, name=f"trainflow_{params.model}")
 
 
 @contextmanager
@@ -203,15 +198,17 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     )
 
 
-SHUFFLE_SHARDS = 4  # shards shuffled together each epoch: the shuffle buffer (at most this many + 1 in memory)
+SHUFFLE_SHARDS = 4  # shards shuffled together each epoch: the shuffle buffer (at most three such groups in memory)
 
 
 def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
-    """Batches of a stored split, a few shards in memory at a time: training streams data of any size.
+    """uint8 batches of a stored split, a few shards in memory at a time: training streams data of any size.
 
     With a seed, every epoch visits the shards in a fresh random order, in groups of ``SHUFFLE_SHARDS`` whose
     images are shuffled together (a shuffle buffer of that many shards, as sharded input pipelines interleave);
-    without, in stored order (validation).
+    without, in stored order (validation). Each group is gathered into its shuffled order once, in a background
+    thread while the group before it trains; a batch is then a contiguous slice (a view), never a per-batch gather.
+    Keras prefetches the batches (``tf.data`` on TensorFlow, device transfers on JAX).
     """
     import keras
 
@@ -219,46 +216,112 @@ def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: i
 
     class ShardBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.epoch, self.loaded = 0, {}
-            self.order = self._plan()
+            super().__init__(workers=1, use_multiprocessing=False)  # no worker threads: slices need none
+            self.epoch = 0
+            self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="shard-batches")
+            self.loaded: dict[int, artifacts.Split] = {}  # shards of the groups in use, kept across epochs
+            self.lock = threading.Lock()  # self.loaded: filled by the prefetch thread, pruned by the caller
+            self._plan()
 
-        def _plan(self) -> np.ndarray:
-            """(N, 2) int64: the shard and position of each image, in this epoch's order."""
+        def _plan(self) -> None:
             rng = np.random.default_rng([seed, self.epoch]) if seed is not None else None
             shards = rng.permutation(len(counts)) if rng is not None else np.arange(len(counts))
-            size, parts = SHUFFLE_SHARDS if rng is not None else 1, []
-            for start in range(0, len(shards), size):
-                group = shards[start : start + size]
-                rows = np.concatenate([np.stack([np.full(counts[s], s), np.arange(counts[s])], axis=1) for s in group])
-                parts.append(rows[rng.permutation(len(rows))] if rng is not None else rows)
-            return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+            size = SHUFFLE_SHARDS if rng is not None else 1
+            self.groups = [shards[start : start + size] for start in range(0, len(shards), size)]
+            self.starts = np.cumsum([0, *(sum(counts[s] for s in group) for group in self.groups)])
+            self.ready: dict[int, Any] = {}  # group → Future of its (x, y)
 
-        def _shard(self, index: int) -> artifacts.Split:
-            if index not in self.loaded:
-                if len(self.loaded) > SHUFFLE_SHARDS:  # batches run through the groups in order: drop the oldest
-                    self.loaded.pop(next(iter(self.loaded)))
-                self.loaded[index] = stored.shard(split, int(index))
-            return self.loaded[index]
+        def _gather(self, g: int, epoch: int, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Group ``g``'s images in ``epoch``'s order: one scatter per shard into one array."""
+            with self.lock:
+                known = {int(s): self.loaded.get(int(s)) for s in group}
+            parts = [known[int(s)] or stored.shard(split, int(s)) for s in group]
+            with self.lock:
+                self.loaded.update(zip(group.tolist(), parts, strict=True))
+            n = sum(len(part.y) for part in parts)
+            if seed is None and len(parts) == 1:
+                return parts[0].x, parts[0].y
+            where = np.random.default_rng([seed, epoch, g]).permutation(n) if seed is not None else np.arange(n)
+            x = np.empty((n, *parts[0].x.shape[1:]), dtype=parts[0].x.dtype)
+            y = np.empty(n, dtype=parts[0].y.dtype)
+            offset = 0
+            for part in parts:
+                dest = where[offset : offset + len(part.y)]
+                x[dest], y[dest] = part.x, part.y
+                offset += len(part.y)
+            return x, y
+
+        def _group_ahead(self, g: int) -> None:
+            if g < len(self.groups) and g not in self.ready:
+                self.ready[g] = self.prefetch.submit(self._gather, g, self.epoch, self.groups[g])
+
+        def _group(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+            self._group_ahead(g)
+            self._group_ahead(g + 1)  # the next group, gathered while this one trains
+            for old in [k for k in self.ready if k < g - 1]:  # a batch may span two groups: keep the one before
+                del self.ready[old]
+            used = {int(s) for k in (g - 1, g, g + 1) if 0 <= k < len(self.groups) for s in self.groups[k]}
+            with self.lock:
+                for shard in self.loaded.keys() - used:
+                    del self.loaded[shard]
+            return self.ready[g].result()
 
         def __len__(self) -> int:
-            return math.ceil(len(self.order) / batch_size)
+            return math.ceil(int(self.starts[-1]) / batch_size)
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-            rows = self.order[index * batch_size : (index + 1) * batch_size]
+            low, high = index * batch_size, min((index + 1) * batch_size, int(self.starts[-1]))
+            g = int(np.searchsorted(self.starts, low, side="right")) - 1
             xs, ys = [], []
-            for shard in dict.fromkeys(rows[:, 0].tolist()):  # a batch is a set: grouped by shard, not re-ordered
-                data, where = self._shard(shard), rows[rows[:, 0] == shard, 1]
-                xs.append(data.x[where])
-                ys.append(data.y[where])
+            while low < high:  # one slice, or two where the batch spans the end of a group
+                x, y = self._group(g)
+                a, b = low - int(self.starts[g]), min(high, int(self.starts[g + 1])) - int(self.starts[g])
+                xs.append(x[a:b])
+                ys.append(y[a:b])
+                low, g = int(self.starts[g]) + b, g + 1
             return (xs[0], ys[0]) if len(xs) == 1 else (np.concatenate(xs), np.concatenate(ys))
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
             if seed is not None:
-                self.order = self._plan()
+                self._plan()
+                self._group_ahead(0)  # the next epoch's first group, gathered while validation and callbacks run
 
     return ShardBatches()
+
+
+def epoch_callbacks(
+    params: TrainParams, backup_dir: Path, history_csv: Path, extra_callbacks: list[Any] | None = None
+) -> list[Any]:
+    """The callbacks of :func:`fit`, in order: history row, ``extra_callbacks`` (MLflow), checkpoint, early stopping,
+    learning-rate plateau."""
+    import keras
+
+    # A schedule owns the learning rate; ReduceLROnPlateau could not set it (and would fight it).
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
+            )
+        ]
+        if params.lr_schedule == "plateau"
+        else []
+    )
+    return [
+        # The history row and the epoch's logging (extra_callbacks: MLflow) come before the epoch's backup: a kill
+        # between them repeats that epoch on resume (history_rows keeps the last row per epoch) rather than losing
+        # its row or its metrics. The backup is not written atomically; double_checkpoint keeps the previous one to
+        # fall back on if a kill truncates it.
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        *(extra_callbacks or []),
+        keras.callbacks.BackupAndRestore(
+            str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
+        ),
+        *plateau,
+    ]
 
 
 def fit(
@@ -280,31 +343,7 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    # A schedule owns the learning rate; ReduceLROnPlateau could not set it (and would fight it).
-    plateau = (
-        [
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=params.lr_plateau_factor, patience=params.lr_plateau_patience
-            )
-        ]
-        if params.lr_schedule == "plateau"
-        else []
-    )
-    callbacks = [
-        # The history row and the epoch's logging (extra_callbacks: MLflow) come before the epoch's backup: a kill
-        # between them repeats that epoch on resume (history_rows keeps the last row per epoch) rather than losing
-        # its row or its metrics. The backup is not written atomically; double_checkpoint keeps the previous one to
-        # fall back on if a kill truncates it.
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
-        *(extra_callbacks or []),
-        keras.callbacks.BackupAndRestore(
-            str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
-        ),
-        *plateau,
-    ]
+    callbacks = epoch_callbacks(params, backup_dir, history_csv, extra_callbacks)
     start = time.perf_counter()
     classifier.fit(
         train,
@@ -367,9 +406,9 @@ def run(params: Params) -> dict:
         artifacts.write_bytes(run_marker, run_id.encode())
 
     with distribution(cfg) as replicas:
-        classifier = build_classifier(shape, len(data.classes), cfg)
+        model = build_classifier(shape, len(data.classes), cfg, data.info["normalize"])
         fit_seconds = fit(
-            classifier,
+            model,
             shard_batches(data, "train", cfg.batch_size, params.seed),
             shard_batches(data, "val", cfg.batch_size, None),
             cfg,
@@ -377,7 +416,6 @@ def run(params: Params) -> dict:
             history_csv,
             extra_callbacks=[tracking.epoch_callback(params.tracking, run_id)],
         )
-        model = with_preprocessing(classifier, shape, data.info["normalize"])
         save_model(model, Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)

@@ -39,6 +39,9 @@ def refuse_deep_json() -> None:
     scoring_server._decode_json_input = decode_or_refuse
 
 
+CHUNK = 256  # images per forward pass: bounds the activations' memory for large requests
+
+
 class RawPixelClassifier(mlflow.pyfunc.PythonModel):
     """Wraps the Keras model (preprocessing layers inside) and names the predicted class."""
 
@@ -51,6 +54,11 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
         self.classes = list(context.model_config["classes"])
         self.max_images = int(context.model_config["max_request_images"])
 
+    def _call(self, images: np.ndarray) -> np.ndarray:
+        import keras
+
+        return keras.ops.convert_to_numpy(self.model(images, training=False)).astype(np.float32, copy=False)
+
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = np.asarray(model_input, dtype=np.uint8)
         if len(images) > self.max_images:  # a 4xx, not minutes of CPU or an out-of-memory kill
@@ -60,7 +68,11 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
                 f"{len(images)} images in one request; at most {self.max_images} (deploy.max_request_images)",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        probabilities = np.asarray(self.model.predict(images, verbose=0))
+        # Calling the model directly costs ~5 ms for one image; Model.predict builds a data pipeline per call (~45 ms).
+        probabilities = np.concatenate(
+            [self._call(images[start : start + CHUNK]) for start in range(0, len(images), CHUNK)]
+            or [np.zeros((0, len(self.classes)), dtype=np.float32)]
+        )
         labels = probabilities.argmax(axis=1)
         return pd.DataFrame(
             {

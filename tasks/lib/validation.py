@@ -54,14 +54,7 @@ def image_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[st
     e = gx.expectations
     v: ValidationParams = params.validation
     k = len(classes)
-    if boundary == "normalized":
-        dtype = "float32"
-        if params.normalize.method == "scale":
-            low, high = 0.0, 1.0
-        else:
-            low, high = -v.max_abs_standardized, v.max_abs_standardized
-    else:
-        dtype, low, high = "uint8", 0, 255
+    dtype, low, high = "uint8", 0, 255  # normalized too: the model applies the statistics (tasks/normalize.py)
     expectations = [
         e.ExpectColumnValuesToBeBetween(column="split_rows", min_value=v.min_images, max_value=v.max_images),
         e.ExpectColumnValuesToBeUnique(column="id"),

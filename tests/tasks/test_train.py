@@ -1,5 +1,5 @@
-"""tasks/train.py: the networks' shapes, batch norm, the learning-rate schedule, the raw-pixel wrapper, a tiny fit
-and its resume, and the checkpoint key."""
+"""tasks/train.py: the networks' shapes, batch norm, the learning-rate schedule, normalize's statistics as the model's
+first layers, the uint8 input path, a tiny fit and its resume, and the checkpoint key."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
+from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
-from tasks.normalize import apply, channel_sums, statistics
+from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
     _conv_padding,
@@ -25,9 +25,13 @@ from tasks.train import (
     fit,
     learning_rate,
     shard_batches,
-    with_preprocessing,
 )
 from tests.conftest import REPO, MakeDataset
+
+
+def scale(channels: int = 1) -> dict:
+    """normalize.method=scale's statistics."""
+    return {"method": "scale", "scale": 1 / 255, "mean": [0.0] * channels, "std": [1.0] * channels}
 
 
 @pytest.fixture
@@ -39,16 +43,16 @@ def tiny(params: Params) -> TrainParams:
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
 @pytest.mark.parametrize(("shape", "classes"), [((8, 8, 1), 10), ((28, 28, 1), 10), ((32, 32, 3), 4)])
 def test_build_classifier_shapes(tiny: TrainParams, model: str, shape: tuple[int, int, int], classes: int) -> None:
-    net = build_classifier(shape, classes, tiny.model_copy(update={"model": model}))
-    assert net.input_shape == (None, *shape)
+    net = build_classifier(shape, classes, tiny.model_copy(update={"model": model}), scale(shape[-1]))
+    assert net.input_shape == (None, *shape) and net.inputs[0].dtype == "uint8"
     assert net.output_shape == (None, classes)
-    out = keras.ops.convert_to_numpy(net(np.zeros((2, *shape), np.float32), training=False))
+    out = keras.ops.convert_to_numpy(net(np.zeros((2, *shape), np.uint8), training=False))
     assert out.shape == (2, classes) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_cnn_uses_the_seed_layers(tiny: TrainParams) -> None:
-    net = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"l2": 0.01}))
+    net = build_classifier((28, 28, 1), 10, tiny.model_copy(update={"l2": 0.01}), scale())
     convs = [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [4, 8]
     assert all(c.padding == "valid" and c.kernel_regularizer is not None for c in convs)
@@ -61,9 +65,9 @@ def test_cnn_uses_the_seed_layers(tiny: TrainParams) -> None:
 def test_batch_norm_before_every_hidden_relu(
     tiny: TrainParams, model: str, shape: tuple[int, int, int], expected: int
 ) -> None:
-    plain = build_classifier(shape, 10, tiny.model_copy(update={"model": model}))
+    plain = build_classifier(shape, 10, tiny.model_copy(update={"model": model}), scale(shape[-1]))
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
-    net = build_classifier(shape, 10, tiny.model_copy(update={"model": model, "batch_norm": True}))
+    net = build_classifier(shape, 10, tiny.model_copy(update={"model": model, "batch_norm": True}), scale(shape[-1]))
     norms = [i for i, layer in enumerate(net.layers) if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == expected
     for i in norms:  # weights without bias → (max pooling) → batch norm → ReLU
@@ -71,7 +75,7 @@ def test_batch_norm_before_every_hidden_relu(
         assert isinstance(before, keras.layers.Conv2D | keras.layers.Dense)
         assert not before.use_bias and before.activation is keras.activations.linear
         assert net.layers[i + 1].activation is keras.activations.relu
-    out = keras.ops.convert_to_numpy(net(np.zeros((2, *shape), np.float32), training=False))
+    out = keras.ops.convert_to_numpy(net(np.zeros((2, *shape), np.uint8), training=False))
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
@@ -125,10 +129,10 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
 
     killed = _Probe(stop_at=2)
     with pytest.raises(_Interrupt):
-        fit(build_classifier((8, 8, 1), 2, cfg), train, val, cfg, backup, history, extra_callbacks=[killed])
+        fit(build_classifier((8, 8, 1), 2, cfg, scale()), train, val, cfg, backup, history, extra_callbacks=[killed])
     assert backup.exists()
 
-    resumed, classifier = _Probe(), build_classifier((8, 8, 1), 2, cfg)
+    resumed, classifier = _Probe(), build_classifier((8, 8, 1), 2, cfg, scale())
     seconds = fit(classifier, train, val, cfg, backup, history, extra_callbacks=[resumed])
     assert seconds > 0
     assert list(resumed.seen) == [2]  # epochs 0 and 1 came from the checkpoint
@@ -142,9 +146,8 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
 
 
 def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24) -> tuple:
-    """Train and val of ``data``, scaled to [0, 1], stored in shards and streamed as train streams them."""
-    scaled = {name: Split(s.x.astype(np.float32) / 255, s.y) for name, s in data.splits.items()}
-    write_dataset(tmp_path / "normalized", Dataset(scaled, data.classes), shard_size)
+    """Train and val of ``data`` (uint8), stored in shards and streamed as train streams them."""
+    write_dataset(tmp_path / "normalized", data, shard_size)
     stored = open_dataset(tmp_path / "normalized")
     return shard_batches(stored, "train", batch_size, 0), shard_batches(stored, "val", batch_size, None)
 
@@ -168,12 +171,17 @@ def test_shard_batches_visit_every_image_once_per_epoch_shard_by_shard(
         first_group = {int(i) // 10 for i in seen[: 10 * SHUFFLE_SHARDS]}
         assert len(first_group) == SHUFFLE_SHARDS  # the first group's shards, images shuffled together
         np.testing.assert_array_equal(labels, data.splits["train"].y[seen])  # labels travel with their images
-        assert len(train.loaded) <= SHUFFLE_SHARDS + 1  # a bounded number of shards in memory, not all 4 + 16
+        assert len(train.loaded) <= 3 * SHUFFLE_SHARDS  # a bounded number of shards in memory (of 20)
+        # a batch is a slice of its group's shuffled array (5 groups of 40 images, 5 batches each): no per-batch gather
+        assert all(x.base is not None for x, _ in batches)
         orders.append(seen)
         train.on_epoch_end()
     assert not np.array_equal(orders[0], orders[1])  # a fresh order every epoch
     again = shard_batches(stored, "train", 8, seed=3)
     np.testing.assert_array_equal(np.concatenate([again[i][0][:, 0, 0, 0] for i in range(25)]), orders[0])
+    spanning = shard_batches(stored, "train", 12, seed=3)  # batches that span two groups join two slices
+    seen = np.concatenate([spanning[i][0][:, 0, 0, 0] for i in range(len(spanning))])
+    np.testing.assert_array_equal(seen, orders[0])  # the same order as batch 8: batches cut one sequence
     val = shard_batches(stored, "val", 4, seed=None)  # three shards, each once, in stored order
     assert len(val) == 7
     np.testing.assert_array_equal(np.concatenate([val[i][0] for i in range(len(val))]), data.splits["val"].x)
@@ -189,25 +197,24 @@ def test_conv_padding(size: int, padding: str) -> None:
 
 @pytest.mark.parametrize("method", ["scale", "standardize"])
 @pytest.mark.parametrize("shape", [(8, 8, 1), (6, 6, 3)])
-def test_with_preprocessing_equals_normalize_then_classifier(
+def test_the_model_applies_normalize_statistics_to_raw_pixels(
     tiny: TrainParams, method: str, shape: tuple[int, int, int]
 ) -> None:
-    keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
     stats = statistics([channel_sums(x)], shape[-1], NormalizeParams(method=method))
-    classifier = build_classifier(shape, 3, tiny)
-    model = with_preprocessing(classifier, shape, stats)
+    model = build_classifier(shape, 3, tiny, stats)
     assert model.inputs[0].dtype == "uint8"
-    raw = keras.ops.convert_to_numpy(model(x, training=False))
-    reference = keras.ops.convert_to_numpy(classifier(apply(x, stats), training=False))
-    np.testing.assert_allclose(raw, reference, rtol=1e-4, atol=1e-6)
+    last = "standardize" if method == "standardize" else "rescale"
+    preprocessed = keras.Model(model.inputs, model.get_layer(last).output)(x, training=False)
+    expected = (x / 255 - np.asarray(stats["mean"])) / np.asarray(stats["std"])  # normalize.py's formula
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(preprocessed), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_one_epoch_fit_writes_history(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset) -> None:
     keras.utils.set_random_seed(0)
     data = make_dataset({"train": 64, "val": 16}, shape=(8, 8, 1), num_classes=2)
     train, val = streams(tmp_path, data, tiny.batch_size)
-    classifier = build_classifier((8, 8, 1), 2, tiny)
+    classifier = build_classifier((8, 8, 1), 2, tiny, scale())
     backup, history = tmp_path / "backup", tmp_path / "history.csv"
     fit(classifier, train, val, tiny, backup, history)
     with history.open() as f:
@@ -248,9 +255,9 @@ cfg = params.model_copy(update={"distribute": "mirrored", "filters": (4, 8), "de
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 y = np.arange(256) % 2
-x = (rng.random((256, 8, 8, 1)) * 0.2 + y[:, None, None, None] * 0.8).astype("float32")  # trivially separable
+x = (rng.random((256, 8, 8, 1)) * 50 + y[:, None, None, None] * 200).astype("uint8")  # trivially separable
 with distribution(cfg) as replicas:
-    net = build_classifier((8, 8, 1), 2, cfg)
+    net = build_classifier((8, 8, 1), 2, cfg, {"method": "scale", "scale": 1 / 255, "mean": [0.0], "std": [1.0]})
     variable = net.trainable_variables[0]
     mirrored = type(getattr(variable, "value", variable)).__name__
     out = __import__("pathlib").Path(sys.argv[2])

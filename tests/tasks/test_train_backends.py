@@ -35,7 +35,7 @@ from tasks import train
 from tasks.lib import tracking
 from tasks.lib.artifacts import Dataset, Split, write_dataset
 from tasks.lib.config import load_params
-from tasks.normalize import apply, channel_sums, statistics
+from tasks.normalize import channel_sums, statistics
 
 params = load_params(Path(sys.argv[1]), json.loads(sys.argv[2]))
 rng = np.random.default_rng(0)
@@ -48,8 +48,7 @@ def split(n):
 clean = Dataset(splits={"train": split(256), "val": split(32), "test": split(32)}, classes=("dark", "bright"))
 write_dataset(Path(params.paths.clean), clean)
 found = statistics([channel_sums(clean.splits["train"].x)], 1, params.normalize)
-scaled = {name: Split(apply(s.x, found), s.y) for name, s in clean.splits.items()}
-write_dataset(Path(params.paths.normalized), Dataset(scaled, clean.classes, {"normalize": found}))
+write_dataset(Path(params.paths.normalized), Dataset(clean.splits, clean.classes, {"normalize": found}))
 report = train.run(params)
 run_id = tracking.current_run(Path(params.paths.run_info))
 curve = tracking.client(params.tracking).get_metric_history(run_id, "val_loss")

@@ -11,18 +11,9 @@ import pytest
 from tasks import clean
 from tasks.lib import artifacts, validation
 from tasks.lib.artifacts import Dataset, Split
-from tasks.lib.config import NormalizeParams, Params
+from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError
-from tasks.normalize import apply, channel_sums, statistics
 from tests.conftest import tiny_dataset
-
-
-def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]:
-    """What normalize writes, in memory: its per-shard core on each split, statistics from train."""
-    train = dataset.splits["train"].x
-    found = statistics([channel_sums(train)], train.shape[-1], params)
-    return Dataset({name: Split(apply(s.x, found), s.y) for name, s in dataset.splits.items()}, dataset.classes), found
-
 
 COUNTS = {"train": 30, "val": 12, "test": 12}
 
@@ -69,8 +60,7 @@ def test_a_clean_dataset_passes_every_image_boundary_and_writes_summaries(vparam
         assert summary["success"] and summary["rows"] == 9  # split × shard × label
         assert summary["splits"] == COUNTS
     validation.validate_dataset("augmented", data, vparams, reference=data)
-    normalized, _ = normalize(data, vparams.normalize)
-    validation.validate_dataset("normalized", normalized, vparams)
+    validation.validate_dataset("normalized", data, vparams)  # uint8: the model applies the statistics
     written = json.loads((Path(vparams.paths.validation) / "augmented.json").read_text())
     assert "expect_column_values_to_be_between(changed_by_augment)" in written["expectations"]
 
@@ -129,28 +119,16 @@ def test_a_too_small_split(vparams: Params) -> None:
     )
 
 
-def test_nan_pixels_in_normalized_data(vparams: Params) -> None:
-    normalized, _ = normalize(tiny_dataset(COUNTS), vparams.normalize)
-    x = normalized.splits["val"].x.copy()
+@pytest.mark.parametrize("boundary", ["clean", "normalized"])
+def test_float_pixels_where_uint8_belongs(vparams: Params, boundary: str) -> None:
+    data = tiny_dataset(COUNTS)
+    x = data.splits["val"].x.astype(np.float32) / 255
     x[2, 1, 1, 0] = np.nan
-    message = failure("normalized", replace(normalized, "val", x), vparams)
+    message = failure(boundary, replace(data, "val", x), vparams)
+    assert "expect_column_values_to_be_in_set(dtype)" in message
     assert (
         "expect_column_values_to_be_between(nan_count) observed 1 unexpected of 9, e.g. [1] at ['val/0/2']" in message
     )
-
-
-def test_normalized_values_out_of_range(vparams: Params) -> None:
-    normalized, _ = normalize(tiny_dataset(COUNTS), vparams.normalize)
-    x = normalized.splits["train"].x.copy()
-    x[0, 0, 0, 0] = 1.5
-    message = failure("normalized", replace(normalized, "train", x), vparams)
-    assert "expect_column_max_to_be_between(max) observed 1.5" in message
-
-
-def test_raw_pixels_where_normalized_floats_belong(vparams: Params) -> None:
-    message = failure("normalized", tiny_dataset(COUNTS), vparams)
-    assert "expect_column_values_to_be_in_set(dtype)" in message
-    assert "expect_column_max_to_be_between(max) observed 255" in message
 
 
 def test_val_changed_by_augment(vparams: Params) -> None:
@@ -178,7 +156,6 @@ def test_predictions_pass_and_fail(vparams: Params) -> None:
 
 def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Params) -> None:
     data = tiny_dataset(COUNTS)
-    normalized, _ = normalize(data, vparams.normalize)
     for _ in range(2):  # a second full pass over an existing context raises nothing
         context = validation.get_context(vparams.paths)
         for boundary in validation.IMAGE_BOUNDARIES:
@@ -187,7 +164,7 @@ def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Para
         for boundary in ("raw", "clean"):
             validation.validate_dataset(boundary, data, vparams)
         validation.validate_dataset("augmented", data, vparams, reference=data)
-        validation.validate_dataset("normalized", normalized, vparams)
+        validation.validate_dataset("normalized", data, vparams)
         p = np.full((12, 3), 1 / 3, dtype=np.float32)
         validation.validate_predictions({"test": (np.arange(12) % 3, p)}, data.classes, vparams)
     index = (Path(vparams.paths.data_docs) / "index.html").read_text()
