@@ -55,9 +55,7 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
         self.max_images = int(context.model_config["max_request_images"])
 
     def _call(self, images: np.ndarray) -> np.ndarray:
-        import keras
-
-        return keras.ops.convert_to_numpy(self.model(images, training=False)).astype(np.float32, copy=False)
+        return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = np.asarray(model_input, dtype=np.uint8)
@@ -68,7 +66,8 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
                 f"{len(images)} images in one request; at most {self.max_images} (deploy.max_request_images)",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        # Calling the model directly costs ~5 ms for one image; Model.predict builds a data pipeline per call (~45 ms).
+        # predict_on_batch runs the compiled predict step: 0.7 ms for one image, where calling the model eagerly takes
+        # 5 ms and Model.predict, which builds a data pipeline per call, 45 ms.
         probabilities = np.concatenate(
             [self._call(images[start : start + CHUNK]) for start in range(0, len(images), CHUNK)]
             or [np.zeros((0, len(self.classes)), dtype=np.float32)]

@@ -204,18 +204,13 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["split", "split_rows", "split_label", "id"])
 
 
-def summarize_dataset(dataset: Dataset, shard_size: int | None, reference: Dataset | None = None) -> list[ShardSummary]:
+def summarize_dataset(dataset: Dataset, shard_size: int | None) -> list[ShardSummary]:
     """Summaries of an in-memory dataset cut into the shards :func:`artifacts.write_dataset` would write."""
-    summaries = []
-    for name, split in dataset.splits.items():
-        checked = reference is not None and name != "train"  # augment may change train only
-        before = (
-            list(artifacts.chunks(reference.splits[name], shard_size)) if checked and name in reference.splits else []
-        )
-        for i, part in enumerate(artifacts.chunks(split, shard_size)):
-            ref = (before[i].x if i < len(before) else part.x[:0]) if checked else None  # missing: all changed
-            summaries.append(summarize(name, i, part.x, part.y, ref))
-    return summaries
+    return [
+        summarize(name, i, part.x, part.y)
+        for name, split in dataset.splits.items()
+        for i, part in enumerate(artifacts.chunks(split, shard_size))
+    ]
 
 
 def prediction_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:

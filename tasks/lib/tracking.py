@@ -385,8 +385,7 @@ def model_contract(model: Any) -> dict[str, Any]:
 
 def model_classes(model: Any, count: int) -> tuple[str, ...]:
     """The class names a logged model carries ("0".."K-1" when it has none)."""
-    config = getattr(model, "model_config", None) or {}
-    return tuple(config.get("classes") or (str(i) for i in range(count)))
+    return tuple(model_contract(model)["classes"] or (str(i) for i in range(count)))
 
 
 def log_model(

@@ -307,19 +307,15 @@ def validate_summaries(
     return run_suite(boundary, table, image_expectations(boundary, classes, splits, params), params)
 
 
-def validate_dataset(
-    boundary: str, dataset: Dataset, params: Params, reference: Dataset | None = None
-) -> dict[str, Any]:
-    """Validate an in-memory dataset, cut into ``data.shard_size`` shards as it will be written.
+def validate_dataset(boundary: str, dataset: Dataset, params: Params) -> dict[str, Any]:
+    """Validate an in-memory dataset (ingest's), cut into ``data.shard_size`` shards as it will be written.
 
     Args:
         boundary: which suite.
         dataset: the stage's output, before it is written.
-        params: the whole config (paths, validation thresholds, normalize method, shard size).
-        reference: augment's input, to check that val/test are unchanged.
+        params: the whole config (paths, validation thresholds, shard size).
     """
-    summaries = summarize_dataset(dataset, params.data.shard_size, reference if boundary == "augmented" else None)
-    return validate_summaries(boundary, summaries, dataset.classes, params)
+    return validate_summaries(boundary, summarize_dataset(dataset, params.data.shard_size), dataset.classes, params)
 
 
 def validate_predictions(
