@@ -291,10 +291,10 @@ def report(found: dict[str, Any], mnist: Path, repeats: int) -> str:
         row("baseline: model.fit (s)", "—", [b["train_s"] for b in base]),
         row("baseline: training images/s", "—", [b["images_per_s"] for b in base], 0),
         row("baseline: test accuracy", "—", [100 * b["test_accuracy"] for b in base], 2, " %"),
-        row("cold `dvc repro`, 7 stage processes (s)", "—", values("full_s")),
-        row("… as a ratio to the baseline", "≤ 1.5", values("full_ratio"), 2, met=median("full_ratio") <= 1.5),
-        row("Prefect flow `python -m flows.training`, 7 stages in one process, cold (s)", "—", values("flow_s")),
-        row("… as a ratio to the baseline", "—", values("flow_ratio"), 2),
+        row("cold `dvc repro`, one process per stage (s)", "—", values("full_s")),
+        row("… as a ratio to the baseline", "≤ 2.0", values("full_ratio"), 2, met=median("full_ratio") <= 2.0),
+        row("Prefect flow `python -m flows.training`, every stage in one process, cold (s)", "—", values("flow_s")),
+        row("… as a ratio to the baseline", "≤ 1.4", values("flow_ratio"), 2, met=median("flow_ratio") <= 1.4),
         row("… as a ratio to cold `dvc repro`", "—", values("flow_vs_dvc"), 2),
         row("pipeline: test accuracy (`dvc repro`)", "—", [100 * v for v in values("accuracy")], 2, " %"),
         row("pipeline: test accuracy (Prefect flow)", "—", [100 * v for v in values("flow_accuracy")], 2, " %"),
@@ -314,7 +314,7 @@ def report(found: dict[str, Any], mnist: Path, repeats: int) -> str:
         ),
         row(f"`dvc exp run -S train.epochs={EPOCHS}`: train, evaluate, deploy (s)", "—", values("exp_s")),
         row("… as a ratio to the baseline", "≤ 1.25", values("exp_ratio"), 2, met=median("exp_ratio") <= 1.25),
-        row("no-op `dvc repro` (s)", "≤ 2", values("noop_s"), 2, met=median("noop_s") <= 2),
+        row("no-op `dvc repro` (s)", "≤ 1.0", values("noop_s"), 2, met=median("noop_s") <= 1.0),
         row(
             "Prefect re-run, every task cached (s)",
             "≤ 15",
@@ -323,12 +323,17 @@ def report(found: dict[str, Any], mnist: Path, repeats: int) -> str:
         ),
         row(
             f"clean + augment + normalize, {data['images']:,} images 28×28, stage processes (images/s)",
-            "≥ 20,000",
+            "—",
             data["images_per_s"],
             0,
-            met=statistics.median(data["images_per_s"]) >= 20_000,
         ),
-        row("… the stages' own work, in-process (images/s)", "—", [data["work_images_per_s"]], 0),
+        row(
+            "… the stages' own work, in-process (images/s)",
+            "≥ 30,000",
+            [data["work_images_per_s"]],
+            0,
+            met=data["work_images_per_s"] >= 30_000,
+        ),
         *(
             row(f"… {stage}: stage process (s); own work {data['work'][stage]:.2f} s", "—", data["walls"][stage], 2)
             for stage in DATA_STAGES
@@ -336,11 +341,11 @@ def report(found: dict[str, Any], mnist: Path, repeats: int) -> str:
         *(
             row(
                 f"… validation's share of {stage} (in-process: with − without, over with)",
-                "≤ 10 %",
+                "≤ 25 % (at 60,000)",
                 [100 * data["shares"][stage]],
                 1,
                 " %",
-                met=data["shares"][stage] <= 0.10,
+                met=data["shares"][stage] <= 0.25,
             )
             for stage in DATA_STAGES
         ),
@@ -354,11 +359,11 @@ def report(found: dict[str, Any], mnist: Path, repeats: int) -> str:
         ),
         row(
             "quality preset: test accuracy",
-            "≥ 99.0 %",
+            "≥ 99.4 %",
             [100 * q["accuracy"] for q in quality_runs],
             2,
             " %",
-            met=statistics.median([q["accuracy"] for q in quality_runs]) >= 0.99,
+            met=statistics.median([q["accuracy"] for q in quality_runs]) >= 0.994,
         ),
         row(
             "quality preset: training time (s)",
