@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 
 from flows import dvc_repo, runners
 from tasks.lib import artifacts, tracking, tuning
-from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, read_params_file
+from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock
 from tasks.lib.quiet import import_keras, quiet_libraries
@@ -60,16 +60,18 @@ def score_val(params: Params) -> dict[str, Any]:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def run_trial(trial: Any, raw: dict[str, Any], params: Params, parent_run_id: str) -> Any:
+def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     """One trial: train (pruned on its per-epoch val loss), score on val, record it in Optuna and MLflow.
 
     Train's own MLflow run becomes the trial's child run of the study's run: its params, per-epoch metrics, the val
     scores and its state (FINISHED complete, KILLED pruned, FAILED failed). A failed trial fails this task.
+    ``raw`` is the params mapping (plain data: it travels to a Dask worker as it is).
     """
     from tasks import train
     from tasks.evaluate import HEADLINE
 
     logger = get_run_logger()
+    params = parse_params(raw)
     settings, metric, number = params.tracking, params.tune.metric, trial.number
     folder = Path(params.paths.tune) / "trials" / str(number)
     shutil.rmtree(folder, ignore_errors=True)
@@ -222,9 +224,7 @@ def tune(
                     and now["complete"] + now["pruned"] + now["running"] < trials
                 ):
                     trial = tuning.ask(study, space)
-                    future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
-                        quote(trial), quote(raw), quote(params), parent
-                    )
+                    future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(trial, raw, parent)
                     in_flight.append((trial.number, future))
                     submitted, now["running"] = submitted + 1, now["running"] + 1
                 if not in_flight:
@@ -249,9 +249,12 @@ def tune(
             why = f" ({failures[-1]})" if failures else ""
             raise TrainflowError(f"study {params.tune.study}: no trial completed{why}")
         if apply:
-            dvc_repo.write_params(path, summary["best"]["params"])
-            summary["applied"] = summary["best"]["params"]
-            logger.info("params.yaml: %s (run `dvc repro` to train, evaluate and gate it)", summary["applied"])
+            summary["applied"] = changed = tuning.changes(raw, summary["best"]["params"])
+            if changed:
+                dvc_repo.write_params(path, changed)
+                logger.info("%s: %s; `dvc repro` trains, evaluates and gates it", params_path, changed)
+            else:
+                logger.info("%s already holds the best trial's values", params_path)
     create_markdown_artifact(
         markdown=summary_markdown(summary), key=SUMMARY_KEY, description="The study's best trial and every trial"
     )

@@ -168,6 +168,17 @@ def _inside(distribution: Any, value: Any) -> bool:
     return _is_number(value) and distribution.low <= value <= distribution.high
 
 
+def changes(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted keys of ``values`` whose value differs from params.yaml's (``raw``)."""
+    changed = {}
+    for key, value in values.items():
+        section, _, leaf = key.partition(".")
+        current = raw[section][leaf]
+        if type(current) is not type(value) or current != value:
+            changed[key] = value
+    return changed
+
+
 def owner() -> dict[str, Any]:
     """Who runs a trial: host and working folder (the workspace lock makes it the only runner there) and pid."""
     return {"host": socket.gethostname(), "workspace": str(Path.cwd().resolve()), "pid": os.getpid()}
