@@ -59,6 +59,10 @@ def score_val(params: Params) -> dict[str, Any]:
     return classification_metrics(val.y, probabilities, stored.classes)
 
 
+def trial_tags(params: Params, number: int) -> dict[str, Any]:
+    return {"tune.study": params.tune.study, "tune.trial": number}
+
+
 @task(cache_policy=NO_CACHE, persist_result=False)
 def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     """One trial: train (pruned on its per-epoch val loss), score on val, record it in Optuna and MLflow.
@@ -76,7 +80,7 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     folder = Path(params.paths.tune) / "trials" / str(number)
     shutil.rmtree(folder, ignore_errors=True)
     name = f"{params.tune.study} trial {number}"
-    tags = {"tune.study": params.tune.study, "tune.trial": number}
+    tags = trial_tags(params, number)
     child: dict[str, str] = {}
 
     def opened() -> None:  # train has opened its MLflow run (the trial's run_info): nest it under the study's
@@ -201,17 +205,19 @@ def tune(
     with workspace_lock(root / params.paths.lock, "Prefect flow tune"):
         started = time.perf_counter()
         study = tuning.open_study(params, root)
+        parent = parent_run(study, params, root)
         for stale in tuning.fail_interrupted(study):
             logger.warning(
                 "trial %d was interrupted (its run was killed): failed, its values queued again", stale.number
             )
-            if run_id := stale.user_attrs.get("mlflow_run_id"):
-                tracking.set_tags(params.tracking, run_id, {"tune.state": "failed", "tune.error": "interrupted"})
-                tracking.end_run(params.tracking, run_id, "FAILED")
+            run_id = stale.user_attrs.get("mlflow_run_id") or tracking.start_child_run(
+                params.tracking, parent, f"{params.tune.study} trial {stale.number}", trial_tags(params, stale.number)
+            )
+            tracking.set_tags(params.tracking, run_id, {"tune.state": "failed", "tune.error": "interrupted"})
+            tracking.end_run(params.tracking, run_id, "FAILED")
         shutil.rmtree(out / "trials", ignore_errors=True)  # leftovers of killed trials: none runs here now
         if params.tune.baseline_first and (queued := tuning.enqueue_baseline(study, raw, space)):
             logger.info("trial 0 trains params.yaml's own values: %s", queued)
-        parent = parent_run(study, params, root)
         budget = max(0, trials - sum(tuning.counts(study)[s] for s in tuning.FINISHED))
         logger.info("study %s: %d trial(s) to run, %d at once", params.tune.study, budget, workers)
         submitted, in_flight, ran, failures = 0, [], [], []
