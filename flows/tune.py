@@ -199,7 +199,7 @@ def tune(
     raw = apply_overrides(read_params_file(path), overrides or {})
     space = tuning.search_space(raw, params)  # a bad search space fails here, before any trial
     prepare_data(quote(str(root)))  # before the lock: `dvc repro` runs each stage with the lock held
-    if type(runners.task_runner(params.flow)).__name__ == "ThreadPoolTaskRunner":
+    if params.flow.task_runner == "threads":
         import_keras()  # once, here: trials in threads would race to import it
     out = root / params.paths.tune
     with workspace_lock(root / params.paths.lock, "Prefect flow tune"):
