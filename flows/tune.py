@@ -111,9 +111,10 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     if state == "failed":
         logger.error("trial %d failed after %.0f s: %s", number, seconds, error)
         raise error  # type: ignore[misc]
-    logger.info("trial %d %s in %.0f s: val %s %s", number, state, seconds, metric, value if value is not None else "-")
     if state == "pruned":
+        logger.info("trial %d pruned after %.0f s: %s", number, seconds, error)
         return Completed(message=str(error), name="Pruned", data=result)
+    logger.info("trial %d complete in %.0f s: val %s %.4f", number, seconds, metric, value)
     return result
 
 
