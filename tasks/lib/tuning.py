@@ -269,7 +269,7 @@ def trial_record(trial: Any) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": STATE_NAMES[trial.state.name],
-        "value": trial.value,
+        "value": trial.value if trial.state.name == "COMPLETE" else None,  # Optuna gives a pruned one its last report
         "params": trial.params,
         "epochs": len(trial.intermediate_values),
         "seconds": round(seconds, 1) if seconds is not None else None,
