@@ -188,4 +188,6 @@ def test_a_killed_study_resumes_without_running_a_finished_trial_twice_and_two_w
     assert sorted(children) == sorted(after)
     assert children[interrupted].info.status == "FAILED"
     assert all(run.info.status != "RUNNING" for run in children.values())
+    best = [n for n, run in children.items() if run.data.tags.get("tune.best") == "true"]
+    assert best == [summary["best"]["trial"]]  # one best, whichever run of the study found it
     assert processes_in(workspace) == []  # the Prefect server and the trials ended with the command
