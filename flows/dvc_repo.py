@@ -79,3 +79,17 @@ def write_params(path: Path, overrides: Mapping[str, Any]) -> None:
         node[leaf] = value
     with path.open("w") as f:
         yaml.dump(data, f)
+
+
+def repro(root: Path, stage: str) -> list[str]:
+    """`dvc repro <stage>` in ``root``: the stage and those before it, each only if changed. Returns the stages DVC
+    says it ran.
+
+    Raises:
+        TrainflowError: with DVC's own last error line.
+    """
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = ((done.stderr + done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise TrainflowError(f"dvc repro {stage} in {root} failed: {last}")
+    return [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage '")]

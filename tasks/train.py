@@ -378,8 +378,11 @@ def save_model(model: keras.Model, path: Path) -> None:
             os.unlink(tmp)
 
 
-def run(params: Params) -> dict:
-    """Fit on data/normalized, save the raw-pixel model and the per-epoch history."""
+def run(params: Params, callbacks: list[Any] | None = None) -> dict:
+    """Fit on data/normalized, save the raw-pixel model and the per-epoch history.
+
+    ``callbacks``: more Keras callbacks for ``fit``, after the MLflow one (a tuning trial's pruning, flows/tune.py).
+    """
     keras = import_keras()
 
     cfg = params.train
@@ -414,7 +417,7 @@ def run(params: Params) -> dict:
             cfg,
             backup_dir,
             history_csv,
-            extra_callbacks=[tracking.epoch_callback(params.tracking, run_id)],
+            extra_callbacks=[tracking.epoch_callback(params.tracking, run_id), *(callbacks or [])],
         )
         save_model(model, Path(params.paths.model))
     history = history_rows(history_csv)

@@ -67,6 +67,7 @@ class PathsParams(Section):
     gate: str
     drift_report: str
     report: str
+    tune: str
 
 
 class IngestParams(Section):
@@ -210,6 +211,53 @@ class FlowParams(Section):
     dask_address: str | None
 
 
+TuneMetric = Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]  # evaluate's headline, on val
+
+
+class SpaceEntry(Section):
+    """One searched key of ``tune.space``: a range (``low``, ``high``, optional ``log`` or ``step``) or ``choices``."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: Annotated[int | float, Field(gt=0)] | None = None
+    choices: tuple[bool | int | float | str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SpaceEntry:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("no choices: list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices)")
+        if self.low >= self.high:
+            raise ValueError(f"empty range: low {self.low} is not below high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, not {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step do not go together (Optuna samples a log range continuously)")
+        return self
+
+
+class TuneParams(Section):
+    """The hyper-parameter search (``python -m flows.tune``, tasks/lib/tuning.py); keys checked there against params."""
+
+    study: str = Field(min_length=1, max_length=200)
+    storage: str = Field(min_length=1)
+    metric: TuneMetric
+    epochs: PositiveInt
+    sampler_startup_trials: Annotated[int, Field(ge=0)]
+    pruner: Literal["median", "none"]
+    pruner_startup_trials: Annotated[int, Field(ge=0)]
+    pruner_warmup_epochs: Annotated[int, Field(ge=0)]
+    baseline_first: bool
+    space: dict[str, SpaceEntry] = Field(min_length=1)
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -227,6 +275,7 @@ class Params(Section):
     validation: ValidationParams
     flow: FlowParams
     schedule: ScheduleParams
+    tune: TuneParams
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -472,3 +472,57 @@ def register(
         "alias": CHAMPION if promote else CHALLENGER,
         "model_uri": f"models:/{name}/{version.version}",
     }
+
+
+# Hyper-parameter tuning (flows/tune.py): one parent run per Optuna study, train's run of each trial nested under it.
+PARENT_TAG = "mlflow.parentRunId"  # what makes a run a child of another in MLflow's UI and search
+
+
+def start_parent_run(settings: TrackingParams, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+    """Open a run for a tuning study (its params logged once, tags set); returns its id."""
+    from mlflow.entities import Param
+
+    tracker = client(settings)
+    run = tracker.create_run(experiment_id(tracker, settings), tags={k: str(v) for k, v in tags.items()}, run_name=name)
+    tracker.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def reopen_run(settings: TrackingParams, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (a resumed study); False when this store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = client(settings)
+    try:
+        tracker.get_run(run_id)
+    except MlflowException:
+        return False
+    tracker.update_run(run_id, status="RUNNING")
+    return True
+
+
+def nest_run(settings: TrackingParams, run_id: str, parent_id: str, name: str, tags: Mapping[str, Any]) -> None:
+    """Make ``run_id`` a child of ``parent_id`` named ``name``, with ``tags``."""
+    set_tags(settings, run_id, {PARENT_TAG: parent_id, "mlflow.runName": name, **tags})
+
+
+def start_child_run(settings: TrackingParams, parent_id: str, name: str, tags: Mapping[str, Any]) -> str:
+    """A child run of ``parent_id`` (for a trial that failed before train opened its own)."""
+    tracker = client(settings)
+    parent = tracker.get_run(parent_id)
+    all_tags = {PARENT_TAG: parent_id, **{k: str(v) for k, v in tags.items()}}
+    return tracker.create_run(parent.info.experiment_id, tags=all_tags, run_name=name).info.run_id
+
+
+def end_run(settings: TrackingParams, run_id: str, status: str) -> None:
+    """Terminate a run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    client(settings).set_terminated(run_id, status)
+
+
+def delete_tag(settings: TrackingParams, run_id: str, key: str) -> None:
+    import contextlib
+
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # no such tag (or run): nothing to remove
+        client(settings).delete_tag(run_id, key)

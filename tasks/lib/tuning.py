@@ -1,0 +1,349 @@
+"""Hyper-parameter tuning with Optuna (the one module that knows it): params' ``tune.space`` as distributions, the
+study (TPE sampler, median pruner, SQLite or a database server), interrupted trials, pruning from Keras, the
+summary and the plots. flows/tune.py runs the trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.lib.config import Params, SpaceEntry, apply_overrides, parse_params
+from tasks.lib.errors import TrainflowError, redact
+
+log = logging.getLogger(__name__)
+
+TUNABLE_SECTIONS = ("train",)  # trials retrain on the prepared data (data/normalized): only train's keys change
+FINISHED = ("complete", "pruned")  # what counts toward --trials N (Optuna's MaxTrialsCallback counts these too)
+STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+# where the trial's files go: every path train writes, inside the trial's own folder under paths.tune
+TRIAL_PATHS = {
+    "checkpoints": "checkpoints",
+    "model": "model.keras",
+    "history": "history.csv",
+    "run_info": "mlflow_run.json",
+    "reference_stats": "reference_stats.json",
+}
+
+
+def direction(metric: str) -> str:
+    """``minimize`` for val loss, ``maximize`` for the others."""
+    return "minimize" if metric == "loss" else "maximize"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _distribution(key: str, entry: SpaceEntry, current: Any) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    where = f"tune.space.{key}"
+    if entry.choices is not None:
+        return CategoricalDistribution(entry.choices)
+    if not _is_number(current):
+        raise TrainflowError(f"{where}: a range needs a number, but {key} is {current!r}; give choices instead")
+    if isinstance(current, int):
+        bounds = {"low": entry.low, "high": entry.high, "step": entry.step}
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in bounds.values()):
+            raise TrainflowError(f"{where}: {key} is an integer, so low, high and step must be integers ({bounds})")
+        return IntDistribution(int(entry.low), int(entry.high), log=entry.log, step=int(entry.step or 1))  # type: ignore[arg-type]
+    return FloatDistribution(float(entry.low), float(entry.high), log=entry.log, step=entry.step)  # type: ignore[arg-type]
+
+
+def search_space(raw: Mapping[str, Any], params: Params) -> dict[str, Any]:
+    """``tune.space`` as Optuna distributions, checked against params.yaml before any trial runs.
+
+    Every key must be a ``train.*`` key of ``raw`` (not ``train.epochs``: the budget is ``tune.epochs``), a range
+    needs a numeric key (an integer key takes integer bounds), and both ends of a range and every choice must be a
+    value params.yaml accepts.
+
+    Raises:
+        TrainflowError: one line naming the key.
+    """
+    space: dict[str, Any] = {}
+    for key, entry in params.tune.space.items():
+        where = f"tune.space.{key}"
+        section, _, leaf = key.partition(".")
+        if not isinstance(raw.get(section), dict) or not leaf or leaf not in raw[section]:
+            raise TrainflowError(f"{where}: unknown key (params.yaml has no {key})")
+        if section not in TUNABLE_SECTIONS:
+            raise TrainflowError(f"{where}: trials retrain on the prepared data, so only train.* keys can be searched")
+        if key == "train.epochs":
+            raise TrainflowError(f"{where}: every trial trains tune.epochs epochs (the budget); search other keys")
+        space[key] = _distribution(key, entry, raw[section][leaf])
+        ends = entry.choices if entry.choices is not None else (entry.low, entry.high)
+        for value in ends:
+            trial_params(raw, params, {key: value}, Path(params.paths.tune) / "check", origin=f"{where}={value!r}")
+    return space
+
+
+def trial_params(
+    raw: Mapping[str, Any], params: Params, values: Mapping[str, Any], folder: Path, origin: str = "trial"
+) -> Params:
+    """The params of one trial: params.yaml with the trial's values, ``tune.epochs`` epochs, and train's outputs
+    (model, checkpoints, history, MLflow run file, reference statistics) in the trial's own ``folder``."""
+    overrides: dict[str, Any] = {**values, "train.epochs": params.tune.epochs}
+    overrides |= {f"paths.{key}": str(folder / name) for key, name in TRIAL_PATHS.items()}
+    return parse_params(apply_overrides(copy.deepcopy(dict(raw)), overrides), origin=origin)
+
+
+def storage_url(storage: str, root: Path) -> str:
+    """``tune.storage`` as a SQLAlchemy URL: a database URL as it is, a file path as SQLite (relative to ``root``)."""
+    if "://" in storage:
+        return storage
+    return f"sqlite:///{(root / storage).resolve()}"
+
+
+def open_study(params: Params, root: Path) -> Any:
+    """Create or load (``load_if_exists``) the study ``tune.study``: TPE (seeded), the pruner params choose.
+
+    Raises:
+        TrainflowError: the study exists but optimises another metric (its values would not compare), or the
+            storage cannot be opened.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = params.tune
+    url = storage_url(cfg.storage, root)
+    try:
+        # SQLite: a writer waits for the lock (trials in threads or processes write at once) instead of failing
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        study = optuna.create_study(
+            study_name=cfg.study, storage=storage, direction=direction(cfg.metric), load_if_exists=True
+        )
+    except TrainflowError:
+        raise
+    except Exception as exc:  # a bad URL, a missing driver, an unreachable server: many types
+        raise TrainflowError(f"tune.storage={redact(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+    metric = study.user_attrs.get("metric")
+    if metric is None:
+        study.set_user_attr("metric", cfg.metric)
+        metric = cfg.metric
+    if metric != cfg.metric:
+        raise TrainflowError(
+            f"tune.metric={cfg.metric}: study {cfg.study!r} in {redact(url)} optimises val {metric}; its trials "
+            "would not compare: set tune.metric back or name a new tune.study"
+        )
+    # A resumed study seeds its sampler afresh: offset by the trials it has, or it would draw the same points again.
+    study.sampler = optuna.samplers.TPESampler(
+        seed=params.seed + len(study.trials), n_startup_trials=cfg.sampler_startup_trials, constant_liar=True
+    )
+    study.pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs)
+        if cfg.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    return study
+
+
+def enqueue_baseline(study: Any, raw: Mapping[str, Any], space: Mapping[str, Any]) -> dict[str, Any]:
+    """On a new study, queue params.yaml's own values (those inside the space) as the first trial; what was queued."""
+    if study.trials:
+        return {}
+    values = {}
+    for key, distribution in space.items():
+        section, _, leaf = key.partition(".")
+        value = raw[section][leaf]
+        if _inside(distribution, value):
+            values[key] = value
+    if values:
+        study.enqueue_trial(values, user_attrs={"baseline": True})
+    return values
+
+
+def _inside(distribution: Any, value: Any) -> bool:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return any(type(value) is type(choice) and value == choice for choice in distribution.choices)
+    return _is_number(value) and distribution.low <= value <= distribution.high
+
+
+def changes(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted keys of ``values`` whose value differs from params.yaml's (``raw``)."""
+    changed = {}
+    for key, value in values.items():
+        section, _, leaf = key.partition(".")
+        current = raw[section][leaf]
+        if type(current) is not type(value) or current != value:
+            changed[key] = value
+    return changed
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a trial: host and working folder (the workspace lock makes it the only runner there) and pid."""
+    return {"host": socket.gethostname(), "workspace": str(Path.cwd().resolve()), "pid": os.getpid()}
+
+
+def fail_interrupted(study: Any) -> list[Any]:
+    """Trials left RUNNING by a killed run of this workspace (same host and folder: the workspace lock says no live
+    process of ours runs them) are told FAIL, and each is queued once more with the same values. Trials running on
+    other machines (a database storage) are left alone. Returns the failed trials."""
+    from optuna.trial import TrialState
+
+    me = owner()
+    stale = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == me["host"] and attrs.get("workspace") == me["workspace"]:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            if "retry_of" not in attrs:  # a second kill of the same values: leave it to the sampler
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            stale.append(trial)
+    return stale
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials by state: complete, pruned, failed, running, waiting."""
+    found = dict.fromkeys(STATE_NAMES.values(), 0)
+    for trial in study.get_trials(deepcopy=False):
+        found[STATE_NAMES[trial.state.name]] += 1
+    return found
+
+
+def ask(study: Any, space: Mapping[str, Any]) -> Any:
+    """A new trial with every value of ``space`` drawn (a queued trial's values first), marked with its owner."""
+    trial = study.ask(dict(space))
+    for key, value in owner().items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def pruning_callback(trial: Any, metric: str, on_begin: Any = None) -> Any:
+    """A Keras callback that reports every epoch's val loss to ``trial`` and stops it when the pruner says so.
+
+    Optuna compares intermediate values in the study's direction, so for a maximised metric the reported value is
+    the negated val loss (higher is better). ``on_begin`` runs when training starts (flows/tune.py: the MLflow run).
+    """
+    import keras
+    import optuna
+
+    sign = 1.0 if direction(metric) == "minimize" else -1.0
+
+    class Pruning(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+            if on_begin is not None:
+                on_begin()
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            loss = float((logs or {}).get("val_loss", math.nan))
+            trial.report(sign * loss, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val loss {loss:.4f} at epoch {epoch + 1} is behind the earlier trials")
+
+    return Pruning()
+
+
+def is_pruned(exc: BaseException) -> bool:
+    import optuna
+
+    return isinstance(exc, optuna.TrialPruned)
+
+
+def tell(trial: Any, value: float | None, state: str) -> None:
+    """Finish ``trial``: ``complete`` with its value, ``pruned`` or ``failed``."""
+    from optuna.trial import TrialState
+
+    if state == "complete":
+        trial.study.tell(trial, value)
+    else:
+        trial.study.tell(trial, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
+
+
+def trial_record(trial: Any) -> dict[str, Any]:
+    """One trial for summary.json."""
+    seconds = (
+        (trial.datetime_complete - trial.datetime_start).total_seconds()
+        if trial.datetime_complete and trial.datetime_start
+        else None
+    )
+    return {
+        "number": trial.number,
+        "state": STATE_NAMES[trial.state.name],
+        "value": trial.value if trial.state.name == "COMPLETE" else None,  # Optuna gives a pruned one its last report
+        "params": trial.params,
+        "epochs": len(trial.intermediate_values),
+        "seconds": round(seconds, 1) if seconds is not None else None,
+        "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        **({"baseline": True} if trial.user_attrs.get("baseline") else {}),
+        **({"retry_of": trial.user_attrs["retry_of"]} if "retry_of" in trial.user_attrs else {}),
+    }
+
+
+def best_trial(study: Any) -> Any | None:
+    """The best complete trial, or None."""
+    from optuna.trial import TrialState
+
+    return study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
+
+
+def summary(study: Any, params: Params, root: Path, wall_seconds: float, ran: list[int]) -> dict[str, Any]:
+    """summary.json: the best trial (value, params, MLflow run), the trials by state, this run's wall time."""
+    best = best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "study": study.study_name,
+        "storage": redact(storage_url(params.tune.storage, root)),
+        "metric": f"val.{params.tune.metric}",
+        "direction": direction(params.tune.metric),
+        "best": None
+        if best is None
+        else {
+            "trial": best.number,
+            "value": best.value,
+            "params": best.params,
+            "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+        },
+        "trials": counts(study),
+        "wall_seconds": round(wall_seconds, 1),
+        "ran_now": ran,
+        "epochs_budget": params.tune.epochs,
+        "all_trials": [trial_record(t) for t in trials],
+    }
+
+
+def plots(study: Any, out: Path, metric: str) -> dict[str, str]:
+    """optimization_history.png and param_importances.png (Optuna's matplotlib plots) in ``out``; for each plot,
+    its file name or why it was not drawn (importances need two complete trials with different values)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+    from optuna.exceptions import ExperimentalWarning
+
+    done: dict[str, str] = {}
+    for name, plot in (
+        ("optimization_history", vis.plot_optimization_history),
+        ("param_importances", vis.plot_param_importances),
+    ):
+        path = out / f"{name}.png"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # importances of very few trials: drawn equal
+                axes = plot(study, target_name=f"val {metric}")
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            figure.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+            plt.close(figure)
+            done[name] = path.name
+        except (ValueError, RuntimeError) as exc:  # too few complete trials for importances
+            path.unlink(missing_ok=True)
+            plt.close("all")
+            done[name] = f"not drawn: {str(exc).splitlines()[0][:200]}"
+    return done

@@ -1,0 +1,132 @@
+"""The search space, trial params and study bookkeeping of tasks/lib/tuning.py (real Optuna, no training)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tasks.lib import tuning
+from tasks.lib.config import parse_params
+from tasks.lib.errors import TrainflowError
+from tests.helpers import REPO, sh
+
+
+def space_of(raw: dict[str, Any], space: dict[str, Any], **tune: Any) -> tuple[dict[str, Any], Any]:
+    changed = copy.deepcopy(raw)
+    changed["tune"]["space"] = space
+    changed["tune"].update(tune)
+    return changed, parse_params(changed)
+
+
+def test_the_default_space_is_valid_and_typed(raw: dict[str, Any]) -> None:
+    space = tuning.search_space(raw, parse_params(raw))
+    lr, units, batch = space["train.learning_rate"], space["train.dense_units"], space["train.batch_size"]
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
+    assert isinstance(units, optuna.distributions.IntDistribution) and units.log  # an int key: integers drawn
+    assert batch.choices == (32, 64, 128)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"train.dropot": {"low": 0.0, "high": 0.5}}, "tune.space.train.dropot: unknown key"),
+        ({"trian.dropout": {"low": 0.0, "high": 0.5}}, "tune.space.trian.dropout: unknown key"),
+        ({"train.model": {"low": 0, "high": 2}}, "tune.space.train.model: a range needs a number"),
+        ({"train.batch_norm": {"low": 0, "high": 1}}, "tune.space.train.batch_norm: a range needs a number"),
+        ({"train.dense_units": {"low": 16, "high": 64.5}}, "tune.space.train.dense_units: train.dense_units is an int"),
+        ({"train.dropout": {"low": 0.0, "high": 1.0}}, "tune.space.train.dropout=1.0: train.dropout: Input should be"),
+        ({"train.batch_size": {"choices": [0, 32]}}, "tune.space.train.batch_size=0: train.batch_size"),
+        ({"augment.copies": {"low": 0, "high": 3}}, "tune.space.augment.copies: trials retrain on the prepared data"),
+        ({"train.epochs": {"low": 2, "high": 9}}, "tune.space.train.epochs: every trial trains tune.epochs"),
+    ],
+)
+def test_a_bad_search_key_is_one_line_naming_it(raw: dict[str, Any], space: dict[str, Any], message: str) -> None:
+    changed, params = space_of(raw, space)
+    with pytest.raises(TrainflowError, match=message.replace(".", r"\.").replace("(", r"\(")) as error:
+        tuning.search_space(changed, params)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"space": {"train.dropout": {"low": 0.5, "high": 0.1}}}, "tune.space.train.dropout: empty range"),
+        ({"space": {"train.dropout": {"low": 0.2, "high": 0.2}}}, "tune.space.train.dropout: empty range"),
+        ({"space": {"train.dropout": {"choices": []}}}, "tune.space.train.dropout: no choices"),
+        ({"space": {"train.dropout": {"low": 0.1}}}, "tune.space.train.dropout: a range needs both low and high"),
+        ({"space": {"train.l2": {"low": 0.0, "high": 0.1, "log": True}}}, "tune.space.train.l2: a log range needs"),
+        ({"space": {"train.dropout": {"low": 0.0, "high": 0.5, "scale": "log"}}}, "train.dropout.scale: unknown key"),
+        ({"metric": "acc"}, "tune.metric: Input should be 'accuracy'"),
+        ({"metric": "test_accuracy"}, "tune.metric: Input should be"),
+        ({"space": {}}, "tune.space: "),
+    ],
+)
+def test_a_bad_range_or_metric_is_a_params_error_naming_it(
+    raw: dict[str, Any], tune: dict[str, Any], message: str
+) -> None:
+    changed = copy.deepcopy(raw)
+    changed["tune"].update(tune)
+    with pytest.raises(TrainflowError, match=message.replace(".", r"\.")) as error:
+        parse_params(changed)
+    assert "\n" not in str(error.value)
+
+
+def test_trial_params_train_the_budget_in_their_own_folder(raw: dict[str, Any], tmp_path: Path) -> None:
+    params = parse_params(raw)
+    trial = tuning.trial_params(raw, params, {"train.learning_rate": 0.002}, tmp_path / "7")
+    assert trial.train.learning_rate == 0.002 and trial.train.epochs == params.tune.epochs
+    for key in tuning.TRIAL_PATHS:  # everything train writes goes to the trial's folder...
+        assert Path(getattr(trial.paths, key)).parent == tmp_path / "7"
+    # ... and it reads the pipeline's prepared data
+    assert (trial.paths.normalized, trial.paths.clean) == (params.paths.normalized, params.paths.clean)
+    assert raw["train"]["learning_rate"] != 0.002  # the caller's mapping is left alone
+
+
+def test_changes_are_the_values_params_yaml_does_not_hold(raw: dict[str, Any]) -> None:
+    same = {"train.learning_rate": raw["train"]["learning_rate"], "train.batch_norm": raw["train"]["batch_norm"]}
+    assert tuning.changes(raw, same) == {}
+    assert tuning.changes(raw, {**same, "train.dropout": 0.4}) == {"train.dropout": 0.4}
+
+
+def test_a_killed_runs_trials_fail_and_are_queued_once_more_but_others_machines_are_left(
+    raw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({**raw, "tune": {**raw["tune"], "storage": str(tmp_path / "s.db")}})
+    study = tuning.open_study(params, tmp_path)
+    space = tuning.search_space(raw, params)
+    finished = tuning.ask(study, space)
+    study.tell(finished, 0.5)
+    mine, theirs = tuning.ask(study, space), tuning.ask(study, space)
+    theirs.set_user_attr("host", "another-machine")
+    again = tuning.open_study(params, tmp_path)  # the next run of the study
+    assert [t.number for t in tuning.fail_interrupted(again)] == [mine.number]
+    states = {t.number: t.state.name for t in again.trials}
+    assert states == {finished.number: "COMPLETE", mine.number: "FAIL", theirs.number: "RUNNING", 3: "WAITING"}
+    retry = tuning.ask(again, space)
+    assert retry.params == mine.params and retry.user_attrs["retry_of"] == mine.number
+
+
+def test_a_study_keeps_its_metric(raw: dict[str, Any], tmp_path: Path) -> None:
+    params = parse_params({**raw, "tune": {**raw["tune"], "storage": "s.db"}})
+    tuning.open_study(params, tmp_path)
+    other = params.model_copy(update={"tune": params.tune.model_copy(update={"metric": "f1_macro"})})
+    with pytest.raises(TrainflowError, match=r"tune\.metric=f1_macro: study 'trainflow' .* optimises val accuracy"):
+        tuning.open_study(other, tmp_path)
+
+
+def test_the_cli_refuses_a_bad_space_in_one_line_before_any_trial(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(
+        (REPO / "params.yaml").read_text().replace("train.dropout: {low", "train.dropot: {low")
+    )
+    started = time.perf_counter()
+    done = sh(tmp_path, "python", "-m", "flows.tune", "--trials", "3", check=False, PYTHONPATH=str(REPO))
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: tune: tune.space.train.dropot: unknown key (params.yaml has no train.dropot)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no study, no MLflow store, no reports
+    assert time.perf_counter() - started < 30
