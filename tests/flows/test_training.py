@@ -233,9 +233,15 @@ def test_changed_code_or_missing_outputs_rerun_that_stage(workspace: Path) -> No
 
 @pytest.mark.slow
 def test_a_failing_stage_fails_the_flow_with_its_message_and_stops(workspace: Path) -> None:
-    state = training(
-        params_path="params.yaml", overrides={"data.source": "idx", "data.path": "no/such/folder"}, return_state=True
-    )
+    kept = (workspace / "params.yaml").read_text()
+    try:  # the overrides are written into params.yaml, as `dvc exp run -S` writes them: the next test gets it back
+        state = training(
+            params_path="params.yaml",
+            overrides={"data.source": "idx", "data.path": "no/such/folder"},
+            return_state=True,
+        )
+    finally:
+        (workspace / "params.yaml").write_text(kept)
     assert state.is_failed()
     with pytest.raises(TrainflowError, match="no/such/folder: data source path not found"):
         state.result()

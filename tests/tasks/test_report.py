@@ -408,7 +408,8 @@ def test_repro_writes_the_report_with_this_runs_lineage(workspace: Path) -> None
 def test_the_report_is_in_mlflow_and_the_version_points_at_it(workspace: Path) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    store = f"sqlite:///{workspace / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not whatever registry an earlier test set
     run_id = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
     local = client.download_artifacts(run_id, "report/report.html", str(workspace / "downloaded"))
     assert Path(local).read_bytes() == (workspace / "reports/report.html").read_bytes()
