@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pipeline import PRESET, Failed, run, survivors, test_accuracy  # noqa: E402
 
 from flows.dvc_repo import write_params  # noqa: E402
-from tests.helpers import make_workspace, tool_env  # noqa: E402
+from tests.helpers import make_workspace  # noqa: E402
 
-PRESET = ROOT / "benchmarks/quality_preset.yaml"
 # Around the preset: its recipe (3 epochs, cosine schedule with warm-up, batch norm, two augmented copies) stays;
 # the study searches the optimiser and the network's width and regularisation. Val is 200 images, so the study
 # minimises val loss, which separates trials that val accuracy (a few errors each) would call equal.
@@ -64,40 +65,6 @@ SPEED = {
         "train.dropout": {"low": 0.0, "high": 0.5},
     },
 }
-
-
-class Failed(RuntimeError):
-    pass
-
-
-def run(cwd: Path, *args: str) -> tuple[float, str]:
-    """Wall seconds and output of a command that must succeed (as benchmarks/pipeline.py runs them)."""
-    start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise Failed(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return seconds, done.stdout + done.stderr
-
-
-def survivors(root: Path) -> list[str]:
-    """Processes (other than this one) still running in ``root``."""
-    time.sleep(1.0)
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-        except OSError:  # gone, or not ours to read
-            continue
-        if cwd == str(root) or cwd.startswith(f"{root}/"):
-            found.append(proc.name)
-    return found
-
-
-def test_accuracy(root: Path) -> float:
-    return float(json.loads((root / "reports/metrics.json").read_text())["test"]["accuracy"])
 
 
 def train_and_evaluate(root: Path) -> dict[str, float]:
