@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tasks.lib import artifacts, tracking
+from tasks.lib import artifacts, tracking, validation
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import FILE_SOURCES
@@ -41,7 +41,6 @@ SECTIONS = {
     "model-card": "Model card",
 }
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
-BOUNDARIES = ("raw", "clean", "augmented", "normalized", "predictions")  # the validated boundaries, in DAG order
 PACKAGES = (
     "tensorflow",
     "keras",
@@ -294,7 +293,7 @@ def gather(params: Params) -> dict[str, Any]:
     raw = artifacts.open_dataset(Path(paths.raw))
     clean = artifacts.open_dataset(Path(paths.clean))
     augmented = artifacts.open_dataset(Path(paths.augmented))
-    validations = [artifacts.read_json(Path(paths.validation) / f"{b}.json") for b in BOUNDARIES]
+    validations = [artifacts.read_json(Path(paths.validation) / f"{b}.json") for b in validation.BOUNDARIES]
     drift = artifacts.read_json(Path(paths.drift_report))
     history = _read_csv(Path(paths.history))
     metrics = artifacts.read_json(Path(paths.metrics))
