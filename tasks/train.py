@@ -198,7 +198,7 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     )
 
 
-SHUFFLE_SHARDS = 4  # shards shuffled together each epoch: the shuffle buffer (at most three such groups in memory)
+SHUFFLE_SHARDS = 4  # shards shuffled together each epoch (in memory: three groups, loaded and gathered)
 
 
 def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
