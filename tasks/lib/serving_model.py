@@ -6,6 +6,7 @@ Keras, NumPy, pandas and MLflow.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import mlflow.pyfunc
@@ -29,6 +30,7 @@ def refuse_deep_json() -> None:
     if getattr(decode, "refuses_deep_json", False):
         return
 
+    @functools.wraps(decode)
     def decode_or_refuse(json_input: Any) -> Any:
         try:
             return decode(json_input)
