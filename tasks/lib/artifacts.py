@@ -25,11 +25,22 @@ from tasks.lib.errors import TrainflowError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
+TEXT = "str"  # the manifest dtype of a text dataset: shards hold 1-D NumPy unicode arrays ("<U…", any width)
+
+
+def dtype_name(x: np.ndarray) -> str:
+    """The manifest's dtype of items like ``x``: ``str`` for text (whatever its width), else NumPy's name."""
+    return TEXT if np.asarray(x).dtype.kind == "U" else str(np.asarray(x).dtype)
+
+
+def kind_of(dtype: str) -> str:
+    """``text`` or ``images``: what a dataset of this manifest dtype holds (the stages pick their work by it)."""
+    return "text" if dtype == TEXT else "images"
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images (N, H, W, C) and integer labels (N,) of one split."""
+    """Items (images (N, H, W, C) or texts (N,)) and integer labels (N,) of one split."""
 
     x: np.ndarray
     y: np.ndarray
@@ -50,6 +61,10 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.splits["train"].x.shape[1:])
+
+    @property
+    def kind(self) -> str:
+        return kind_of(dtype_name(self.splits["train"].x))
 
 
 def content_hash(split: Split) -> str:
@@ -197,7 +212,7 @@ def write_dataset(path: Path, dataset: Dataset, shard_size: int | None = None) -
     with atomic_dir(Path(path)) as tmp:
         for name, split in dataset.splits.items():
             entries[name] = [write_shard(tmp, name, i, part) for i, part in enumerate(chunks(split, shard_size))]
-        dtype = str(dataset.splits["train"].x.dtype)
+        dtype = dtype_name(dataset.splits["train"].x)
         content = write_manifest(tmp, entries, dataset.classes, dataset.image_shape, dtype, dataset.info)
     return content
 
@@ -220,6 +235,10 @@ class Stored:
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.manifest["splits"])
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.manifest["dtype"])
 
     @property
     def info(self) -> dict[str, Any]:

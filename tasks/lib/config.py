@@ -31,16 +31,22 @@ class DataParams(Section):
     classes: tuple[str, ...] | None
     shard_size: PositiveInt
     max_bytes: PositiveInt
+    text_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
         scheme, _, arg = source.partition(":")
-        if (scheme in {"digits", "idx", "npz", "folder"} and not arg) or (scheme == "keras" and arg):
+        files = {"idx", "npz", "folder", "tsv", "csv", "text_folder"}
+        if (scheme in files | {"digits"} and not arg) or (scheme == "keras" and arg):
             return source
-        if scheme in {"idx", "npz", "folder"}:
-            raise ValueError(f"the path goes in data.path now: data.source={scheme}, data.path={arg}")
-        raise ValueError(f"unknown data source {source!r}; use digits, idx, npz, folder (with data.path) or keras:NAME")
+        if scheme in files:
+            raise ValueError(f"the path goes in data.path: data.source={scheme}, data.path={arg}")
+        raise ValueError(
+            f"unknown data source {source!r}; use digits, keras:NAME, or (with data.path) idx, npz, folder for "
+            "images, tsv, csv, text_folder for text"
+        )
 
 
 class PathsParams(Section):
@@ -84,6 +90,7 @@ class IngestParams(Section):
 
 class CleanParams(Section):
     max_removed_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    max_chars: PositiveInt
 
 
 class AugmentParams(Section):
@@ -91,11 +98,15 @@ class AugmentParams(Section):
     rotation_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
     zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
     shift: Annotated[float, Field(ge=0.0, le=0.5)]
+    word_dropout: Annotated[float, Field(ge=0.0, le=0.5)]
+    word_swaps: Annotated[int, Field(ge=0, le=10)]
     sample_count: Annotated[int, Field(ge=1, le=64)]
 
 
 class NormalizeParams(Section):
     method: Literal["scale", "standardize"]
+    vocabulary_size: Annotated[int, Field(ge=3)]
+    sequence_quantile: Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class TrainParams(Section):
@@ -113,6 +124,10 @@ class TrainParams(Section):
     lr_schedule: Literal["plateau", "cosine"]
     lr_warmup_epochs: Annotated[int, Field(ge=0)]
     batch_norm: bool
+    embedding_dim: PositiveInt
+    rnn: Literal["lstm", "gru"]
+    rnn_units: PositiveInt
+    bidirectional: bool
     mixed_precision: Literal["auto", "mixed_float16", "float32"]
     distribute: Literal["none", "mirrored"]
 
@@ -175,6 +190,8 @@ class ValidationParams(Section):
     drift_action: Literal["ignore", "warn", "fail"]
     drift_label_p_value: Annotated[float, Field(gt=0.0, lt=1.0)]
     drift_psi: Annotated[float, Field(gt=0.0)]
+    max_oov_rate: Annotated[float, Field(ge=0.0, le=1.0)]
+    drift_oov_rate: Annotated[float, Field(gt=0.0, le=1.0)]
 
     @model_validator(mode="after")
     def _ordered(self) -> ValidationParams:

@@ -1,7 +1,9 @@
-"""Data sources named by ``data.source``: digits, keras:NAME, or idx, npz, folder read from ``data.path``.
+"""Data sources named by ``data.source``: digits, keras:NAME, or idx, npz, folder (images) and tsv, csv, text_folder
+(text, tasks/lib/text_sources.py) read from ``data.path``.
 
-Each loader returns uint8 images (N, H, W, C) and integer labels, with the source's own test split
-when it has one. Every problem is a TrainflowError naming the file.
+Each image loader returns uint8 images (N, H, W, C) and integer labels, with the source's own test split when it has
+one; a text loader returns texts (a 1-D NumPy unicode array) and labels indexing its class names. Every problem is a
+TrainflowError naming the file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Loaded:
     classes: tuple[str, ...] | None = None
 
 
-FILE_SOURCES = ("idx", "npz", "folder")  # read from data.path, a dependency of ingest in dvc.yaml
+FILE_SOURCES = ("idx", "npz", "folder", "tsv", "csv", "text_folder")  # read from data.path (an ingest dependency)
 
 
 def label(data: DataParams) -> str:
@@ -58,6 +60,14 @@ def load_source(data: DataParams) -> Loaded:
         return load_idx_dir(path, data.max_bytes)
     if data.source == "npz":
         return load_npz(path, data.max_bytes)
+    if data.source in ("tsv", "csv", "text_folder"):
+        from tasks.lib import text_sources
+
+        if data.source == "tsv":
+            return text_sources.load_tsv(path, data.max_bytes)
+        if data.source == "csv":
+            return text_sources.load_csv(path, data.text_column, data.label_column, data.max_bytes)
+        return text_sources.load_text_folder(path, data.max_bytes)
     return load_folder(path, data.image_size, data.color_mode, data.max_bytes)
 
 
