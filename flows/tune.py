@@ -49,13 +49,13 @@ def prepare_data(root: str) -> list[str]:
 
 def score_val(params: Params) -> dict[str, Any]:
     """The trial's saved model scored as evaluate scores it, on the clean validation split only."""
-    from tasks.evaluate import classification_metrics
+    from tasks.evaluate import classification_metrics, model_input
 
     keras = import_keras()
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))
     val = stored.load("val", mmap=True)
-    probabilities = model.predict(val.x, batch_size=params.evaluate.batch_size, verbose=0)
+    probabilities = model.predict(model_input(val.x), batch_size=params.evaluate.batch_size, verbose=0)
     return classification_metrics(val.y, probabilities, stored.classes)
 
 

@@ -1,4 +1,5 @@
-"""augment: data/clean → data/augmented (random rotation, zoom and shift copies of train; val/test untouched)."""
+"""augment: data/clean → data/augmented (random copies of train: rotation, zoom and shift of images, word dropout
+and swaps of texts; val/test untouched)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,24 @@ def random_affine(x: np.ndarray, params: AugmentParams, rng: np.random.Generator
     return out
 
 
+def word_edits(texts: np.ndarray, params: AugmentParams, rng: np.random.Generator) -> np.ndarray:
+    """One randomly edited copy of every text: each word dropped with probability ``word_dropout`` (at least one
+    word stays), then ``word_swaps`` swaps of two neighbouring words; words are re-joined with single spaces."""
+    out = []
+    for text in texts.tolist():
+        words = text.split()
+        if len(words) > 1:
+            kept = rng.random(len(words)) >= params.word_dropout
+            if not kept.any():
+                kept[rng.integers(len(words))] = True
+            words = [w for w, k in zip(words, kept, strict=True) if k]
+        for _ in range(params.word_swaps if len(words) > 1 else 0):
+            i = int(rng.integers(len(words) - 1))
+            words[i], words[i + 1] = words[i + 1], words[i]
+        out.append(" ".join(words))
+    return np.array(out, dtype=str) if out else texts.copy()
+
+
 def copy_rng(seed: int, copy: int, shard: int) -> np.random.Generator:
     """The random stream of one augmented copy of one train shard: independent of which worker runs it, or when."""
     return np.random.default_rng([seed, copy, shard])
@@ -93,12 +112,53 @@ def sample_grid(rows: list[np.ndarray], count: int) -> bytes:
     return buffer.getvalue()
 
 
+def sample_text(rows: list[np.ndarray], count: int) -> bytes:
+    """PNG: the first ``count`` texts and, under each, its augmented copies (as :func:`sample_grid` for images)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    count = min([count, *(len(r) for r in rows)])
+    lines = []
+    for i in range(count):
+        lines += [f"{'original' if r == 0 else f'copy {r}':>9}: {row[i][:110]}" for r, row in enumerate(rows)]
+        lines.append("")
+    font = ImageFont.load_default(size=14)
+    height = 18 * max(len(lines), 1) + 10
+    picture = Image.new("L", (1000, height), 255)
+    draw = ImageDraw.Draw(picture)
+    for n, line in enumerate(lines):
+        draw.text((8, 5 + 18 * n), line, fill=0, font=font)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def keys(x: np.ndarray) -> np.ndarray:
+    """One opaque 128-bit content key per item (as clean compares them), for ``np.isin``."""
+    return np.ascontiguousarray(stats.content_hashes(x)).view(np.dtype((np.void, 16))).ravel()
+
+
 def augment_shard(
-    clean: str, out: str, split: str, index: int, copy: int, out_index: int, params: AugmentParams, seed: int
+    clean: str,
+    out: str,
+    split: str,
+    index: int,
+    copy: int,
+    out_index: int,
+    params: AugmentParams,
+    seed: int,
+    held_out: np.ndarray | None = None,
 ) -> tuple:
-    """Write copy ``copy`` (0: the originals) of one shard as shard ``out_index``; its manifest entry and summary."""
+    """Write copy ``copy`` (0: the originals) of one shard as shard ``out_index``; its manifest entry and summary.
+
+    ``held_out``: the :func:`keys` of val and test texts. A text copy that came out equal to one of them (a short
+    message with a word dropped can) is replaced by its original, which clean made sure is not in val or test.
+    """
     shard = artifacts.open_dataset(Path(clean)).shard(split, index)
-    x = random_affine(shard.x, params, copy_rng(seed, copy, index)) if copy else np.asarray(shard.x)
+    transform = word_edits if shard.x.dtype.kind == "U" else random_affine
+    x = transform(shard.x, params, copy_rng(seed, copy, index)) if copy else np.asarray(shard.x)
+    if copy and held_out is not None and len(held_out):
+        leaked = np.isin(keys(x), held_out)
+        x = np.where(leaked, shard.x, x) if leaked.any() else x
     summary = stats.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
     return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
 
@@ -117,7 +177,12 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         "copies": params.augment.copies,
     }
     with artifacts.atomic_dir(Path(params.paths.augmented)) as tmp:
-        calls = [(str(cleaned.path), str(tmp), *step, params.augment, params.seed) for step in plan]
+        held_out = None
+        if cleaned.kind == "text":  # texts are small: every val/test key fits in each call
+            held_out = np.concatenate(
+                [keys(s.x) for name in cleaned.splits if name != "train" for s in cleaned.shards(name)]
+            )
+        calls = [(str(cleaned.path), str(tmp), *step, params.augment, params.seed, held_out) for step in plan]
         written = mapper("augment", augment_shard, calls)
         validation.validate_summaries("augmented", [summary for _, summary in written], cleaned.classes, params)
         entries = artifacts.by_split([(name, out) for name, _, _, out in plan], [entry for entry, _ in written])
@@ -127,9 +192,9 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         n = len(cleaned.shard_counts("train"))
         written_train = artifacts.Stored(tmp, content)
         rows = [written_train.shard("train", c * n).x for c in range(min(params.augment.copies + 1, 4))]
-        grid = sample_grid(rows, params.augment.sample_count)
+        grid = (sample_text if cleaned.kind == "text" else sample_grid)(rows, params.augment.sample_count)
     artifacts.write_bytes(Path(params.paths.samples), grid)
-    log.info("augment: train %d → %d images", report["train_original"], sum(e["count"] for e in entries["train"]))
+    log.info("augment: train %d → %d items", report["train_original"], sum(e["count"] for e in entries["train"]))
     return report
 
 

@@ -1,7 +1,8 @@
-"""clean: data/raw → data/clean (drops bad labels, blank images, duplicates and train images leaked into val/test).
+"""clean: data/raw → data/clean (drops bad labels, blank images or empty and over-long texts, duplicates and train
+items leaked into val/test).
 
-Shard by shard: one pass finds each image's problems and content hash, a global step over the hashes alone picks
-the duplicates and leaks, a second pass writes the kept images. Memory: a shard per worker plus the hashes.
+Shard by shard: one pass finds each item's problems and content hash, a global step over the hashes alone picks
+the duplicates and leaks, a second pass writes the kept items. Memory: a shard per worker plus the hashes.
 """
 
 from __future__ import annotations
@@ -19,34 +20,40 @@ from tasks.lib.errors import TrainflowError
 
 log = logging.getLogger(__name__)
 
-REASONS = ("bad_label", "constant", "duplicate", "leak")
+Found = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]  # per shard: good label, problems per reason, hashes
 
 
 def image_keys(x: np.ndarray) -> np.ndarray:
-    """One opaque 128-bit content key per image, comparable with ``np.unique`` and ``np.isin``."""
-    return _keys(stats.row_hashes(np.asarray(x).reshape(len(x), -1)))
+    """One opaque 128-bit content key per item, comparable with ``np.unique`` and ``np.isin``."""
+    return _keys(stats.content_hashes(np.asarray(x)))
 
 
 def _keys(hashes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hashes).view(np.dtype((np.void, 16))).ravel()
 
 
-def inspect(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image of one shard: a valid label, constant (blank), and its content hash ((N, 2) uint64)."""
-    y = np.asarray(y)
+def inspect(x: np.ndarray, y: np.ndarray, num_classes: int, params: CleanParams) -> Found:
+    """Per item of one shard: a valid label, its problems (images: constant, i.e. blank; texts: empty or only
+    whitespace, longer than ``params.max_chars``), each only where the label is valid, and its content hash."""
+    y, x = np.asarray(y), np.asarray(x)
     good_label = (y >= 0) & (y < num_classes)
-    flat = np.asarray(x).reshape(len(x), -1)
-    constant = flat.min(axis=1) == flat.max(axis=1) if flat.shape[1] else np.ones(len(x), bool)
-    return good_label, constant & good_label, stats.row_hashes(flat)
+    if x.dtype.kind == "U":
+        empty = np.char.str_len(np.char.strip(x)) == 0
+        too_long = np.char.str_len(x) > params.max_chars
+        problems = {"empty": empty & good_label, "too_long": too_long & ~empty & good_label}
+    else:
+        flat = x.reshape(len(x), -1)
+        constant = flat.min(axis=1) == flat.max(axis=1) if flat.shape[1] else np.ones(len(x), bool)
+        problems = {"constant": constant & good_label}
+    return good_label, problems, stats.content_hashes(x)
 
 
-def decide(
-    found: Mapping[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], params: CleanParams
-) -> tuple[dict[str, list[np.ndarray]], dict]:
-    """Which images to keep, from every shard's :func:`inspect` result (splits and shards in order).
+def decide(found: Mapping[str, list[Found]], params: CleanParams) -> tuple[dict[str, list[np.ndarray]], dict]:
+    """Which items to keep, from every shard's :func:`inspect` result (splits and shards in order).
 
-    Per split: labels outside the class set, constant images and exact duplicates (the first copy stays; duplicates
-    only among valid images, so a bad copy never wins). Then any train image also in val or test leaves train.
+    Per split: labels outside the class set, the shard's problems (blank images; empty or over-long texts) and exact
+    duplicates (the first copy stays; duplicates only among valid items, so a bad copy never wins). Then any train
+    item also in val or test leaves train.
 
     Returns:
         A keep mask per shard and the report ``{"removed": {split: {reason: n}}, "removed_total", "input_total"}``.
@@ -58,10 +65,12 @@ def decide(
     removed: dict[str, dict[str, int]] = {}
     kept_keys: dict[str, np.ndarray] = {}
     for name, shards in found.items():
-        counts = dict.fromkeys(REASONS, 0)
-        valid = [good & ~constant for good, constant, _ in shards]
+        reasons = list(shards[0][1]) if shards else []
+        counts = dict.fromkeys(["bad_label", *reasons, "duplicate", "leak"], 0)
+        valid = [good & ~np.logical_or.reduce([*problems.values(), ~good]) for good, problems, _ in shards]
         counts["bad_label"] = int(sum((~good).sum() for good, _, _ in shards))
-        counts["constant"] = int(sum(constant.sum() for _, constant, _ in shards))
+        for reason in reasons:
+            counts[reason] = int(sum(problems[reason].sum() for _, problems, _ in shards))
         keys = _keys(np.concatenate([h[v] for (_, _, h), v in zip(shards, valid, strict=True)]))
         first = np.zeros(len(keys), dtype=bool)
         first[np.unique(keys, return_index=True)[1]] = True
@@ -85,20 +94,20 @@ def decide(
     removed_total = sum(sum(c.values()) for c in removed.values())
     if input_total and removed_total / input_total > params.max_removed_fraction:
         raise TrainflowError(
-            f"clean would remove {removed_total} of {input_total} images ({removed_total / input_total:.1%}), "
+            f"clean would remove {removed_total} of {input_total} items ({removed_total / input_total:.1%}), "
             f"more than clean.max_removed_fraction={params.max_removed_fraction} ({removed})"
         )
     return keep, {"removed": removed, "removed_total": removed_total, "input_total": input_total}
 
 
-def inspect_shard(raw: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def inspect_shard(raw: str, split: str, index: int, params: CleanParams) -> Found:
     stored = artifacts.open_dataset(Path(raw))
     shard = stored.shard(split, index)
-    return inspect(shard.x, shard.y, len(stored.classes))
+    return inspect(shard.x, shard.y, len(stored.classes), params)
 
 
 def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, hashes: np.ndarray) -> tuple:
-    """Write the kept images of one shard; returns its manifest entry and validation summary."""
+    """Write the kept items of one shard; returns its manifest entry and validation summary."""
     shard = artifacts.open_dataset(Path(raw)).shard(split, index)
     kept = Split(shard.x[keep], shard.y[keep])
     summary = stats.summarize(split, index, kept.x, kept.y, hashes=hashes[keep])
@@ -109,7 +118,8 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     """Read data/raw shard by shard, clean it, validate and write data/clean."""
     raw = artifacts.open_dataset(Path(params.paths.raw))
     ids = raw.shard_ids()
-    found = artifacts.by_split(ids, mapper("clean-inspect", inspect_shard, [(str(raw.path), *i) for i in ids]))
+    calls = [(str(raw.path), *i, params.clean) for i in ids]
+    found = artifacts.by_split(ids, mapper("clean-inspect", inspect_shard, calls))
     keep, report = decide(found, params.clean)
     with artifacts.atomic_dir(Path(params.paths.clean)) as tmp:
         calls = [(str(raw.path), str(tmp), name, i, keep[name][i], found[name][i][2]) for name, i in ids]
@@ -118,7 +128,7 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         entries = artifacts.by_split(ids, [entry for entry, _ in written])
         info = {**raw.info, "clean": report}
         artifacts.write_manifest(tmp, entries, raw.classes, raw.image_shape, raw.manifest["dtype"], info)
-    log.info("clean: removed %d of %d images %s", report["removed_total"], report["input_total"], report["removed"])
+    log.info("clean: removed %d of %d items %s", report["removed_total"], report["input_total"], report["removed"])
     return report
 
 

@@ -151,7 +151,11 @@ def run(params: Params) -> dict:
     run_id = tracking.current_run(Path(params.paths.run_info))
     count = min(params.deploy.check_samples, len(expected))
     sample = np.asarray(test.x[:count])
-    config = {"classes": list(stored.classes), "max_request_images": params.deploy.max_request_images}
+    config = {
+        "classes": list(stored.classes),
+        "max_request_images": params.deploy.max_request_images,
+        "kind": stored.kind,
+    }
     model_uri = tracking.log_model(params.tracking, run_id, Path(params.paths.model), sample[:4], config)
     check = serving_check.check(
         model_uri,

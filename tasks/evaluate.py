@@ -113,13 +113,19 @@ def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) 
     return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
 
 
+def model_input(x: np.ndarray) -> np.ndarray:
+    """What Keras' predict takes: texts as an object array of str (it refuses NumPy's fixed-width unicode)."""
+    return x.astype(object) if x.dtype.kind == "U" else x
+
+
 def contract(stored: artifacts.Stored) -> dict[str, Any]:
-    """What a model trained on ``stored`` takes and answers: raw images of one shape and dtype, these classes.
+    """What a model trained on ``stored`` takes and answers: raw images of one shape and dtype, or strings; classes.
 
     Part of every registered version (tasks/lib/tracking.py tags it); a version with another contract never takes
     the champion alias of one with this one unless ``deploy.allow_new_contract`` says so.
     """
-    return {"input_shape": list(stored.image_shape), "dtype": "uint8", "classes": list(stored.classes)}
+    dtype = "str" if stored.kind == "text" else "uint8"
+    return {"input_shape": list(stored.image_shape), "dtype": dtype, "classes": list(stored.classes)}
 
 
 def score_champion(
@@ -169,7 +175,7 @@ def _other_contract(entry: dict[str, Any], theirs: dict[str, Any], ours: dict[st
 
 
 def run(params: Params) -> dict:
-    """Score the raw-pixel model on the clean val and test splits and write the reports."""
+    """Score the raw-input model on the clean val and test splits and write the reports."""
     keras = import_keras()
 
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
@@ -179,7 +185,7 @@ def run(params: Params) -> dict:
     metrics: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         x, y = data.splits[split].x, data.splits[split].y
-        probabilities = np.asarray(model.predict(x, batch_size=params.evaluate.batch_size, verbose=0))
+        probabilities = np.asarray(model.predict(model_input(x), batch_size=params.evaluate.batch_size, verbose=0))
         results[split] = (y, probabilities)
         metrics[split] = classification_metrics(y, probabilities, data.classes)
 

@@ -1,4 +1,4 @@
-"""ingest: data.source (data.path) → data/raw (uint8 N×H×W×C images, int labels, train/val/test split, manifest)."""
+"""ingest: data.source (data.path) → data/raw (uint8 N×H×W×C images or texts, int labels, train/val/test, manifest)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,16 @@ def _numbered_classes(labels: np.ndarray, origin: str) -> tuple[str, ...]:
     return tuple(str(i) for i in range(int(present[-1]) + 1))
 
 
+def _named_labels(loaded: Loaded, classes: tuple[str, ...], origin: str) -> Loaded:
+    """Text labels are names: renumber them in the order of ``data.classes``, which must name every one."""
+    assert loaded.classes is not None
+    unknown = sorted(set(loaded.classes) - set(classes))
+    if unknown:
+        raise TrainflowError(f"{origin}: labels {unknown[:10]} are not in data.classes {list(classes)}")
+    order = np.array([classes.index(name) for name in loaded.classes], dtype=np.int64)
+    return Loaded(x=loaded.x, y=order[loaded.y], classes=classes)
+
+
 def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> Dataset:
     """Train/val/test split, stratified or in the source's order; a source's own test split is kept as test.
 
@@ -73,7 +83,10 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     if len(loaded.y) == 0:
         raise TrainflowError(f"{label(data)}: the dataset is empty")
     if np.unique(loaded.y).size < 2:
-        raise TrainflowError(f"{label(data)}: only one class ({loaded.y[0]}); a classifier needs at least two")
+        only = loaded.classes[loaded.y[0]] if loaded.classes else loaded.y[0]
+        raise TrainflowError(f"{label(data)}: only one class ({only}); a classifier needs at least two")
+    if loaded.x.dtype.kind == "U" and data.classes and loaded.classes:
+        loaded = _named_labels(loaded, data.classes, label(data))
     classes = data.classes or loaded.classes
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])

@@ -324,7 +324,10 @@ def gather(params: Params) -> dict[str, Any]:
     wrong = mistakes(predictions, params.report.misclassified)
     test = clean.load("test", mmap=True)
     wrong_png = None
-    if wrong:
+    if wrong and clean.kind == "text":
+        for w in wrong:
+            w["text"] = str(test.x[w["index"]])[:300]
+    elif wrong:
         images = np.stack([np.asarray(test.x[w["index"]]) for w in wrong])
         titles = [f"true {classes[w['label']]}\npred {classes[w['predicted']]} ({w['probability']:.0%})" for w in wrong]
         wrong_png = image_grid(images, titles)
@@ -354,6 +357,8 @@ def gather(params: Params) -> dict[str, Any]:
             "reason": deployed["gate"]["reason"],
         },
         "data": {
+            "kind": clean.kind,
+            "noun": "texts" if clean.kind == "text" else "images",
             "source": raw.info.get("source", params.data.source),
             "path": params.data.path if params.data.source in FILE_SOURCES else None,
             "classes": classes,
@@ -452,12 +457,12 @@ def gather(params: Params) -> dict[str, Any]:
             "card": params.model_card.model_dump(mode="json"),
             "name": registry["model_name"],
             "version": version,
-            "architecture": (
-                f"Keras {params.train.model}: filters {list(params.train.filters)}, dense {params.train.dense_units}, "
-                f"dropout {params.train.dropout}, batch norm {params.train.batch_norm}; preprocessing "
-                f"({params.normalize.method}) inside the model"
+            "architecture": architecture(params, clean.kind),
+            "input": (
+                "raw strings (N texts); split into words and numbered by the train vocabulary inside the model"
+                if clean.kind == "text"
+                else f"raw uint8 images {list(clean.image_shape)} (N × H × W × C)"
             ),
-            "input": f"raw uint8 images {list(clean.image_shape)} (N × H × W × C)",
             "output": f"one of {len(classes)} classes with its probability and every class's probability",
             "datasets": [
                 {"name": f"{paths.augmented}/train", "use": "training", "count": augmented.count("train")},

@@ -1,4 +1,4 @@
-"""train: data/normalized → models/model.keras (a Keras 3 classifier that takes raw uint8 pixels) + history."""
+"""train: data/normalized → models/model.keras (a Keras 3 classifier of raw uint8 pixels or raw strings) + history."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks import normalize
 from tasks.lib import artifacts, drift, tracking
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
@@ -130,6 +131,35 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
     return keras.Model(inputs, outputs, name=f"trainflow_{params.model}")
 
 
+def build_text_classifier(vocabulary_size: int, length: int, num_classes: int, params: TrainParams) -> keras.Model:
+    """The article's text model on word ids (normalize's vocabulary): embedding, a recurrent layer (``params.rnn``,
+    bidirectional when asked), a ReLU dense layer and the softmax, dropout before each dense layer.
+
+    Trained on ids that the data pipeline makes (:func:`shard_batches`); :func:`text_model` puts the vectorisation in
+    front of it for evaluation and serving.
+    """
+    import keras
+    from keras import layers
+
+    recurrent = {"lstm": layers.LSTM, "gru": layers.GRU}[params.rnn](params.rnn_units, name=params.rnn)
+    inputs = keras.Input(shape=(length,), dtype="int32", name="tokens")
+    x = layers.Embedding(vocabulary_size, params.embedding_dim, mask_zero=True, name="embedding")(inputs)
+    x = (layers.Bidirectional(recurrent, name=f"bidirectional_{params.rnn}") if params.bidirectional else recurrent)(x)
+    x = layers.Dropout(params.dropout)(x)
+    x = layers.Dense(params.dense_units, activation="relu")(x)
+    x = layers.Dropout(params.dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"trainflow_{params.rnn}")
+
+
+def text_model(vectorizer: Any, classifier: keras.Model) -> keras.Model:
+    """The served model: raw strings (N,) → ``vectorizer`` (normalize's vocabulary) → ``classifier``'s probabilities."""
+    import keras
+
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    return keras.Model(inputs, classifier(vectorizer(inputs)), name=classifier.name)
+
+
 @contextmanager
 def distribution(params: TrainParams) -> Iterator[int]:
     """Build, compile and fit inside this; yields how many replicas train in sync.
@@ -201,14 +231,21 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
 SHUFFLE_SHARDS = 4  # shards shuffled together each epoch (in memory: three groups, loaded and gathered)
 
 
-def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: int | None) -> keras.utils.PyDataset:
-    """uint8 batches of a stored split, a few shards in memory at a time: training streams data of any size.
+def shard_batches(
+    stored: artifacts.Stored,
+    split: str,
+    batch_size: int,
+    seed: int | None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> keras.utils.PyDataset:
+    """Batches of a stored split, a few shards in memory at a time: training streams data of any size.
 
     With a seed, every epoch visits the shards in a fresh random order, in groups of ``SHUFFLE_SHARDS`` whose
     images are shuffled together (a shuffle buffer of that many shards, as sharded input pipelines interleave);
     without, in stored order (validation). Each group is gathered into its shuffled order once, in a background
     thread while the group before it trains; a batch is then a contiguous slice (a view), never a per-batch gather.
-    Keras prefetches the batches (``tf.data`` on TensorFlow, device transfers on JAX).
+    Keras prefetches the batches (``tf.data`` on TensorFlow, device transfers on JAX). ``transform`` turns a gathered
+    group's items into the model's input (texts into word ids), in the same background thread.
     """
     import keras
 
@@ -240,16 +277,16 @@ def shard_batches(stored: artifacts.Stored, split: str, batch_size: int, seed: i
                 self.loaded.update(zip(group.tolist(), parts, strict=True))
             n = sum(len(part.y) for part in parts)
             if seed is None and len(parts) == 1:
-                return parts[0].x, parts[0].y
+                return (transform or np.asarray)(parts[0].x), parts[0].y
             where = np.random.default_rng([seed, epoch, g]).permutation(n) if seed is not None else np.arange(n)
-            x = np.empty((n, *parts[0].x.shape[1:]), dtype=parts[0].x.dtype)
+            x = np.empty((n, *parts[0].x.shape[1:]), dtype=np.result_type(*(part.x.dtype for part in parts)))
             y = np.empty(n, dtype=parts[0].y.dtype)
             offset = 0
             for part in parts:
                 dest = where[offset : offset + len(part.y)]
                 x[dest], y[dest] = part.x, part.y
                 offset += len(part.y)
-            return x, y
+            return (transform(x) if transform else x), y
 
         def _group_ahead(self, g: int) -> None:
             if g < len(self.groups) and g not in self.ready:
@@ -409,17 +446,29 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
         artifacts.write_bytes(run_marker, run_id.encode())
 
     with distribution(cfg) as replicas:
-        model = build_classifier(shape, len(data.classes), cfg, data.info["normalize"])
+        transform, vectorizer = None, None
+        if data.kind == "text":
+            stats = data.info["normalize"]
+            vectorizer = normalize.text_vectorizer(
+                vocabulary=normalize.read_vocabulary(data), length=stats["sequence_length"]
+            )
+
+            def transform(texts: np.ndarray) -> np.ndarray:
+                return np.asarray(vectorizer(texts), dtype=np.int32)
+
+            model = build_text_classifier(stats["vocabulary_size"], stats["sequence_length"], len(data.classes), cfg)
+        else:
+            model = build_classifier(shape, len(data.classes), cfg, data.info["normalize"])
         fit_seconds = fit(
             model,
-            shard_batches(data, "train", cfg.batch_size, params.seed),
-            shard_batches(data, "val", cfg.batch_size, None),
+            shard_batches(data, "train", cfg.batch_size, params.seed, transform),
+            shard_batches(data, "val", cfg.batch_size, None, transform),
             cfg,
             backup_dir,
             history_csv,
             extra_callbacks=[tracking.epoch_callback(params.tracking, run_id), *(callbacks or [])],
         )
-        save_model(model, Path(params.paths.model))
+        save_model(model if vectorizer is None else text_model(vectorizer, model), Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)
     drift.write_reference(artifacts.open_dataset(Path(params.paths.clean)), params)  # in raw pixel space

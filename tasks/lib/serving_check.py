@@ -97,9 +97,9 @@ def check(
                 served = np.asarray([row["probabilities"] for row in _post(url, images, timeout)], dtype=np.float32)
                 report = compare(expected, served, tolerance)
                 times = []
-                for image in images[:LATENCY_REQUESTS]:
+                for i in range(min(LATENCY_REQUESTS, len(images))):
                     begun = time.perf_counter()
-                    _post(url, image[None], timeout)
+                    _post(url, images[i : i + 1], timeout)
                     times.append((time.perf_counter() - begun) * 1000)
             except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
                 raise TrainflowError(f"{model_uri}: the scoring server answered with an error ({exc})") from None

@@ -380,7 +380,8 @@ def model_contract(model: Any) -> dict[str, Any]:
     """The contract of a loaded model: its signature's input shape and dtype, and its classes."""
     (spec,) = model.metadata.get_input_schema().inputs
     classes = list((getattr(model, "model_config", None) or {}).get("classes") or [])
-    return {"input_shape": list(spec.shape[1:]), "dtype": str(spec.type), "classes": classes}
+    dtype = "str" if spec.type.kind == "U" else str(spec.type)  # MLflow's string tensors: "<U0"
+    return {"input_shape": list(spec.shape[1:]), "dtype": dtype, "classes": classes}
 
 
 def model_classes(model: Any, count: int) -> tuple[str, ...]:

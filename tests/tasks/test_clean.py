@@ -11,7 +11,7 @@ from tasks.lib.config import CleanParams, Params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
 
-LENIENT = CleanParams(max_removed_fraction=1.0)
+LENIENT = CleanParams(max_removed_fraction=1.0, max_chars=5000)
 PARAMS = load_params(REPO / "params.yaml")
 
 
@@ -99,24 +99,24 @@ def test_too_much_removed_fails(make_dataset: MakeDataset) -> None:
     dataset = with_split(base, "train", base.splits["train"].x, y)
     expected = r"remove 5 of 20 images \(25\.0%\).*clean\.max_removed_fraction=0\.2"
     with pytest.raises(TrainflowError, match=expected):
-        clean(dataset, CleanParams(max_removed_fraction=0.2))
-    _, report = clean(dataset, CleanParams(max_removed_fraction=0.25))  # exactly at the limit is allowed
+        clean(dataset, CleanParams(max_removed_fraction=0.2, max_chars=5000))
+    _, report = clean(dataset, CleanParams(max_removed_fraction=0.25, max_chars=5000))  # exactly at the limit is allowed
     assert report["removed_total"] == 5
 
 
 def test_zero_tolerance(make_dataset: MakeDataset) -> None:
     base = make_dataset()
-    assert clean(base, CleanParams(max_removed_fraction=0.0))[1]["removed_total"] == 0
+    assert clean(base, CleanParams(max_removed_fraction=0.0, max_chars=5000))[1]["removed_total"] == 0
     x = base.splits["test"].x.copy()
     x[0] = 0
     with pytest.raises(TrainflowError, match="clean would remove 1 of 48"):
-        clean(with_split(base, "test", x, base.splits["test"].y), CleanParams(max_removed_fraction=0.0))
+        clean(with_split(base, "test", x, base.splits["test"].y), CleanParams(max_removed_fraction=0.0, max_chars=5000))
 
 
 def test_content_hashes_equal_exactly_for_equal_images() -> None:
     x = np.zeros((3, 2, 2, 1), dtype=np.uint8)
     x[1, 0, 0, 0] = 1
-    _, _, hashes = inspect(x, np.zeros(3, dtype=np.int64), 1)
+    _, _, hashes = inspect(x, np.zeros(3, dtype=np.int64), 1, LENIENT)
     assert (hashes[0] == hashes[2]).all() and (hashes[0] != hashes[1]).any()
 
 
