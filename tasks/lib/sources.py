@@ -331,12 +331,19 @@ def read_images(
     return np.stack(images)
 
 
-def _unreadable(file: Path, real_root: Path, root: Path) -> str | None:
-    """Why ``file`` is not even opened, or None: outside the data folder, not a regular file, not PNG/JPEG."""
+def _unsafe(file: Path, real_root: Path, root: Path) -> str | None:
+    """Why ``file`` must not be opened, or None: outside the data folder through a symlink, not a regular file."""
     if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
         return f"{file}: symlink points outside the data folder {root}"
-    if not file.is_file():  # a FIFO would block the read forever; a device or socket is no image either
+    if not file.is_file():  # a FIFO would block the read forever; a device or socket holds no data either
         return f"{file}: not a regular file (a FIFO, device or socket); refused without opening it"
+    return None
+
+
+def _unreadable(file: Path, real_root: Path, root: Path) -> str | None:
+    """Why ``file`` is not even opened, or None: outside the data folder, not a regular file, not PNG/JPEG."""
+    if (problem := _unsafe(file, real_root, root)) is not None:
+        return problem
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         return f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})"
     return None
