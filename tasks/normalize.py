@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tasks.lib import artifacts, parallel, validation
+from tasks.lib import artifacts, parallel, validation, vectorize
 from tasks.lib.config import NormalizeParams, Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.stats import summarize
@@ -58,46 +56,6 @@ def check(stats: dict, params: Params) -> None:
         )
 
 
-VOCABULARY = "vocabulary.json"  # beside the shards of data/normalized: the train vocabulary, index = token id
-CHUNK = 1024  # texts vectorised at once
-
-
-def text_vectorizer(
-    vocabulary_size: int | None = None, vocabulary: list[str] | None = None, length: int | None = None
-) -> Any:
-    """Keras' TextVectorization as every stage uses it: lower-cased, punctuation stripped, split on whitespace;
-    id 0 pads, 1 is ``[UNK]`` (a word outside the vocabulary). Fitted later (``adapt``) or given its vocabulary."""
-    from tasks.lib.quiet import import_keras
-
-    keras = import_keras()
-    return keras.layers.TextVectorization(
-        max_tokens=vocabulary_size, vocabulary=vocabulary, output_sequence_length=length, name="vectorize"
-    )
-
-
-def fit_vocabulary(train: Iterable[np.ndarray], size: int) -> list[str]:
-    """The ``size`` most frequent words of the train texts (one shard at a time), padding and ``[UNK]`` first."""
-    import tensorflow as tf
-
-    shards = list(train)
-    dataset = tf.data.Dataset.from_generator(
-        lambda: iter(shards), output_signature=tf.TensorSpec(shape=(None,), dtype=tf.string)
-    )
-    vectorizer = text_vectorizer(vocabulary_size=size)
-    vectorizer.adapt(dataset)
-    return [str(word) for word in vectorizer.get_vocabulary()]
-
-
-def token_counts(vectorizer: Any, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per text: its words, and those of them outside the vocabulary."""
-    tokens, unknown = np.zeros(len(texts), np.int64), np.zeros(len(texts), np.int64)
-    for start in range(0, len(texts), CHUNK):
-        ids = np.asarray(vectorizer(texts[start : start + CHUNK]))
-        tokens[start : start + CHUNK] = (ids != 0).sum(axis=1)
-        unknown[start : start + CHUNK] = (ids == 1).sum(axis=1)
-    return tokens, unknown
-
-
 def sequence_length(train_tokens: np.ndarray, quantile: float) -> int:
     """The model's sequence length: the ``quantile`` of train texts' word counts (at least 1)."""
     return max(1, math.ceil(float(np.quantile(train_tokens, quantile)))) if len(train_tokens) else 1
@@ -111,34 +69,29 @@ def normalize_text(augmented: artifacts.Stored, out: Path, params: Params) -> tu
         manifest entries and summaries. The vocabulary itself goes to ``out/vocabulary.json``.
     """
     cfg = params.normalize
-    vocabulary = fit_vocabulary((s.x for s in augmented.shards("train", mmap=True)), cfg.vocabulary_size)
-    vectorizer = text_vectorizer(vocabulary=vocabulary)
+    vocabulary = vectorize.fit_vocabulary((s.x for s in augmented.shards("train", mmap=True)), cfg.vocabulary_size)
+    vectorizer = vectorize.text_vectorizer(vocabulary=vocabulary)
     written, tokens, unknown = [], {}, {}
     for split, index in augmented.shard_ids():
         shard = augmented.shard(split, index)
-        counts = token_counts(vectorizer, shard.x)
+        counts = vectorize.token_counts(vectorizer, shard.x)
         tokens.setdefault(split, []).append(counts[0])
         unknown.setdefault(split, []).append(counts[1])
         summary = summarize(split, index, shard.x, shard.y, tokens=counts)
         written.append((artifacts.write_shard(out, split, index, shard), summary))
-    artifacts.write_json(out / VOCABULARY, vocabulary)
+    artifacts.write_json(out / vectorize.VOCABULARY, vocabulary)
     totals = {
         split: (int(np.sum(np.concatenate(t))), int(np.sum(np.concatenate(unknown[split]))))
         for split, t in tokens.items()
     }
     stats = {
         "method": "vocabulary",
-        "vocabulary": VOCABULARY,
+        "vocabulary": vectorize.VOCABULARY,
         "vocabulary_size": len(vocabulary),
         "sequence_length": sequence_length(np.concatenate(tokens["train"]), cfg.sequence_quantile),
         "oov_rate": {split: round(u / max(t, 1), 4) for split, (t, u) in totals.items()},
     }
     return stats, written
-
-
-def read_vocabulary(stored: artifacts.Stored) -> list[str]:
-    """The vocabulary normalize fitted (data/normalized/vocabulary.json)."""
-    return list(artifacts.read_json(stored.path / stored.info["normalize"]["vocabulary"]))
 
 
 def sums_shard(augmented: str, index: int) -> np.ndarray:

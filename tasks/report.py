@@ -178,6 +178,21 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
+def architecture(params: Params, kind: str) -> str:
+    """The model card's one-line architecture, from the train section (text always trains the RNN)."""
+    t = params.train
+    if kind == "text":
+        rnn = f"{'bidirectional ' if t.bidirectional else ''}{t.rnn.upper()} {t.rnn_units}"
+        return (
+            f"Keras text RNN: word embedding {t.embedding_dim} (vocabulary of {params.normalize.vocabulary_size} words "
+            f"at most), {rnn}, dense {t.dense_units}, dropout {t.dropout}; vectorisation inside the model"
+        )
+    return (
+        f"Keras {t.model}: filters {list(t.filters)}, dense {t.dense_units}, dropout {t.dropout}, batch norm "
+        f"{t.batch_norm}; preprocessing ({params.normalize.method}) inside the model"
+    )
+
+
 def quantitative(per_class: Mapping[str, Any], headline: Mapping[str, Any], confidence: float) -> dict[str, Any]:
     """Accuracy with its Wilson interval per split and per class (a class's accuracy is its recall)."""
     overall = []

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks import normalize
-from tasks.lib import artifacts, drift, tracking
+from tasks.lib import artifacts, drift, tracking, vectorize
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
 from tasks.lib.quiet import import_keras
@@ -449,8 +448,8 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
         transform, vectorizer = None, None
         if data.kind == "text":
             stats = data.info["normalize"]
-            vectorizer = normalize.text_vectorizer(
-                vocabulary=normalize.read_vocabulary(data), length=stats["sequence_length"]
+            vectorizer = vectorize.text_vectorizer(
+                vocabulary=vectorize.read_vocabulary(data), length=stats["sequence_length"]
             )
 
             def transform(texts: np.ndarray) -> np.ndarray:
