@@ -1,4 +1,5 @@
-"""Batch prediction: a folder of images or an .npz → a CSV of predicted classes from models:/<name>@champion."""
+"""Batch prediction: a folder of images, an .npz or (a text model) a file of one text per line → a CSV of predicted
+classes from models:/<name>@champion."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import as_images, read_images, visible_files
+from tasks.lib.text_sources import read_lines
 
 
 def load_inputs(path: Path, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
@@ -56,10 +58,13 @@ def predictions_csv(ids: list[str], probabilities: np.ndarray, classes: tuple[st
 
 
 def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
-    """Predict every image of ``source`` with the registered model and write ``output``; returns the count."""
+    """Predict every image (or text) of ``source`` with the registered model and write ``output``; the count."""
     model = tracking.load_model(params.tracking, model_uri)
     (spec,) = model.metadata.get_input_schema().inputs
-    ids, x = load_inputs(source, tuple(spec.shape[1:]))
+    if spec.type.kind == "U":  # a text model
+        ids, x = read_lines(source, params.data.max_bytes)
+    else:
+        ids, x = load_inputs(source, tuple(spec.shape[1:]))
     probabilities = tracking.predict_probabilities(model, x)
     classes = tracking.model_classes(model, probabilities.shape[1])
     artifacts.write_bytes(output, predictions_csv(ids, probabilities, classes))
@@ -69,7 +74,10 @@ def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__)
     parser.add_argument(
-        "input", type=Path, help="a folder of PNG/JPEG images (and its sub-folders), or an .npz with an array x"
+        "input",
+        type=Path,
+        help="a folder of PNG/JPEG images (and its sub-folders), an .npz with an array x, or for a text model a UTF-8 "
+        "file of one text per line",
     )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write (%(default)s)")
     parser.add_argument("--model", help="model URI (default: models:/<deploy.model_name>@champion)")

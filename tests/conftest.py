@@ -43,6 +43,25 @@ def tiny_dataset(
     return Dataset(splits=splits, classes=tuple(f"c{i}" for i in range(num_classes)))
 
 
+WORDS = (("free", "win", "prize", "cash", "call", "now"), ("see", "you", "home", "later", "ok", "lunch"))
+
+
+def tiny_texts(counts: dict[str, int] | None = None, seed: int = 0) -> Dataset:
+    """Distinct short texts of two classes (spam-like and ham-like words) with labels alternating 0, 1."""
+    counts = counts or {"train": 30, "val": 10, "test": 10}
+    rng = np.random.default_rng(seed)
+    splits, serial = {}, 0
+    for name, n in counts.items():
+        y = np.arange(n, dtype=np.int64) % 2
+        texts = []
+        for label in y:
+            serial += 1  # every text its own: no duplicates, no leaks
+            words = rng.choice(WORDS[label], size=int(rng.integers(2, 6))).tolist()
+            texts.append(" ".join([*words, f"n{serial}"]))
+        splits[name] = Split(np.array(texts, dtype=str), y)
+    return Dataset(splits=splits, classes=("spam", "ham"))
+
+
 @pytest.fixture
 def raw() -> dict[str, Any]:
     """The repo's params.yaml as a plain mapping, to change before it is parsed."""

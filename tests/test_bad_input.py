@@ -220,6 +220,26 @@ def raw_corrupt(tmp: Path) -> dict[str, Any]:
     return {"paths.raw": str(tmp / "raw")}
 
 
+def text_file(name: str, content: bytes, source: str = "tsv", **data: Any) -> Callable[[Path], dict[str, Any]]:
+    def build(tmp: Path) -> dict[str, Any]:
+        (tmp / name).write_bytes(content)
+        return {"data.source": source, "data.path": str(tmp / name), **{f"data.{k}": v for k, v in data.items()}}
+
+    return build
+
+
+SMS_LINES = b"ham\tsee you later\nspam\tfree cash now\n" * 20
+
+
+def text_folder_not_utf8(tmp: Path) -> dict[str, Any]:
+    for name in ("ham", "spam"):
+        (tmp / "texts" / name).mkdir(parents=True)
+        for i in range(10):
+            (tmp / "texts" / name / f"{i}.txt").write_text(f"{name} message {i}\n")
+    (tmp / "texts" / "spam" / "5.txt").write_bytes(b"first line\nwin \xff\xfe cash\n")
+    return {"data.source": "text_folder", "data.path": str(tmp / "texts")}
+
+
 def params_only(**changes: Any) -> Callable[[Path], dict[str, Any]]:
     return lambda tmp: changes
 
@@ -277,6 +297,21 @@ CASES = [
         lambda tmp: {"data.source": "folder", "data.path": str(write_folder(tmp)), "data.max_bytes": 700},
         ("{tmp}/images: 12 images", "declares 704 bytes", "more than data.max_bytes (700)"),
     ),
+    Case("tsv_not_utf8", text_file("sms.tsv", SMS_LINES + b"spam\twin \xe9 now\n"), ("{tmp}/sms.tsv:41:", "not UTF-8")),
+    Case(
+        "tsv_line_without_label",
+        text_file("sms.tsv", SMS_LINES[:37] + b"no tab here\n"),
+        ("{tmp}/sms.tsv:3:", "no label"),
+    ),
+    Case(
+        "tsv_one_class", text_file("sms.tsv", b"ham\tsee you\nham\tok lar\n" * 10), ("{tmp}/sms.tsv", "only one class")
+    ),
+    Case(
+        "csv_label_column_missing",
+        text_file("sms.csv", b"category,text\nham,see you\nspam,free cash\n", "csv"),
+        ("{tmp}/sms.csv:1:", "label", "data.label_column"),
+    ),
+    Case("text_folder_not_utf8", text_folder_not_utf8, ("{tmp}/texts/spam/5.txt:2:", "not UTF-8")),
     Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
     Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
     Case("paths_clean_is_git", params_only(**{"paths.clean": ".git"}), ("paths.clean=.git: overlaps .git",)),

@@ -76,6 +76,16 @@ def _loaded(texts: list[str], labels: list[str], origin: Path, max_bytes: int | 
     return Loaded(x=np.array(texts, dtype=str), y=y, classes=classes)
 
 
+def read_lines(path: Path, max_bytes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Unlabelled texts for batch prediction: a UTF-8 file, one text per line (blank lines skipped); their line
+    numbers as ids."""
+    lines = _read_file(path, "text", max_bytes).splitlines()
+    kept = [(str(n), line) for n, line in enumerate(lines, 1) if line.strip()]
+    if not kept:
+        raise TrainflowError(f"{path}: no texts (one per line)")
+    return [n for n, _ in kept], np.array([line for _, line in kept], dtype=str)
+
+
 def load_tsv(path: Path, max_bytes: int | None = None) -> Loaded:
     """``label<TAB>text`` lines (no header) → texts, labels and the sorted class names."""
     texts: list[str] = []

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.augment import affine, copy_rng, random_affine, sample_grid
-from tasks.lib.artifacts import Dataset, content_hash
+from tasks.augment import affine, copy_rng, random_affine, sample_grid, sample_text, word_edits
+from tasks.lib.artifacts import Dataset, Split, content_hash
 from tasks.lib.config import AugmentParams
-from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on, tiny_texts
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -23,6 +24,7 @@ def augment(dataset: Dataset, params: AugmentParams, seed: int) -> tuple[Dataset
 
 def augment_params(copies: int = 2, **overrides: float) -> AugmentParams:
     values = {"copies": copies, "rotation_degrees": 15.0, "zoom": 0.1, "shift": 0.1, "sample_count": 4}
+    values |= {"word_dropout": 0.2, "word_swaps": 1}
     return AugmentParams(**{**values, **overrides})
 
 
@@ -125,3 +127,55 @@ def test_sample_grid_rgb_and_count_capped(make_dataset: MakeDataset) -> None:
         assert image.size == (3 * 34 * 2, 34 * 2)
         grid = np.asarray(image)
     np.testing.assert_array_equal(grid[2:66:2, 2:66:2], dataset.splits["train"].x[0])
+
+
+# --- text ---
+
+
+def test_text_copies_keep_labels_and_words_and_leave_val_and_test_byte_identical(tmp_path: Path) -> None:
+    dataset = tiny_texts()
+    out, report = augment(dataset, augment_params(copies=2), 3)
+    for name in ("val", "test"):
+        assert content_hash(out.splits[name]) == content_hash(dataset.splits[name])
+    train, x, y = dataset.splits["train"], out.splits["train"].x, out.splits["train"].y
+    assert len(x) == 3 * len(train.y) and report["train_added"] == 2 * len(train.y)
+    np.testing.assert_array_equal(y, np.concatenate([train.y] * 3))
+    assert x[: len(train.y)].tolist() == train.x.tolist()  # originals first
+    for original, copy in zip(np.tile(train.x, 2), x[len(train.y) :], strict=True):
+        assert copy.split() and set(copy.split()) <= set(original.split())  # words dropped or moved, none made up
+    assert (x[len(train.y) :] != np.tile(train.x, 2)).any()
+    again, _ = augment(dataset, augment_params(copies=2), 3)
+    assert again.splits["train"].x.tolist() == x.tolist()  # seeded
+
+
+def test_word_edits_drop_and_swap_but_never_empty_a_text() -> None:
+    texts = np.array(["one two three four five six", "single", ""], dtype=str)
+    dropped = word_edits(texts, augment_params(word_dropout=0.5, word_swaps=0), np.random.default_rng(0))
+    assert len(dropped[0].split()) < 6 and dropped[1] == "single" and dropped[2] == ""
+    everything = augment_params(word_dropout=0.5, word_swaps=0)
+    for seed in range(20):  # whatever the draws, a text keeps at least one word
+        assert word_edits(np.array(["a b"]), everything, np.random.default_rng(seed))[0] in ("a", "b", "a b")
+    swapped = word_edits(texts[:1], augment_params(word_dropout=0.0, word_swaps=1), np.random.default_rng(0))
+    assert sorted(swapped[0].split()) == sorted(texts[0].split()) and swapped[0] != texts[0]
+
+
+def test_a_text_copy_equal_to_a_held_out_text_is_replaced_by_its_original() -> None:
+    # "ok lar" with a word dropped is "ok" or "lar": both are val/test texts, which train must never hold
+    train = Split(np.array(["ok lar"] * 8, dtype=str), np.array([1, 0] * 4))
+    held = {
+        "val": Split(np.array(["ok", "x"], dtype=str), np.array([1, 0])),
+        "test": Split(np.array(["lar", "y"]), np.array([1, 0])),
+    }
+    dataset = Dataset(splits={"train": train, **held}, classes=("spam", "ham"))
+    params = augment_params(copies=1, word_dropout=0.5, word_swaps=0)
+    unguarded = word_edits(train.x, params, copy_rng(0, 1, 0))
+    assert {"ok", "lar"} & set(unguarded.tolist())  # the seed does produce held-out texts
+    out, _ = augment(dataset, params, 0)
+    copies = out.splits["train"].x[8:].tolist()
+    assert not {"ok", "lar"} & set(copies) and "ok lar" in copies
+
+
+def test_text_samples_are_a_png() -> None:
+    rows = [np.array(["free cash now", "see you"]), np.array(["cash free", "you see"])]
+    png = sample_text(rows, 12)
+    assert Image.open(io.BytesIO(png)).format == "PNG"

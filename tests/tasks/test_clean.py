@@ -9,7 +9,7 @@ from tasks.clean import inspect
 from tasks.lib.artifacts import Dataset, Split, content_hash
 from tasks.lib.config import CleanParams, Params
 from tasks.lib.errors import TrainflowError
-from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on, tiny_texts
 
 LENIENT = CleanParams(max_removed_fraction=1.0, max_chars=5000)
 PARAMS = load_params(REPO / "params.yaml")
@@ -100,7 +100,9 @@ def test_too_much_removed_fails(make_dataset: MakeDataset) -> None:
     expected = r"remove 5 of 20 images \(25\.0%\).*clean\.max_removed_fraction=0\.2"
     with pytest.raises(TrainflowError, match=expected):
         clean(dataset, CleanParams(max_removed_fraction=0.2, max_chars=5000))
-    _, report = clean(dataset, CleanParams(max_removed_fraction=0.25, max_chars=5000))  # exactly at the limit is allowed
+    _, report = clean(
+        dataset, CleanParams(max_removed_fraction=0.25, max_chars=5000)
+    )  # exactly at the limit is allowed
     assert report["removed_total"] == 5
 
 
@@ -129,3 +131,35 @@ def test_duplicates_and_leaks_are_found_across_shards(make_dataset: MakeDataset)
     cleaned, report = clean(with_split(base, "train", tx, base.splits["train"].y), LENIENT, sharded)
     assert report["removed"]["train"] == {"bad_label": 0, "constant": 0, "duplicate": 1, "leak": 1}
     np.testing.assert_array_equal(cleaned.splits["train"].x, tx[:7])
+
+
+# --- text ---
+
+
+def test_text_empty_too_long_duplicate_and_leak_counted_per_reason() -> None:
+    base = tiny_texts({"train": 12, "val": 4, "test": 4})
+    tx, ty = base.splits["train"].x.tolist(), base.splits["train"].y.copy()
+    tx[0], tx[1] = "", "  \t "  # empty, whitespace only
+    tx[2] = "free " * 30  # 150 characters: over max_chars
+    tx[3] = tx[4]  # a duplicate within train
+    tx[5] = str(base.splits["test"].x[0])  # leaked into test
+    dataset = with_split(base, "train", np.array(tx, dtype=str), ty)
+    cleaned, report = clean(dataset, CleanParams(max_removed_fraction=1.0, max_chars=100))
+    assert report["removed"]["train"] == {
+        "bad_label": 0,
+        "empty": 2,
+        "too_long": 1,
+        "duplicate": 1,
+        "leak": 1,
+    }
+    kept = cleaned.splits["train"].x.tolist()
+    assert len(kept) == 7 and tx[4] in kept and tx[5] not in kept and "" not in kept
+    assert cleaned.splits["test"].x.tolist() == base.splits["test"].x.tolist()
+
+
+def test_text_duplicates_are_found_whatever_the_shards_widths() -> None:
+    # NumPy pads texts to the longest of their array: the same text in a shard of longer texts is still a duplicate
+    short = np.array(["ok see you"], dtype=str)
+    wide = np.array(["ok see you", "x" * 60], dtype="<U80")
+    keys = [inspect(x, np.zeros(len(x), dtype=np.int64), 1, LENIENT)[2][0] for x in (short, wide)]
+    assert (keys[0] == keys[1]).all()

@@ -3,14 +3,18 @@ standardise with statistics from train only; statistics that would blow pixels u
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams
 from tasks.lib.errors import TrainflowError
-from tasks.normalize import channel_sums, check, statistics
-from tests.conftest import REPO, MakeDataset, load_params, run_stage_on
+from tasks.lib.vectorize import read_vocabulary
+from tasks.normalize import channel_sums, check, run, statistics
+from tests.conftest import REPO, MakeDataset, load_params, run_stage_on, tiny_texts
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -20,8 +24,8 @@ def normalize(dataset: Dataset, params: NormalizeParams) -> tuple[Dataset, dict]
     return run_stage_on("normalize", dataset, PARAMS, normalize=params)
 
 
-SCALE = NormalizeParams(method="scale")
-STANDARDIZE = NormalizeParams(method="standardize")
+SCALE = PARAMS.normalize.model_copy(update={"method": "scale"})
+STANDARDIZE = PARAMS.normalize.model_copy(update={"method": "standardize"})
 
 
 @pytest.mark.parametrize("method", [SCALE, STANDARDIZE])
@@ -78,3 +82,51 @@ def test_statistics_over_shards_equal_the_whole() -> None:
     np.testing.assert_allclose(sharded["mean"], whole["mean"], rtol=1e-12)
     np.testing.assert_allclose(sharded["std"], whole["std"], rtol=1e-12)
     np.testing.assert_allclose(whole["std"], (x / 255).reshape(-1, 3).std(axis=0), rtol=1e-9)
+
+
+# --- text ---
+
+
+def test_text_vocabulary_and_sequence_length_are_fitted_on_train_only(tmp_path: Path) -> None:
+    train = Split(np.array(["free cash now", "free prize", "see you home later ok", "ok"], dtype=str), np.arange(4) % 2)
+    val = Split(np.array(["free unseen", "ok"], dtype=str), np.array([0, 1]))
+    test = Split(np.array(["cash", "never seen words"], dtype=str), np.array([0, 1]))
+    dataset = Dataset(splits={"train": train, "val": val, "test": test}, classes=("spam", "ham"))
+    lenient = PARAMS.model_copy(update={"validation": PARAMS.validation.model_copy(update={"max_oov_rate": 1.0})})
+    out, stats = run_stage_on(
+        "normalize", dataset, lenient, normalize=SCALE.model_copy(update={"sequence_quantile": 0.5})
+    )
+    for name, split in dataset.splits.items():  # the texts pass unchanged
+        assert out.splits[name].x.tolist() == split.x.tolist()
+    assert stats["method"] == "vocabulary" and out.info["normalize"] == stats
+    assert stats["sequence_length"] == 2  # the median of train's 3, 2, 5, 1 words, rounded up
+    assert stats["vocabulary_size"] == 2 + 9  # padding, [UNK] and train's 9 distinct words
+    assert stats["oov_rate"] == {"train": 0.0, "val": round(1 / 3, 4), "test": 0.75}
+
+
+def test_text_vocabulary_is_stored_with_the_data_and_capped(tmp_path: Path) -> None:
+    dataset = tiny_texts()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PARAMS.model_copy(
+            update={
+                "paths": PARAMS.paths.model_copy(
+                    update={k: f"{tmp}/{v}" for k, v in PARAMS.paths.model_dump().items()}
+                ),
+                "normalize": SCALE.model_copy(update={"vocabulary_size": 5}),
+                "validation": PARAMS.validation.model_copy(update={"min_images": 1, "max_oov_rate": 1.0}),
+            }
+        )
+        write_dataset(Path(config.paths.augmented), dataset)
+        stats = run(config)
+        stored = open_dataset(Path(config.paths.normalized))
+        vocabulary = read_vocabulary(stored)
+    assert vocabulary[:2] == ["", "[UNK]"] and len(vocabulary) == 5 == stats["vocabulary_size"]
+    assert stats["oov_rate"]["train"] > 0  # words beyond the 3 most frequent are [UNK]
+
+
+def test_text_oov_beyond_the_limit_fails_validation() -> None:
+    train = Split(np.array(["free cash", "see you"] * 3, dtype=str), np.arange(6) % 2)
+    odd = Split(np.array(["zebra quokka", "yak gnu"], dtype=str), np.array([0, 1]))
+    dataset = Dataset(splits={"train": train, "val": odd, "test": odd}, classes=("spam", "ham"))
+    with pytest.raises(TrainflowError, match=r"validation normalized failed.*oov_rate"):
+        normalize(dataset, SCALE)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from tasks.lib import vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
 from tasks.normalize import channel_sums, statistics
@@ -20,13 +21,16 @@ from tasks.train import (
     SHUFFLE_SHARDS,
     _conv_padding,
     build_classifier,
+    build_text_classifier,
     checkpoint_key,
     distribution,
     fit,
     learning_rate,
+    save_model,
     shard_batches,
+    text_model,
 )
-from tests.conftest import REPO, MakeDataset
+from tests.conftest import REPO, MakeDataset, tiny_texts
 
 
 def scale(channels: int = 1) -> dict:
@@ -201,7 +205,9 @@ def test_the_model_applies_normalize_statistics_to_raw_pixels(
     tiny: TrainParams, method: str, shape: tuple[int, int, int]
 ) -> None:
     x = np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
-    stats = statistics([channel_sums(x)], shape[-1], NormalizeParams(method=method))
+    stats = statistics(
+        [channel_sums(x)], shape[-1], NormalizeParams(method=method, vocabulary_size=100, sequence_quantile=0.95)
+    )
     model = build_classifier(shape, 3, tiny, stats)
     assert model.inputs[0].dtype == "uint8"
     last = "standardize" if method == "standardize" else "rescale"
@@ -289,3 +295,52 @@ def test_mirrored_strategy_trains_with_two_replicas(tmp_path: Path) -> None:
 def test_no_distribution_is_one_replica(tiny: TrainParams) -> None:
     with distribution(tiny) as replicas:
         assert replicas == 1
+
+
+# --- text ---
+
+
+@pytest.mark.parametrize(("rnn", "bidirectional"), [("lstm", True), ("gru", False)])
+def test_text_classifier_is_embedding_rnn_dense(tiny: TrainParams, rnn: str, bidirectional: bool) -> None:
+    cfg = tiny.model_copy(update={"rnn": rnn, "bidirectional": bidirectional, "embedding_dim": 8, "rnn_units": 4})
+    net = build_text_classifier(50, 7, 3, cfg)
+    assert net.input_shape == (None, 7) and net.output_shape == (None, 3)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds[:3] == ["InputLayer", "Embedding", "Bidirectional" if bidirectional else rnn.upper()]
+    assert net.get_layer("embedding").mask_zero and net.get_layer("embedding").input_dim == 50
+    out = keras.ops.convert_to_numpy(net(np.array([[2, 3, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]]), training=False))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_text_model_takes_raw_strings_and_keeps_its_vocabulary_when_saved(tmp_path: Path, tiny: TrainParams) -> None:
+    vocabulary = ["", "[UNK]", "free", "cash", "see", "you"]
+    vectorizer = vectorize.text_vectorizer(vocabulary=vocabulary, length=4)
+    np.testing.assert_array_equal(
+        np.asarray(vectorizer(np.array(["Free, CASH!", "see zebra"]))), [[2, 3, 0, 0], [4, 1, 0, 0]]
+    )
+    classifier = build_text_classifier(len(vocabulary), 4, 2, tiny.model_copy(update={"rnn_units": 4}))
+    model = text_model(vectorizer, classifier)
+    texts = np.array(["free cash now", "see you"], dtype=object)
+    before = np.asarray(model.predict_on_batch(texts))
+    save_model(model, tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
+    assert loaded.inputs[0].dtype == "string"
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(texts)), before, rtol=1e-6)
+
+
+def test_shard_batches_turn_texts_into_word_ids(tmp_path: Path) -> None:
+    data = tiny_texts({"train": 20, "val": 6})
+    write_dataset(tmp_path / "d", data, shard_size=4)
+    stored = open_dataset(tmp_path / "d")
+    vectorizer = vectorize.text_vectorizer(vocabulary=["", "[UNK]", "free", "see"], length=5)
+
+    def ids(texts: np.ndarray) -> np.ndarray:
+        return np.asarray(vectorizer(texts), dtype=np.int32)
+
+    train = shard_batches(stored, "train", 8, 0, ids)
+    batches = [train[i] for i in range(len(train))]
+    assert all(x.dtype == np.int32 and x.shape[1] == 5 for x, _ in batches) and sum(len(y) for _, y in batches) == 20
+    val = shard_batches(stored, "val", 4, None, ids)
+    x, y = val[0]
+    np.testing.assert_array_equal(x, ids(data.splits["val"].x[:4]))
+    np.testing.assert_array_equal(y, data.splits["val"].y[:4])

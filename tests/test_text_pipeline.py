@@ -1,0 +1,85 @@
+"""The article's RNN case end to end: labelled messages (a slice of the SMS Spam Collection) through the same
+`dvc repro` as images: every stage, the text suites, the registry, `mlflow models serve` on raw strings, drift
+against the champion's texts, and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, STAGES, make_workspace, mlflow_serve, post_json, processes_in, ran, sh
+
+pytestmark = pytest.mark.slow
+
+SMS = REPO.parent / "shared" / "data" / "sms-spam" / "sms.tsv"
+SMALL = {  # seconds to train on 2 cores, enough to tell spam from ham
+    "data": {"source": "tsv", "path": "data/input/sms.tsv"},
+    "train": {"epochs": 3, "embedding_dim": 16, "rnn_units": 16, "dense_units": 16, "batch_size": 32},
+    "augment": {"copies": 1},
+    "deploy": {"check_samples": 16, "min_metric": 0.5},
+}
+
+
+def report(workspace: Path, name: str) -> dict:
+    return json.loads((workspace / "reports" / name).read_text())
+
+
+@pytest.mark.skipif(not SMS.is_file(), reason="the SMS Spam Collection is not beside the repo (../shared/data)")
+def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path, SMALL)
+    lines = SMS.read_bytes().splitlines(keepends=True)[:900]
+    (workspace / "data/input").mkdir(parents=True, exist_ok=True)
+    (workspace / "data/input/sms.tsv").write_bytes(b"".join(lines))
+
+    first = sh(workspace, "dvc", "repro")
+    assert ran(first.stdout) == list(STAGES)
+    assert processes_in(workspace) == []
+    raw = json.loads((workspace / "data/raw/manifest.json").read_text())
+    assert raw["dtype"] == "str" and raw["classes"] == ["ham", "spam"] and raw["shape"] == []
+    assert sum(s["count"] for s in raw["splits"].values()) == 900
+    clean = json.loads((workspace / "data/clean/manifest.json").read_text())
+    removed = clean["clean"]["removed"]["train"]
+    assert set(removed) == {"bad_label", "empty", "too_long", "duplicate", "leak"}
+    assert removed["duplicate"] + removed["leak"] > 0  # the collection repeats some messages
+    normalized = json.loads((workspace / "data/normalized/manifest.json").read_text())["normalize"]
+    assert normalized["method"] == "vocabulary" and normalized["sequence_length"] > 5
+    assert normalized["oov_rate"]["train"] == 0 < normalized["oov_rate"]["test"]
+    for boundary in ("raw", "clean", "augmented", "normalized", "predictions"):
+        assert report(workspace, f"validation/{boundary}.json")["success"] is True
+    assert "oov_rate" in " ".join(report(workspace, "validation/normalized.json")["expectations"])
+
+    metrics = report(workspace, "metrics.json")
+    per_class = report(workspace, "evaluate/per_class.json")["test"]["per_class"]
+    assert metrics["test"]["accuracy"] > 0.85 and set(per_class) == {"ham", "spam"}
+    deployed = report(workspace, "deploy.json")
+    assert deployed["serving"]["ok"] is True and deployed["registry"]["alias"] == "champion"
+    assert deployed["contract"] == {"input_shape": [], "dtype": "str", "classes": ["ham", "spam"]}
+    page = (workspace / "reports/report.html").read_text()
+    assert "Misclassified test texts" in page and "bidirectional LSTM 16" in page
+
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    with mlflow_serve(workspace, "models:/trainflow-classifier@champion", uri) as url:
+        status, answer = post_json(
+            url, json.dumps({"inputs": ["Free entry to win a prize, text WIN now", "ok"]}).encode()
+        )
+        assert status == 200, answer
+        rows = answer["predictions"]
+        assert len(rows) == 2 and {row["class"] for row in rows} <= {"ham", "spam"}
+        assert all(abs(sum(row["probabilities"]) - 1) < 1e-4 for row in rows)
+        for malformed in ({"inputs": [[1, 2], [3, 4]]}, {"inputs": [7, 8]}, {"instances": {"a": 1}}):
+            status, answer = post_json(url, json.dumps(malformed).encode())
+            assert 400 <= status < 500, (malformed, status, answer)
+
+    (workspace / "new.txt").write_text("WINNER! claim your free prize now\nsee you at home\n\nok lar\n")
+    sh(workspace, "python", "-m", "tasks.predict", "new.txt", "--output", "new.csv")
+    rows = (workspace / "new.csv").read_text().splitlines()
+    assert rows[0].startswith("id,predicted,class,probability,p_ham,p_spam") and len(rows) == 4
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "4"]  # line numbers; the blank line skipped
+
+    # the champion's statistics are texts: new data is compared on labels, lengths and vocabulary
+    sh(workspace, "dvc", "repro", "--force", "--single-item", "ingest")
+    drift = report(workspace, "drift.json")
+    assert drift["checked"] is True and drift["drifted"] is False, drift
+    assert {"length_psi", "oov_rate"} <= set(drift)
