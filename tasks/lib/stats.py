@@ -1,11 +1,14 @@
 """Statistics of a stage's output, pure numpy: content hashes, per-shard summaries, the tables the suites check.
 
+Images or texts (1-D unicode arrays, manifest dtype ``str``): :func:`summarize` and :func:`summary_table` handle both.
+
 Computed in the same pass that produces each shard (TFX's StatisticsGen); tasks/lib/validation.py checks them with
 Great Expectations (its ExampleValidator). No I/O, no GX.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,11 +17,12 @@ import numpy as np
 
 from tasks.lib import artifacts
 from tasks.lib.artifacts import Dataset
+from tasks.lib.errors import TrainflowError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
 
-CHUNK = 1024  # images summarised at once: temporaries that stay in cache (2–5× faster than 16,384)
+CHUNK = 1024  # images (or texts) summarised at once: temporaries that stay in cache (2–5× faster than 16,384)
 _HASH_SEED = 0x7472_6169_6E66  # fixed: the same image always gets the same content hash
 
 
@@ -47,6 +51,46 @@ def row_hashes(flat: np.ndarray) -> np.ndarray:
     out = mixed @ _mixers(words.shape[1])
     out ^= out >> np.uint64(31)
     return out
+
+
+def _text_hashes(texts: np.ndarray) -> np.ndarray:
+    """128-bit BLAKE2b of each text's UTF-8 bytes: a function of the string alone, not of the array's fixed width
+    (``<U5`` and ``<U900`` pad differently). ``surrogatepass`` so that a lone surrogate hashes instead of raising."""
+    digests = b"".join(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest() for text in texts.tolist()
+    )
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape(len(texts), 2)
+
+
+def content_hashes(x: np.ndarray) -> np.ndarray:
+    """128-bit content key of each item (image or text) as (N, 2) uint64: equal items, equal keys.
+
+    Images: :func:`row_hashes` of their pixels. Texts: a hash of their UTF-8 bytes, equal for equal strings
+    whatever the array's width.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind == "U":
+        return _text_hashes(x)
+    flat = x.reshape(len(x), -1)
+    hashes = np.empty((len(x), 2), dtype=np.uint64)
+    for start in range(0, len(x), CHUNK):  # row_hashes' temporaries are 8 bytes per pixel: a chunk at a time
+        hashes[start : start + CHUNK] = row_hashes(flat[start : start + CHUNK])
+    return hashes
+
+
+def _text_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per text: length in characters, whether it is empty or whitespace-only, whether it holds a lone surrogate."""
+    x = np.ascontiguousarray(x)
+    lengths = np.char.str_len(x).astype(np.int64)
+    blank = (lengths == 0) | np.char.isspace(x)
+    # A lone surrogate (U+D800–U+DFFF) is the one code point UTF-8 cannot encode; found on the UCS-4 code points
+    # directly rather than by str.encode in a Python loop, a chunk at a time to keep the temporaries in cache.
+    codes = x.view(np.uint32).reshape(len(x), x.dtype.itemsize // 4)
+    non_utf8 = np.zeros(len(x), bool)
+    for start in range(0, len(x), CHUNK):
+        rows = codes[start : start + CHUNK]
+        non_utf8[start : start + CHUNK] = ((rows - np.uint32(0xD800)) < np.uint32(0x800)).any(axis=1)
+    return {"length": lengths, "empty": blank, "non_utf8": non_utf8}
 
 
 def _image_stats(x: np.ndarray, with_hashes: bool = True) -> dict[str, np.ndarray]:
@@ -95,19 +139,28 @@ def _in_train(hashes: np.ndarray, train: np.ndarray, train_first: np.ndarray) ->
 
 @dataclass(frozen=True)
 class ShardSummary:
-    """What the suites need of one shard: per-label aggregates and each image's label and content hash.
+    """What the suites need of one shard: per-label aggregates and each item's label and content hash.
 
-    Small (24 bytes per image plus a row per label), so a stage's workers return these instead of pixels.
+    Small (24 bytes per item plus a row per label), so a stage's workers return these instead of pixels or texts.
     """
 
     split: str
     shard: int
-    shape: tuple[int, ...]
-    dtype: str
-    pixels: int  # per image
+    shape: tuple[int, ...]  # of one item: (H, W, C) for images, () for texts
+    dtype: str  # the manifest's (artifacts.dtype_name): "str" for texts
+    pixels: int  # per image (0 for texts)
     labels: np.ndarray  # (n,) int64
     hashes: np.ndarray  # (n, 2) uint64
-    groups: dict[str, np.ndarray]  # per distinct label: label, images, min, max, sum, squares, nan/inf counts, changed
+    # per distinct label: label, items ("images" or "texts") and the kind's aggregates (see summarize), changed
+    groups: dict[str, np.ndarray]
+
+    @property
+    def kind(self) -> str:
+        return artifacts.kind_of(self.dtype)
+
+
+def _per_label(inverse: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
+    return np.bincount(inverse, weights=values, minlength=k)
 
 
 def summarize(
@@ -117,44 +170,105 @@ def summarize(
     y: np.ndarray,
     reference: np.ndarray | None = None,
     hashes: np.ndarray | None = None,
+    tokens: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ShardSummary:
-    """Aggregate one shard's images per label.
+    """Aggregate one shard's images or texts per label.
 
     Args:
-        split, shard: where the images are.
-        x, y: the shard's images and labels.
-        reference: the same shard before the stage (augment's val/test); ``changed`` counts images that differ.
-        hashes: the images' :func:`row_hashes` when the stage has them already.
+        split, shard: where the items are.
+        x, y: the shard's images (N, H, W, C) or texts (N,) unicode, and labels.
+        reference: the same shard before the stage (augment's val/test); ``changed`` counts items that differ.
+        hashes: the items' :func:`content_hashes` when the stage has them already.
+        tokens: texts only (normalize's): per text, its token count and out-of-vocabulary token count.
     """
     y = np.asarray(y).astype(np.int64)
-    stats = _image_stats(x, hashes is None)
-    hashes = stats.pop("hash") if hashes is None else hashes
     labels, inverse = np.unique(y, return_inverse=True)
     k = len(labels)
-    groups: dict[str, np.ndarray] = {"label": labels, "images": np.bincount(inverse, minlength=k)}
-    for key in ("sum", "squares", "nan_count", "inf_count"):
-        groups[key] = np.bincount(inverse, weights=stats[key], minlength=k)
-    groups["min"], groups["max"] = np.full(k, np.inf), np.full(k, -np.inf)
-    with np.errstate(invalid="ignore"):  # a NaN pixel makes its group's min/max NaN: nan_count reports it
-        np.minimum.at(groups["min"], inverse, stats["min"])
-        np.maximum.at(groups["max"], inverse, stats["max"])
+    text = np.asarray(x).dtype.kind == "U"
+    if text:
+        stats = _text_stats(x)
+        hashes = content_hashes(x) if hashes is None else hashes
+        groups: dict[str, np.ndarray] = {"label": labels, "texts": np.bincount(inverse, minlength=k)}
+        for key in ("length", "empty", "non_utf8"):
+            groups[key] = _per_label(inverse, k, stats[key])
+        groups["min_length"], groups["max_length"] = np.full(k, np.iinfo(np.int64).max), np.zeros(k, np.int64)
+        np.minimum.at(groups["min_length"], inverse, stats["length"])
+        np.maximum.at(groups["max_length"], inverse, stats["length"])
+        if tokens is not None:
+            groups["tokens"] = _per_label(inverse, k, np.asarray(tokens[0], dtype=np.float64))
+            groups["oov_tokens"] = _per_label(inverse, k, np.asarray(tokens[1], dtype=np.float64))
+    else:
+        stats = _image_stats(x, hashes is None)
+        hashes = stats.pop("hash") if hashes is None else hashes
+        groups = {"label": labels, "images": np.bincount(inverse, minlength=k)}
+        for key in ("sum", "squares", "nan_count", "inf_count"):
+            groups[key] = _per_label(inverse, k, stats[key])
+        groups["min"], groups["max"] = np.full(k, np.inf), np.full(k, -np.inf)
+        with np.errstate(invalid="ignore"):  # a NaN pixel makes its group's min/max NaN: nan_count reports it
+            np.minimum.at(groups["min"], inverse, stats["min"])
+            np.maximum.at(groups["max"], inverse, stats["max"])
     if reference is not None:
-        before = row_hashes(np.asarray(reference).reshape(len(reference), -1))
+        before = content_hashes(reference)
         changed = np.ones(len(y), bool) if len(before) != len(y) else (hashes != before).any(axis=1)
-        groups["changed"] = np.bincount(inverse, weights=changed, minlength=k)
+        groups["changed"] = _per_label(inverse, k, changed)
+    shape = () if text else tuple(int(d) for d in x.shape[1:])
     pixels = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
-    return ShardSummary(split, shard, tuple(int(d) for d in x.shape[1:]), str(x.dtype), pixels, y, hashes, groups)
+    return ShardSummary(split, shard, shape, artifacts.dtype_name(x), pixels, y, hashes, groups)
+
+
+def _image_columns(s: ShardSummary, g: int) -> dict[str, object]:
+    images, values = int(s.groups["images"][g]), max(int(s.groups["images"][g]) * s.pixels, 1)
+    height, width, channels = (*s.shape, 1, 1, 1)[:3]
+    mean = s.groups["sum"][g] / values
+    return {
+        "images": images,
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "shape": "x".join(map(str, s.shape)),
+        "dtype": s.dtype,
+        "min": float(s.groups["min"][g]),
+        "max": float(s.groups["max"][g]),
+        "mean": float(mean),
+        "std": float(np.sqrt(max(s.groups["squares"][g] / values - mean * mean, 0.0))),
+        "nan_count": int(s.groups["nan_count"][g]),
+        "inf_count": int(s.groups["inf_count"][g]),
+    }
+
+
+def _text_columns(s: ShardSummary, g: int, with_tokens: bool) -> dict[str, object]:
+    texts = int(s.groups["texts"][g])
+    row: dict[str, object] = {
+        "texts": texts,
+        "dtype": s.dtype,
+        "min_length": int(s.groups["min_length"][g]),
+        "max_length": int(s.groups["max_length"][g]),
+        "mean_length": float(s.groups["length"][g] / max(texts, 1)),
+        "empty": int(s.groups["empty"][g]),
+        "non_utf8": int(s.groups["non_utf8"][g]),
+    }
+    if with_tokens:
+        tokens, oov = (int(s.groups[key][g]) if key in s.groups else 0 for key in ("tokens", "oov_tokens"))
+        row |= {"tokens": tokens, "oov_tokens": oov, "oov_rate": oov / tokens if tokens else 0.0}
+    return row
 
 
 def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
-    """One row per split × shard × label: what the suites check.
+    """One row per split × shard × label: what the suites check. All summaries hold images, or all texts.
 
-    Columns: split, shard, label, id (``split/shard/label``), images, height, width, channels, shape, dtype, min,
-    max, mean, std (over the row's pixels), nan_count, inf_count, split_rows (images in the row's split),
-    class_fraction (share of the row's label in its split), split_label, leaked_into_train (val/test images whose
-    content is also in train) and, when the summaries carry it, changed_by_augment (val/test images that differ
-    from the stage's input). Its size grows with shards and classes, not images.
+    Columns, both kinds: split, shard, label, id (``split/shard/label``), dtype, split_rows (items in the row's
+    split), class_fraction (share of the row's label in its split), split_label, leaked_into_train (val/test items
+    whose content is also in train) and, when the summaries carry it, changed_by_augment (val/test items that differ
+    from the stage's input).
+    Images: images, height, width, channels, shape, min, max, mean, std (over the row's pixels), nan_count, inf_count.
+    Texts: texts, min_length, max_length, mean_length (characters), empty (empty or whitespace-only texts), non_utf8
+    (texts holding a lone surrogate) and, when the summaries carry tokens, tokens, oov_tokens, oov_rate.
+    Its size grows with shards and classes, not items.
     """
+    kinds = {s.kind for s in summaries}
+    if len(kinds) > 1:
+        raise TrainflowError(f"a dataset of both images and texts ({sorted({s.dtype for s in summaries})})")
+    items = "texts" if kinds == {"text"} else "images"
     train = [s.hashes for s in summaries if s.split == "train"]
     train_hashes = np.concatenate(train) if train else np.zeros((0, 2), np.uint64)
     train_first = np.sort(train_hashes[:, 0])
@@ -162,35 +276,19 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
     label_rows: dict[tuple[str, int], int] = {}
     for s in summaries:
         split_rows[s.split] = split_rows.get(s.split, 0) + len(s.labels)
-        for label, n in zip(s.groups["label"].tolist(), s.groups["images"].tolist(), strict=True):
+        for label, n in zip(s.groups["label"].tolist(), s.groups[items].tolist(), strict=True):
             label_rows[s.split, label] = label_rows.get((s.split, label), 0) + n
     with_changed = any("changed" in s.groups for s in summaries)
+    with_tokens = any("tokens" in s.groups for s in summaries)
     rows = []
     for s in summaries:
         leaked = np.zeros(len(s.labels), bool) if s.split == "train" else _in_train(s.hashes, train_hashes, train_first)
         inverse = np.searchsorted(s.groups["label"], s.labels)
         leaked_per_label = np.bincount(inverse, weights=leaked, minlength=len(s.groups["label"]))
-        height, width, channels = (*s.shape, 1, 1, 1)[:3]
         for g, label in enumerate(s.groups["label"].tolist()):
-            images, values = int(s.groups["images"][g]), max(int(s.groups["images"][g]) * s.pixels, 1)
-            mean = s.groups["sum"][g] / values
-            row = {
-                "split": s.split,
-                "shard": s.shard,
-                "label": label,
-                "id": f"{s.split}/{s.shard}/{label}",
-                "images": images,
-                "height": height,
-                "width": width,
-                "channels": channels,
-                "shape": "x".join(map(str, s.shape)),
-                "dtype": s.dtype,
-                "min": float(s.groups["min"][g]),
-                "max": float(s.groups["max"][g]),
-                "mean": float(mean),
-                "std": float(np.sqrt(max(s.groups["squares"][g] / values - mean * mean, 0.0))),
-                "nan_count": int(s.groups["nan_count"][g]),
-                "inf_count": int(s.groups["inf_count"][g]),
+            row = {"split": s.split, "shard": s.shard, "label": label, "id": f"{s.split}/{s.shard}/{label}"}
+            row |= _text_columns(s, g, with_tokens) if items == "texts" else _image_columns(s, g)
+            row |= {
                 "split_rows": split_rows[s.split],
                 "class_fraction": label_rows[s.split, label] / split_rows[s.split],
                 "split_label": f"{s.split}:{label}",

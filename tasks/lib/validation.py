@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BOUNDARIES = ("raw", "clean", "augmented", "normalized", "predictions")
-IMAGE_BOUNDARIES = BOUNDARIES[:4]
+IMAGE_BOUNDARIES = BOUNDARIES[:4]  # the dataset boundaries, of images or texts
 DATASOURCE = "trainflow"
 SITE = "trainflow"
 BATCH = "whole"
@@ -78,6 +78,48 @@ def image_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[st
         ]
     if boundary == "augmented":
         expectations.append(e.ExpectColumnValuesToBeBetween(column="changed_by_augment", min_value=0, max_value=0))
+    return expectations
+
+
+def text_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[str, ...], params: Params) -> list[Any]:
+    """The expectations of a text boundary (raw, clean, augmented, normalized), thresholds from params."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    v: ValidationParams = params.validation
+    k = len(classes)
+    expectations = [
+        e.ExpectColumnValuesToBeBetween(column="split_rows", min_value=v.min_images, max_value=v.max_images),
+        e.ExpectColumnValuesToBeUnique(column="id"),
+        e.ExpectColumnDistinctValuesToContainSet(
+            column="split_label", value_set=[f"{s}:{c}" for s in splits for c in range(k)]
+        ),
+        e.ExpectColumnValuesToBeInSet(column="dtype", value_set=[artifacts.TEXT]),
+        e.ExpectColumnValuesToBeBetween(column="non_utf8", min_value=0, max_value=0),
+    ]
+    if boundary != "raw":
+        # What clean removes (and counts): bad labels, leaks, empty and too long texts.
+        expectations += [
+            e.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(k))),
+            e.ExpectColumnValuesToBeBetween(column="class_fraction", min_value=v.min_class_fraction),
+            e.ExpectColumnValuesToBeBetween(column="leaked_into_train", min_value=0, max_value=0),
+            e.ExpectColumnValuesToBeBetween(column="empty", min_value=0, max_value=0),
+            e.ExpectColumnValuesToBeBetween(column="max_length", max_value=params.clean.max_chars),
+        ]
+    if boundary == "augmented":
+        expectations.append(e.ExpectColumnValuesToBeBetween(column="changed_by_augment", min_value=0, max_value=0))
+    if boundary == "normalized":
+        # val/test only: the vocabulary is train's most frequent words, so train's own rate says nothing of how
+        # well it covers unseen text (and is not 0 either once normalize.vocabulary_size cuts the rare ones).
+        expectations.append(
+            e.ExpectColumnValuesToBeBetween(
+                column="oov_rate",
+                min_value=0,
+                max_value=v.max_oov_rate,
+                row_condition='split != "train"',
+                condition_parser="pandas",
+            )
+        )
     return expectations
 
 
@@ -216,8 +258,9 @@ def _forget_previous_results(context: Any, boundary: str, paths: PathsParams) ->
 
 
 def _split_counts(table: pd.DataFrame) -> dict[str, int]:
-    if "images" in table:  # an image summary: rows are split × shard × label groups
-        return {str(k): int(v) for k, v in table.groupby("split", sort=False)["images"].sum().items()}
+    for items in ("images", "texts"):  # a dataset summary: rows are split × shard × label groups
+        if items in table:
+            return {str(k): int(v) for k, v in table.groupby("split", sort=False)[items].sum().items()}
     return {str(k): int(v) for k, v in table["split"].value_counts(sort=False).items()}
 
 
@@ -236,6 +279,15 @@ def _observed(result: Mapping[str, Any]) -> str:
     return "observed nothing"
 
 
+def _raised(info: Mapping[str, Any] | None) -> str | None:
+    """The message of an exception an expectation raised, on one line; GX gives it flat, or per metric when a
+    metric failed (a missing column: normalize's texts without token counts have no oov_rate)."""
+    for found in [info or {}, *(v for v in (info or {}).values() if isinstance(v, Mapping))]:
+        if found.get("raised_exception"):
+            return " ".join(str(found.get("exception_message")).split())
+    return None
+
+
 def failures(validation_result: Any) -> list[str]:
     """``expect_x(column) observed ...`` for each failed expectation of one validation result."""
     lines = []
@@ -244,8 +296,9 @@ def failures(validation_result: Any) -> list[str]:
             continue
         config = r.expectation_config
         column = config.kwargs.get("column", "table")
-        if r.exception_info and r.exception_info.get("raised_exception"):
-            lines.append(f"{config.type}({column}) raised {r.exception_info.get('exception_message')}")
+        raised = _raised(r.exception_info)
+        if raised is not None:
+            lines.append(f"{config.type}({column}) raised {raised}")
         else:
             lines.append(f"{config.type}({column}) {_observed(r.result or {})}")
     return lines
@@ -297,14 +350,18 @@ def validate_summaries(
 ) -> dict[str, Any]:
     """Validate a dataset at ``boundary`` (raw, clean, augmented, normalized) from its shards' summaries.
 
+    Text summaries (dtype ``str``) are checked by :func:`text_expectations`, image ones by :func:`image_expectations`.
+
     Returns:
         The JSON summary written to ``paths.validation/<boundary>.json``.
     """
     if boundary not in IMAGE_BOUNDARIES:
-        raise ValueError(f"unknown image boundary {boundary!r}")
+        raise ValueError(f"unknown dataset boundary {boundary!r}")
     table = summary_table(summaries)
     splits = tuple(dict.fromkeys(s.split for s in summaries))
-    return run_suite(boundary, table, image_expectations(boundary, classes, splits, params), params)
+    text = bool(summaries) and summaries[0].kind == "text"  # summary_table refused a mix
+    expectations = (text_expectations if text else image_expectations)(boundary, classes, splits, params)
+    return run_suite(boundary, table, expectations, params)
 
 
 def validate_dataset(boundary: str, dataset: Dataset, params: Params) -> dict[str, Any]:

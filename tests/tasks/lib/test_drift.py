@@ -140,3 +140,99 @@ def test_a_champion_without_reference_statistics_is_not_comparable(dparams: Para
     champion_with(dparams, None)
     report = drift.check(dataset(*digits), with_action(dparams, "warn"))
     assert report["comparable"] is False and "cannot read it" in report["why"]
+
+
+# ---------------------------------------------------------------------------------------------- texts
+
+TEXT_CLASSES = ("ham", "spam")
+
+
+def corpus(n: int, vocabulary: list[str], words: tuple[int, int] = (3, 30), seed: int = 0) -> tuple[np.ndarray, ...]:
+    """``n`` texts of ``words`` (low, high) words drawn from ``vocabulary``, with punctuation and capitals that
+    drift's word splitting removes."""
+    rng = np.random.default_rng(seed)
+    texts = [
+        " ".join(rng.choice(vocabulary, rng.integers(*words))).capitalize() + rng.choice([".", "!", "?"])
+        for _ in range(n)
+    ]
+    return np.array(texts, dtype=str), np.arange(n, dtype=np.int64) // 2 % 2  # balanced in both halves too
+
+
+ENGLISH = [f"word{i}" for i in range(300)]
+
+
+def text_compare(reference: tuple[np.ndarray, ...], current: tuple[np.ndarray, ...], params: Params) -> dict:
+    """Scores as check computes them: a reference as written, every word of the current data."""
+    return drift.compare(
+        drift.statistics([reference], TEXT_CLASSES), drift.statistics([current], TEXT_CLASSES, None), params.validation
+    )
+
+
+def test_text_statistics_count_words_lengths_and_labels() -> None:
+    x = np.array(["Free entry, WIN now!", "ok lar...", "", "x " * 500], dtype=str)
+    found = drift.statistics([(x[:2], np.array([0, 1])), (x[2:], np.array([1, 1]))], TEXT_CLASSES)
+    assert found["kind"] == "text" and found["count"] == 4 and found["label_counts"] == {"ham": 1, "spam": 3}
+    assert found["tokens"] == 4 + 2 + 500 and found["vocabulary"]["x"] == 500 and found["vocabulary"]["free"] == 1
+    assert "entry," not in found["vocabulary"] and "lar" in found["vocabulary"]
+    histogram = found["length_histogram"]
+    assert len(histogram) == drift.BINS and histogram[0] == 0.75 and histogram[-1] == 0.25  # 500 words: the last bin
+    assert drift.statistics([(x, np.zeros(4, int))], TEXT_CLASSES, vocabulary=1)["vocabulary"] == {"x": 500}
+    assert drift.statistics([], TEXT_CLASSES)["kind"] == "images"  # nothing to tell: as before texts existed
+
+
+def test_two_halves_of_the_same_texts_do_not_drift(params: Params) -> None:
+    x, y = corpus(2000, ENGLISH)
+    report = text_compare((x[::2], y[::2]), (x[1::2], y[1::2]), params)
+    assert not report["drifted"], report["reasons"]
+    assert report["length_psi"] < 0.05 and report["oov_rate"] == 0.0 and report["label_p_value"] > 0.5
+    assert "intensity_psi" not in report
+
+
+def test_longer_texts_drift_in_length_not_vocabulary(params: Params) -> None:
+    report = text_compare(corpus(1000, ENGLISH), corpus(1000, ENGLISH, words=(60, 150), seed=1), params)
+    assert report["drifted"] and report["length_psi"] > params.validation.drift_psi
+    assert report["oov_rate"] == 0.0 and [r.split(" (")[0] for r in report["reasons"]] == ["text length"]
+
+
+def test_new_words_drift_in_vocabulary_not_length(params: Params) -> None:
+    other = ENGLISH[:150] + [f"new{i}" for i in range(150)]  # half the words unknown to the reference
+    report = text_compare(corpus(1000, ENGLISH), corpus(1000, other, seed=1), params)
+    assert report["drifted"] and report["oov_rate"] == pytest.approx(0.5, abs=0.05)
+    assert report["length_psi"] < params.validation.drift_psi
+    assert [r.split(" (")[0] for r in report["reasons"]] == ["vocabulary"]
+
+
+def test_texts_and_images_are_not_comparable(dparams: Params, digits: tuple) -> None:
+    x, y = corpus(200, ENGLISH)
+    texts = Dataset(splits={"train": Split(x, y)}, classes=CLASSES[:2])
+    images = drift.statistics([digits], CLASSES)
+    assert (
+        drift.comparable({**images, "label_counts": {"0": 1, "1": 1}}, texts) == "reference holds images, ingested text"
+    )
+    old = {k: v for k, v in images.items() if k != "kind"}  # written before texts existed: images
+    assert "holds images" in drift.comparable(old, texts)
+    assert (
+        drift.comparable(drift.statistics([(x, y)], CLASSES), dataset(*digits))
+        == "reference holds text, ingested images"
+    )
+    with pytest.raises(ValueError, match="cannot compare text statistics with a images reference"):
+        drift.compare(images, drift.statistics([(x, y)], CLASSES[:2]), dparams.validation)
+    champion_with(dparams, images)
+    report = drift.check(texts, with_action(dparams, "warn"))
+    assert report["comparable"] is False and "reference holds images, ingested text" in report["why"]
+
+
+def test_check_texts_against_the_champions_text_reference(dparams: Params) -> None:
+    x, y = corpus(1000, ENGLISH)
+    train = Dataset(splits={"train": Split(x[::2], y[::2])}, classes=TEXT_CLASSES)
+    write_dataset(Path(dparams.paths.clean), train, shard_size=100)
+    drift.write_reference(open_dataset(Path(dparams.paths.clean)), dparams)
+    reference = json.loads(Path(dparams.paths.reference_stats).read_text())
+    assert reference == drift.statistics([(x[::2], y[::2])], TEXT_CLASSES)  # shard by shard = all at once
+    champion_with(dparams, reference)
+    same = Dataset(splits={"train": Split(x[1::2], y[1::2])}, classes=TEXT_CLASSES)
+    checked = drift.check(same, with_action(dparams, "fail"))
+    assert checked["checked"] is True and checked["drifted"] is False and checked["oov_rate"] == 0.0
+    new = corpus(500, [f"new{i}" for i in range(300)], seed=2)
+    with pytest.raises(TrainflowError, match=r"data drift against .*: vocabulary \(out-of-vocabulary rate 1.000"):
+        drift.check(Dataset(splits={"train": Split(*new)}, classes=TEXT_CLASSES), with_action(dparams, "fail"))

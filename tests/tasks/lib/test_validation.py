@@ -249,3 +249,151 @@ def test_the_gx_internals_this_adapter_relies_on_still_work(vparams: Params) -> 
     assert ProgressBarsConfig(globally=False).globally is False
     kept = [k for k in context.validation_results_store.list_keys() if k.expectation_suite_identifier.name == "raw"]
     assert len(kept) == 1  # the earlier result was removed
+
+
+# ---------------------------------------------------------------------------------------------- texts
+
+WORDS = ("free", "entry", "ok", "lar", "win", "call", "now", "hello", "see", "you")
+
+
+def text_dataset(counts: dict[str, int] | None = None) -> Dataset:
+    """Distinct texts (the split's name in each, so none leaks) with labels cycling over three classes."""
+    splits = {}
+    for name, n in (counts or COUNTS).items():
+        texts = [f"{name} message {i}: {WORDS[i % 10]} {WORDS[i * 7 % 10]}" for i in range(n)]
+        splits[name] = Split(np.array(texts, dtype=str), np.arange(n, dtype=np.int64) % 3)
+    return Dataset(splits=splits, classes=("ham", "spam", "other"))
+
+
+def with_text(data: Dataset, name: str, index: int, text: str) -> Dataset:
+    texts = data.splits[name].x.tolist()
+    texts[index] = text
+    return replace(data, name, np.array(texts, dtype=str))
+
+
+def normalized(data: Dataset, params: Params, oov: dict[str, int] | None = None) -> dict:
+    """Validate ``data`` as normalize does: 4 tokens per text, ``oov[split]`` of them out of the vocabulary."""
+    summaries = []
+    for name, split in data.splits.items():
+        n = len(split.y)
+        tokens = (np.full(n, 4), np.full(n, (oov or {}).get(name, 0)))
+        summaries.append(stats.summarize(name, 0, split.x, split.y, tokens=tokens))
+    return validation.validate_summaries("normalized", summaries, data.classes, params)
+
+
+def text_failure(boundary: str, data: Dataset, params: Params, **kwargs: object) -> str:
+    if boundary != "normalized":
+        return failure(boundary, data, params, **kwargs)
+    with pytest.raises(TrainflowError) as info:
+        normalized(data, params, **kwargs)
+    assert str(info.value).startswith("validation normalized failed: ") and "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_clean_texts_pass_every_boundary_with_the_text_suite(vparams: Params) -> None:
+    data = text_dataset()
+    for boundary in ("raw", "clean"):
+        summary = validation.validate_dataset(boundary, data, vparams)
+        assert summary["success"] and summary["rows"] == 9 and summary["splits"] == COUNTS
+    assert "expect_column_values_to_be_between(non_utf8)" in summary["expectations"]
+    assert "expect_column_values_to_be_between(max_length)" in summary["expectations"]
+    assert not any("(shape)" in e or "(nan_count)" in e for e in summary["expectations"])  # not the image suite
+    augmented(data, data, vparams)
+    # train's own out-of-vocabulary rate is not checked: normalize.vocabulary_size may leave rare train words out
+    assert normalized(data, vparams, oov={"train": 4, "val": 1, "test": 2})["splits"] == COUNTS
+
+
+def test_a_too_small_text_split(vparams: Params) -> None:
+    message = text_failure("raw", text_dataset({"train": 30, "val": 6, "test": 12}), vparams)
+    assert "expect_column_values_to_be_between(split_rows) observed 3 unexpected of 9" in message
+
+
+def test_a_text_class_missing_from_a_split(vparams: Params) -> None:
+    data = text_dataset()
+    keep = data.splits["test"].y != 1
+    message = text_failure(
+        "raw", replace(data, "test", data.splits["test"].x[keep], data.splits["test"].y[keep]), vparams
+    )
+    assert "expect_column_distinct_values_to_contain_set(split_label) missing ['test:1']" in message
+
+
+def test_a_text_that_is_not_utf8(vparams: Params) -> None:
+    message = text_failure("raw", with_text(text_dataset(), "val", 4, "broken \ud800 text"), vparams)
+    assert "expect_column_values_to_be_between(non_utf8) observed 1 unexpected of 9, e.g. [1] at ['val/0/1']" in message
+
+
+def test_a_text_table_of_another_dtype(vparams: Params) -> None:
+    """summarize always writes "str" for texts: the expectation guards tables built some other way."""
+    data = text_dataset()
+    table = stats.summary_table(stats.summarize_dataset(data, None)).assign(dtype="<U40")
+    expectations = validation.text_expectations("raw", data.classes, tuple(data.splits), vparams)
+    with pytest.raises(TrainflowError, match=r"expect_column_values_to_be_in_set\(dtype\) observed 9 unexpected"):
+        validation.run_suite("raw", table, expectations, vparams)
+
+
+def test_a_text_label_outside_the_class_set(vparams: Params) -> None:
+    data = text_dataset()
+    y = data.splits["train"].y.copy()
+    y[4] = 7
+    message = text_failure("clean", replace(data, "train", y=y), vparams)
+    assert "expect_column_values_to_be_in_set(label) observed 1 unexpected of 10, e.g. [7] at ['train/0/7']" in message
+    validation.validate_dataset("raw", replace(data, "train", y=y), vparams)  # clean removes them
+
+
+def test_a_rare_text_class_below_the_min_fraction(vparams: Params) -> None:
+    data = text_dataset()
+    y = np.zeros(30, dtype=np.int64)
+    y[:15], y[15] = 1, 2
+    message = text_failure("clean", replace(data, "train", y=y), with_validation(vparams, min_class_fraction=0.05))
+    assert "expect_column_values_to_be_between(class_fraction) observed 1 unexpected" in message
+
+
+def test_a_test_text_duplicated_into_train_in_an_array_of_another_width(vparams: Params) -> None:
+    data = text_dataset()
+    train = data.splits["train"].x.astype("<U300")  # the same text must be caught whatever the width
+    train[3] = data.splits["test"].x[5]
+    message = text_failure("clean", replace(data, "train", train), vparams)
+    assert (
+        "expect_column_values_to_be_between(leaked_into_train) observed 1 unexpected of 9, e.g. [1] at ['test/0/2']"
+        in message
+    )
+    validation.validate_dataset("raw", replace(data, "train", train), vparams)
+
+
+def test_an_empty_text_after_clean(vparams: Params) -> None:
+    data = with_text(text_dataset(), "train", 2, " \t ")
+    message = text_failure("clean", data, vparams)
+    assert "expect_column_values_to_be_between(empty) observed 1 unexpected of 9, e.g. [1] at ['train/0/2']" in message
+    validation.validate_dataset("raw", data, vparams)  # clean removes them
+
+
+def test_a_text_longer_than_clean_max_chars(vparams: Params) -> None:
+    data = with_text(text_dataset(), "val", 0, "word " * 20)
+    short = vparams.model_copy(update={"clean": vparams.clean.model_copy(update={"max_chars": 60})})
+    message = text_failure("clean", data, short)
+    assert (
+        "expect_column_values_to_be_between(max_length) observed 1 unexpected of 9, e.g. [100] at ['val/0/0']"
+        in message
+    )
+    validation.validate_dataset("raw", data, short)
+
+
+def test_a_val_text_changed_by_augment(vparams: Params) -> None:
+    before = text_dataset()
+    message = text_failure("augmented", with_text(before, "val", 1, "changed"), vparams, before=before)
+    assert (
+        "expect_column_values_to_be_between(changed_by_augment) observed 1 unexpected of 9, e.g. [1] at ['val/0/1']"
+        in message
+    )
+
+
+def test_too_many_out_of_vocabulary_words_in_test(vparams: Params) -> None:
+    message = text_failure("normalized", text_dataset(), with_validation(vparams, max_oov_rate=0.5), oov={"test": 3})
+    assert "expect_column_values_to_be_between(oov_rate) observed 3 unexpected of 6, e.g. [0.75" in message
+    assert "'test/0/0'" in message  # 6: the val and test rows, not train's
+
+
+def test_normalized_texts_without_token_counts_fail(vparams: Params) -> None:
+    data = text_dataset()
+    with pytest.raises(TrainflowError, match=r"failed: .*\(oov_rate\) raised .*column \"oov_rate\" .* not exist"):
+        validation.validate_summaries("normalized", stats.summarize_dataset(data, None), data.classes, vparams)
