@@ -92,9 +92,10 @@ def decide(found: Mapping[str, list[Found]], params: CleanParams) -> tuple[dict[
             mask &= ~leaked
     input_total = sum(len(good) for shards in found.values() for good, _, _ in shards)
     removed_total = sum(sum(c.values()) for c in removed.values())
+    noun = "texts" if any("empty" in c for c in removed.values()) else "images"
     if input_total and removed_total / input_total > params.max_removed_fraction:
         raise TrainflowError(
-            f"clean would remove {removed_total} of {input_total} items ({removed_total / input_total:.1%}), "
+            f"clean would remove {removed_total} of {input_total} {noun} ({removed_total / input_total:.1%}), "
             f"more than clean.max_removed_fraction={params.max_removed_fraction} ({removed})"
         )
     return keep, {"removed": removed, "removed_total": removed_total, "input_total": input_total}

@@ -42,7 +42,7 @@ class DataParams(Section):
         if (scheme in files | {"digits"} and not arg) or (scheme == "keras" and arg):
             return source
         if scheme in files:
-            raise ValueError(f"the path goes in data.path: data.source={scheme}, data.path={arg}")
+            raise ValueError(f"the path goes in data.path now: data.source={scheme}, data.path={arg}")
         raise ValueError(
             f"unknown data source {source!r}; use digits, keras:NAME, or (with data.path) idx, npz, folder for "
             "images, tsv, csv, text_folder for text"

@@ -120,6 +120,8 @@ def facts() -> dict[str, Any]:
             "reason": gate["reason"],
         },
         "data": {
+            "kind": "images",
+            "noun": "images",
             "source": "folder",
             "path": "data/input",
             "classes": ["cat", "dog"],
