@@ -156,7 +156,9 @@ def run(params: Params) -> dict:
         "max_request_images": params.deploy.max_request_images,
         "kind": stored.kind,
     }
-    model_uri = tracking.log_model(params.tracking, run_id, Path(params.paths.model), sample[:4], config)
+    # texts as an object tensor: MLflow would cast numbers to strings for a str signature, ours refuses them
+    example = evaluate.model_input(sample[:4])
+    model_uri = tracking.log_model(params.tracking, run_id, Path(params.paths.model), example, config)
     check = serving_check.check(
         model_uri,
         tracking.tracking_uri(params.tracking),
