@@ -5,6 +5,7 @@ against the champion's texts, and the report."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,22 @@ def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tm
     drift = report(workspace, "drift.json")
     assert drift["checked"] is True and drift["drifted"] is False, drift
     assert {"length_psi", "oov_rate"} <= set(drift)
+
+    # the Prefect flow runs the same text stages, per shard as Prefect tasks, and writes the same bytes
+    data = ("data/clean", "data/augmented", "data/normalized")
+
+    def files() -> dict[str, bytes]:
+        return {
+            str(p.relative_to(workspace)): p.read_bytes()
+            for d in data
+            for p in (workspace / d).rglob("*")
+            if p.is_file()
+        }
+
+    by_dvc = files()
+    for folder in data:
+        shutil.rmtree(workspace / folder)
+    flow = sh(workspace, "python", "-m", "flows.training", PREFECT_HOME=str(tmp_path / "prefect"))
+    log = flow.stdout + flow.stderr
+    assert "Task run 'clean-inspect-0'" in log and "Task run 'augment-0'" in log
+    assert files() == by_dvc and processes_in(workspace) == []
