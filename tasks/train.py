@@ -151,6 +151,16 @@ def build_text_classifier(vocabulary_size: int, length: int, num_classes: int, p
     return keras.Model(inputs, outputs, name=f"trainflow_{params.rnn}")
 
 
+def require_backend(kind: str, backend: str) -> None:
+    """Refuse what a backend cannot save: Keras' TextVectorization runs inside a model on TensorFlow only, so the
+    text model (which takes raw strings) needs ``KERAS_BACKEND=tensorflow``; images train on any backend."""
+    if kind == "text" and backend != "tensorflow":
+        raise TrainflowError(
+            f"a text model needs KERAS_BACKEND=tensorflow, not {backend}: its vectorisation layer (Keras "
+            "TextVectorization, inside the served model) runs only on TensorFlow"
+        )
+
+
 def text_model(vectorizer: Any, classifier: keras.Model) -> keras.Model:
     """The served model: raw strings (N,) → ``vectorizer`` (normalize's vocabulary) → ``classifier``'s probabilities."""
     import keras
@@ -427,6 +437,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(params.seed)
     data = artifacts.open_dataset(Path(params.paths.normalized))
+    require_backend(data.kind, device["backend"])
     manifest = data.manifest
     shape = data.image_shape
 

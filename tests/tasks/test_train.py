@@ -16,6 +16,7 @@ import pytest
 from tasks.lib import vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
+from tasks.lib.errors import TrainflowError
 from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
@@ -26,6 +27,7 @@ from tasks.train import (
     distribution,
     fit,
     learning_rate,
+    require_backend,
     save_model,
     shard_batches,
     text_model,
@@ -344,3 +346,10 @@ def test_shard_batches_turn_texts_into_word_ids(tmp_path: Path) -> None:
     x, y = val[0]
     np.testing.assert_array_equal(x, ids(data.splits["val"].x[:4]))
     np.testing.assert_array_equal(y, data.splits["val"].y[:4])
+
+
+def test_a_text_model_needs_the_tensorflow_backend() -> None:
+    require_backend("text", "tensorflow")
+    require_backend("images", "jax")
+    with pytest.raises(TrainflowError, match="a text model needs KERAS_BACKEND=tensorflow, not jax"):
+        require_backend("text", "jax")
