@@ -352,7 +352,7 @@ def gather(params: Params) -> dict[str, Any]:
 
     tags = run["tags"]
     committed, head = _committed_params()
-    current = flatten(params.model_dump(mode="json"))
+    current = tracking.flat_params(params)
     champion_params = champion_run["params"] if champion_run else None
     cleaned = clean.info.get("clean", {})
     scored = champion if champion and champion.get("status") == "scored" else None
@@ -406,7 +406,11 @@ def gather(params: Params) -> dict[str, Any]:
             "drift": drift,
         },
         "training": {
-            "model": params.train.model,
+            "model": (
+                f"text RNN ({'bidirectional ' if params.train.bidirectional else ''}{params.train.rnn.upper()})"
+                if clean.kind == "text"
+                else params.train.model
+            ),
             "changed": changed_params(current, committed, champion_params),
             "committed": head,
             "champion_version": champion["version"] if champion else None,

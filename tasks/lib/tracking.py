@@ -121,7 +121,7 @@ def flat_params(params: Params) -> dict[str, str]:
         elif not SECRET.search(prefix.rsplit(".", 1)[-1]):
             out[prefix] = str(value)
 
-    walk("", params.model_dump(mode="json"))
+    walk("", params.model_dump(mode="json", exclude_unset=True))  # as written (no None defaults of tune.space)
     return out
 
 

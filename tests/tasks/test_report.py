@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.lib.config import Params
+from tasks.lib.config import Params, read_params_file
 from tasks.lib.errors import TrainflowError
-from tasks.report import SECTIONS, changed_params, gather, image_grid, mistakes, render, stopping, wilson
-from tests.helpers import TINY, make_workspace, processes_in, ran, sh
+from tasks.lib.tracking import flat_params
+from tasks.report import SECTIONS, changed_params, flatten, gather, image_grid, mistakes, render, stopping, wilson
+from tests.helpers import REPO, TINY, make_workspace, processes_in, ran, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = next(
@@ -56,6 +57,13 @@ def test_changed_params_compares_values_not_spellings() -> None:
     champion = {**current, "train.epochs": "3", "new.key": "2"}
     assert [r["key"] for r in changed_params(current, None, champion)] == ["new.key"]
     assert changed_params(current, None, None) == []
+
+
+def test_params_as_logged_equal_params_yaml_as_written(params: Params) -> None:
+    # a run of the committed params.yaml changes nothing: no key appears that the file does not have (tune.space's
+    # unset low/high/step/choices once did, as None)
+    written = flatten(read_params_file(REPO / "params.yaml"))
+    assert changed_params(flat_params(params), written, None) == []
 
 
 def test_stopping_says_why_training_ended(params: Params) -> None:
