@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,26 @@ def tiny_texts(counts: dict[str, int] | None = None, seed: int = 0) -> Dataset:
             texts.append(" ".join([*words, f"n{serial}"]))
         splits[name] = Split(np.array(texts, dtype=str), y)
     return Dataset(splits=splits, classes=("spam", "ham"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace after one real `dvc repro` of the TINY params (data, model, reports, a champion in the registry).
+
+    Tests that need a finished run start from a copy (:func:`copy_run`) instead of running the pipeline again; the
+    workspace is self-contained (DVC cache, MLflow store and artifacts, GX context all inside it).
+    """
+    from tests.helpers import TINY, make_workspace, sh
+
+    root = make_workspace(tmp_path_factory.mktemp("tiny-run"), TINY)
+    sh(root, "dvc", "repro")
+    return root
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a finished run's workspace at ``to`` (which must not exist), to change freely."""
+    shutil.copytree(run, to, symlinks=True)
+    return to
 
 
 @pytest.fixture

@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.helpers import TINY, idx_bytes, make_workspace, sh
+from tests.conftest import copy_run
+from tests.helpers import idx_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -60,10 +61,9 @@ class Broken:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     """A workspace after a real `dvc repro` (data, model, reports, a champion in the registry)."""
-    root = make_workspace(tmp_path_factory.mktemp("fuzz"), TINY)
-    sh(root, "dvc", "repro")
+    root = copy_run(tiny_run, tmp_path_factory.mktemp("fuzz") / "workspace")
     import great_expectations  # noqa: F401  # imported once here, so tracemalloc sees each case, not first imports
     import sklearn.model_selection  # noqa: F401
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from tasks.lib.sources import load_idx_dir
-from tests.helpers import REPO, TINY, make_workspace, ran, sh
+from tests.conftest import copy_run
+from tests.helpers import REPO, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +35,8 @@ def report(workspace: Path, name: str) -> dict:
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="the MNIST test set is not beside the repo (../shared/data/mnist)")
-def test_your_own_images_step_by_step(tmp_path: Path) -> None:
-    workspace = make_workspace(tmp_path, TINY)
-    sh(workspace, "dvc", "repro")  # the registry's champion: a digits model (8×8, ten classes)
+def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
+    workspace = copy_run(tiny_run, tmp_path / "workspace")  # the registry's champion: a digits model (8×8, ten classes)
     assert report(workspace, "deploy.json")["registry"]["alias"] == "champion"
     sh(workspace, "git", "add", "-A")
     sh(workspace, "git", "commit", "-qm", "digits")

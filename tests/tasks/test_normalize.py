@@ -99,7 +99,7 @@ def test_text_vocabulary_and_sequence_length_are_fitted_on_train_only(tmp_path: 
     for name, split in dataset.splits.items():  # the texts pass unchanged
         assert out.splits[name].x.tolist() == split.x.tolist()
     assert stats["method"] == "vocabulary" and out.info["normalize"] == stats
-    assert stats["sequence_length"] == 2  # the median of train's 3, 2, 5, 1 words, rounded up
+    assert stats["sequence_length"] == 3  # the median of train's 3, 2, 5, 1 words (2.5), rounded up
     assert stats["vocabulary_size"] == 2 + 9  # padding, [UNK] and train's 9 distinct words
     assert stats["oov_rate"] == {"train": 0.0, "val": 0.25, "test": 0.75}
 
