@@ -207,6 +207,7 @@ def other_seeds(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def report(all_runs: list[dict[str, Any]], sms: Path, repeats: int) -> str:
+    seeds = [str(r["seed"]) for r in all_runs if r.get("seed", SEED) != SEED]
     runs = [r for r in all_runs if r.get("seed", SEED) == SEED]
 
     def values(side: str, key: str, scale: float = 1.0) -> list[float]:
@@ -235,7 +236,8 @@ def report(all_runs: list[dict[str, Any]], sms: Path, repeats: int) -> str:
     ]
     return "\n".join(
         [
-            f"`python benchmarks/text.py --repeats {repeats}` on `{sms.name}` (SMS Spam Collection). Date: {today()}. "
+            f"`python benchmarks/text.py --repeats {repeats}{' --seeds ' + ' '.join(seeds) if seeds else ''}` on "
+            f"`{sms.name}` (SMS Spam Collection). Date: {today()}. "
             f"Machine: {machine()}. Training times are on this machine's cores, in the same run.",
             "",
             "The pipeline: cold `dvc repro` with `data.source: tsv`, every other param at its default (stratified "
