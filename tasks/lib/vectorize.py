@@ -28,6 +28,9 @@ def text_vectorizer(
 
 def fit_vocabulary(train: Iterable[np.ndarray], size: int) -> list[str]:
     """The ``size`` most frequent words of the train texts (one shard at a time), padding and ``[UNK]`` first."""
+    from tasks.lib.quiet import import_keras
+
+    import_keras()  # TensorFlow loads with it, its start-up lines filtered
     import tensorflow as tf
 
     shards = list(train)
