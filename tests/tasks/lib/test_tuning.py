@@ -31,6 +31,22 @@ def test_the_default_space_is_valid_and_typed(raw: dict[str, Any]) -> None:
     assert batch.choices == (32, 64, 128)
 
 
+def test_the_text_model_space_of_docs_tuning_md_is_valid(raw: dict[str, Any]) -> None:
+    text_space = {
+        "train.rnn": {"choices": ["lstm", "gru"]},
+        "train.rnn_units": {"low": 16, "high": 128, "log": True},
+        "train.embedding_dim": {"choices": [32, 64, 128]},
+        "train.bidirectional": {"choices": [False, True]},
+    }
+    changed, params = space_of(raw, text_space)
+    space = tuning.search_space(changed, params)
+    assert space["train.rnn"].choices == ("lstm", "gru")
+    assert isinstance(space["train.rnn_units"], optuna.distributions.IntDistribution)
+    bad, params = space_of(raw, {"train.rnn": {"choices": ["lstm", "transformer"]}})
+    with pytest.raises(TrainflowError, match=r"tune\.space\.train\.rnn='transformer'"):
+        tuning.search_space(bad, params)
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
