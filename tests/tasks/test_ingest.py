@@ -82,6 +82,18 @@ def test_class_names_from_params_then_source(params: Params) -> None:
     assert split(with_names, params.data, fractions(), seed=0).classes == ("a", "b")
 
 
+def test_text_labels_follow_the_order_of_data_classes(params: Params) -> None:
+    texts = np.array([f"message {i}" for i in range(40)], dtype=str)
+    data = Loaded(texts, np.arange(40, dtype=np.int64) % 2, classes=("ham", "spam"))  # the loader's sorted names
+    reordered = split(data, params.data.model_copy(update={"classes": ("spam", "ham")}), fractions(), seed=0)
+    assert reordered.classes == ("spam", "ham") and reordered.kind == "text"
+    original = {str(t): ("ham", "spam")[i % 2] for i, t in enumerate(texts)}
+    for part in reordered.splits.values():  # a text keeps its class name, under the new number
+        assert [original[str(t)] for t in part.x] == [reordered.classes[y] for y in part.y]
+    with pytest.raises(TrainflowError, match=r"labels \['spam'\] are not in data.classes \['ham', 'other'\]"):
+        split(data, params.data.model_copy(update={"classes": ("ham", "other")}), fractions(), seed=0)
+
+
 def test_empty_dataset_refused(params: Params) -> None:
     empty = Loaded(np.zeros((0, 4, 4, 1), np.uint8), np.zeros(0, np.int64))
     with pytest.raises(TrainflowError, match="empty"):
