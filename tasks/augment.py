@@ -132,11 +132,6 @@ def sample_text(rows: list[np.ndarray], count: int) -> bytes:
     return buffer.getvalue()
 
 
-def keys(x: np.ndarray) -> np.ndarray:
-    """One opaque 128-bit content key per item (as clean compares them), for ``np.isin``."""
-    return np.ascontiguousarray(stats.content_hashes(x)).view(np.dtype((np.void, 16))).ravel()
-
-
 def augment_shard(
     clean: str,
     out: str,
@@ -150,14 +145,15 @@ def augment_shard(
 ) -> tuple:
     """Write copy ``copy`` (0: the originals) of one shard as shard ``out_index``; its manifest entry and summary.
 
-    ``held_out``: the :func:`keys` of val and test texts. A text copy that came out equal to one of them (a short
-    message with a word dropped can) is replaced by its original, which clean made sure is not in val or test.
+    ``held_out``: the content keys (:func:`stats.keys`) of val and test texts. A text copy that came out equal to
+    one of them (a short message with a word dropped can) is replaced by its original, which clean made sure is not
+    in val or test.
     """
     shard = artifacts.open_dataset(Path(clean)).shard(split, index)
     transform = word_edits if shard.x.dtype.kind == "U" else random_affine
     x = transform(shard.x, params, copy_rng(seed, copy, index)) if copy else np.asarray(shard.x)
     if copy and held_out is not None and len(held_out):
-        leaked = np.isin(keys(x), held_out)
+        leaked = np.isin(stats.keys(stats.content_hashes(x)), held_out)
         x = np.where(leaked, shard.x, x) if leaked.any() else x
     summary = stats.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
     return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
@@ -180,7 +176,12 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         held_out = None
         if cleaned.kind == "text":  # texts are small: every val/test key fits in each call
             held_out = np.concatenate(
-                [keys(s.x) for name in cleaned.splits if name != "train" for s in cleaned.shards(name)]
+                [
+                    stats.keys(stats.content_hashes(s.x))
+                    for name in cleaned.splits
+                    if name != "train"
+                    for s in cleaned.shards(name)
+                ]
             )
         calls = [(str(cleaned.path), str(tmp), *step, params.augment, params.seed, held_out) for step in plan]
         written = mapper("augment", augment_shard, calls)

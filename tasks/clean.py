@@ -23,15 +23,6 @@ log = logging.getLogger(__name__)
 Found = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]  # per shard: good label, problems per reason, hashes
 
 
-def image_keys(x: np.ndarray) -> np.ndarray:
-    """One opaque 128-bit content key per item, comparable with ``np.unique`` and ``np.isin``."""
-    return _keys(stats.content_hashes(np.asarray(x)))
-
-
-def _keys(hashes: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(hashes).view(np.dtype((np.void, 16))).ravel()
-
-
 def inspect(x: np.ndarray, y: np.ndarray, num_classes: int, params: CleanParams) -> Found:
     """Per item of one shard: a valid label, its problems (images: constant, i.e. blank; texts: empty or only
     whitespace, longer than ``params.max_chars``), each only where the label is valid, and its content hash."""
@@ -71,7 +62,7 @@ def decide(found: Mapping[str, list[Found]], params: CleanParams) -> tuple[dict[
         counts["bad_label"] = int(sum((~good).sum() for good, _, _ in shards))
         for reason in reasons:
             counts[reason] = int(sum(problems[reason].sum() for _, problems, _ in shards))
-        keys = _keys(np.concatenate([h[v] for (_, _, h), v in zip(shards, valid, strict=True)]))
+        keys = stats.keys(np.concatenate([h[v] for (_, _, h), v in zip(shards, valid, strict=True)]))
         first = np.zeros(len(keys), dtype=bool)
         first[np.unique(keys, return_index=True)[1]] = True
         counts["duplicate"] = int((~first).sum())
@@ -87,7 +78,7 @@ def decide(found: Mapping[str, list[Found]], params: CleanParams) -> tuple[dict[
         leak_keys = np.concatenate(held_out)
         for mask, (_, _, hashes) in zip(keep["train"], found["train"], strict=True):
             leaked = np.zeros(len(mask), dtype=bool)
-            leaked[mask] = np.isin(_keys(hashes[mask]), leak_keys)
+            leaked[mask] = np.isin(stats.keys(hashes[mask]), leak_keys)
             removed["train"]["leak"] += int(leaked.sum())
             mask &= ~leaked
     input_total = sum(len(good) for shards in found.values() for good, _, _ in shards)

@@ -124,7 +124,7 @@ def contract(stored: artifacts.Stored) -> dict[str, Any]:
     Part of every registered version (tasks/lib/tracking.py tags it); a version with another contract never takes
     the champion alias of one with this one unless ``deploy.allow_new_contract`` says so.
     """
-    dtype = "str" if stored.kind == "text" else "uint8"
+    dtype = artifacts.TEXT if stored.kind == "text" else "uint8"
     return {"input_shape": list(stored.image_shape), "dtype": dtype, "classes": list(stored.classes)}
 
 

@@ -78,6 +78,11 @@ def content_hashes(x: np.ndarray) -> np.ndarray:
     return hashes
 
 
+def keys(hashes: np.ndarray) -> np.ndarray:
+    """:func:`content_hashes` as one opaque 128-bit key per item, comparable with ``np.unique`` and ``np.isin``."""
+    return np.ascontiguousarray(hashes).view(np.dtype((np.void, 16))).ravel()
+
+
 def _text_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     """Per text: length in characters, whether it is empty or whitespace-only, whether it holds a lone surrogate."""
     x = np.ascontiguousarray(x)

@@ -380,7 +380,7 @@ def model_contract(model: Any) -> dict[str, Any]:
     """The contract of a loaded model: its signature's input shape and dtype, and its classes."""
     (spec,) = model.metadata.get_input_schema().inputs
     classes = list((getattr(model, "model_config", None) or {}).get("classes") or [])
-    dtype = "str" if spec.type.kind in "UO" else str(spec.type)  # a text model: an object tensor of str
+    dtype = artifacts.TEXT if spec.type.kind in "UO" else str(spec.type)  # a text model: an object tensor of str
     return {"input_shape": list(spec.shape[1:]), "dtype": dtype, "classes": classes}
 
 
