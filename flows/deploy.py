@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
+from flows import prefect_api
 from tasks.lib.config import DEFAULT_PARAMS, load_params
 from tasks.lib.errors import TrainflowError
-from tasks.lib.quiet import quiet_libraries
 
 DEPLOYMENT = "nightly"
 
@@ -21,9 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
-    quiet_libraries()  # no httpx line for every poll of the server
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    with prefect_api.one_line_errors("deploy"):  # quiet: no httpx line for every poll of the server
         params = load_params(Path(args.params))
         schedule = params.schedule
         from prefect.schedules import Cron
@@ -34,15 +30,11 @@ def main(argv: list[str] | None = None) -> None:
                 "PREFECT_API_URL is not set: schedules need a Prefect server "
                 "(prefect server start, then export PREFECT_API_URL=http://127.0.0.1:4200/api)"
             )
-    except TrainflowError as exc:
-        print(f"error: deploy: {exc}", file=sys.stderr)
-        sys.exit(1)
 
-    from flows.training import for_params
+    from flows.training import training
 
-    # One run at a time: two runs would write the same workspace. The task runner is params' flow.task_runner
-    # when the deployment starts serving.
-    for_params(params).serve(
+    # One run at a time: two runs would write the same workspace.
+    training.serve(
         name=DEPLOYMENT,
         schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
         parameters={"params_path": args.params},

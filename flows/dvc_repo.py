@@ -1,68 +1,76 @@
-"""The one adapter that knows DVC: the stage graph and the hashes DVC keys stages on (its Python internals),
-`dvc commit` (its command line) and params.yaml edits as `dvc exp run -S` makes them.
+"""The one adapter that knows DVC: the stage graph (its Python internals), one stage run through `dvc repro` (its
+command line) and params.yaml edits as `dvc exp run -S` makes them.
 
-DVC documents its command line, not its ``Repo`` object; each internal call here is checked against the command line
-by tests/flows/test_dvc_repo.py, so an upgrade that changes one fails there first.
+DVC documents its command line, not its ``Repo`` object; the internal call here is checked against `dvc dag` by
+tests/flows/test_dvc_repo.py, so an upgrade that changes it fails there first.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError
 
-
-@contextmanager
-def _repo(root: Path) -> Iterator[Any]:
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        yield repo
+# DVC's own words (dvc/repo/reproduce.py, dvc/stage/run.py): a stage it runs, and the exit status of a failed command
+_RUNNING = re.compile(r"^Running stage '([^']+)'")
+_EXITED = re.compile(r"failed to run: .*, exited with (-?\d+)")
 
 
 def stage_graph(root: Path = Path()) -> dict[str, list[str]]:
     """Every stage of dvc.yaml, in its order, with the stages whose outputs it reads: the edges of `dvc dag`."""
-    with _repo(root) as repo:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
         graph = repo.index.graph  # networkx: an edge runs from a stage to a stage it depends on
         order = [stage.name for stage in repo.index.stages]
-        upstream = {name: set() for name in order}
+        upstream: dict[str, set[str]] = {name: set() for name in order}
         for stage, dependency in graph.edges():
             upstream[stage.name].add(dependency.name)
         return {name: [u for u in order if u in upstream[name]] for name in order}
 
 
-def stage_hashes(root: Path, stage: str, which: str) -> dict[str, Any]:
-    """DVC's own hashes of a stage's ``deps`` (code, data, params values) or ``outs``, keyed by path (None: missing)."""
-    with _repo(root) as repo:
-        (spec,) = [s for s in repo.index.stages if s.name == stage]
-        result: dict[str, Any] = {}
-        for item in spec.deps if which == "deps" else spec.outs:
-            if not item.exists:  # an output not written yet, or a data path that is missing (ingest says so)
-                result[item.def_path] = None
-                continue
-            info = item.get_hash()
-            result[item.def_path] = info.value if info else None
-        return result
+def repro_stage(
+    root: Path, stage: str, line: Callable[[str], Any] = print, env: Mapping[str, str] | None = None
+) -> bool:
+    """`dvc repro --single-item <stage>` in ``root``: DVC runs the stage only if its deps, params or outs changed.
 
+    Args:
+        root: the DVC repo.
+        stage: the stage's name in dvc.yaml.
+        line: called with every line DVC and the stage print (the flow forwards them to its run log).
+        env: the environment of the command (default: this process's).
 
-def commit(root: Path, stages: Sequence[str] = ()) -> None:
-    """`dvc commit --force [stage ...]` (DVC's command line, in ``root``): the workspace's outputs of ``stages``
-    (default: all) go into dvc.lock and the cache.
+    Returns:
+        Whether DVC ran the stage (False: it was up to date).
 
     Raises:
-        TrainflowError: with DVC's own last error line.
+        TransientError: the stage exited with EXIT_TRANSIENT (a retry may pass).
+        TrainflowError: any other failure, with the stage's own ``error:`` line (else DVC's last line).
     """
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", *stages], cwd=root, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        last = ((done.stderr + done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise TrainflowError(f"dvc commit in {root} failed: {last}")
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    ran, lines = False, []
+    with subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for text in process.stdout:
+            text = text.rstrip("\n")
+            lines.append(text)
+            ran = ran or bool((m := _RUNNING.match(text)) and m.group(1) == stage)
+            line(text)
+    if process.returncode == 0:
+        return ran
+    own = [t for t in lines if t.startswith("error: ")]
+    message = own[-1].removeprefix("error: ") if own else next((t for t in reversed(lines) if t.strip()), "")
+    status = next((int(m.group(1)) for t in lines if (m := _EXITED.search(t))), None)
+    if status == EXIT_TRANSIENT:
+        raise TransientError(message)
+    raise TrainflowError(message or f"dvc repro --single-item {stage} exited with {process.returncode}")
 
 
 def write_params(path: Path, overrides: Mapping[str, Any]) -> None:
@@ -79,17 +87,3 @@ def write_params(path: Path, overrides: Mapping[str, Any]) -> None:
         node[leaf] = value
     with path.open("w") as f:
         yaml.dump(data, f)
-
-
-def repro(root: Path, stage: str) -> list[str]:
-    """`dvc repro <stage>` in ``root``: the stage and those before it, each only if changed. Returns the stages DVC
-    says it ran.
-
-    Raises:
-        TrainflowError: with DVC's own last error line.
-    """
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = ((done.stderr + done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise TrainflowError(f"dvc repro {stage} in {root} failed: {last}")
-    return [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage '")]

@@ -159,9 +159,10 @@ def augment_shard(
     return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
 
 
-def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+def run(params: Params) -> dict:
     """Read data/clean shard by shard, augment train, validate, write data/augmented and the sample grid."""
-    cleaned = artifacts.open_dataset(Path(params.paths.clean))
+    cleaned = artifacts.open_dataset(Path(params.paths.clean).resolve())
+    mapper = parallel.mapper(params.parallel)
     plan = []  # (split, input shard, copy, output shard): the originals first, then each copy
     for name in cleaned.splits:
         n = len(cleaned.shard_counts(name))
@@ -172,7 +173,7 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
         "train_added": cleaned.count("train") * params.augment.copies,
         "copies": params.augment.copies,
     }
-    with artifacts.atomic_dir(Path(params.paths.augmented)) as tmp:
+    with artifacts.atomic_dir(Path(params.paths.augmented).resolve()) as tmp:
         held_out = None
         if cleaned.kind == "text":  # texts are small: every val/test key fits in each call
             held_out = np.concatenate(

@@ -106,14 +106,15 @@ def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, has
     return artifacts.write_shard(Path(out), split, index, kept), summary
 
 
-def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+def run(params: Params) -> dict:
     """Read data/raw shard by shard, clean it, validate and write data/clean."""
-    raw = artifacts.open_dataset(Path(params.paths.raw))
+    raw = artifacts.open_dataset(Path(params.paths.raw).resolve())
+    mapper = parallel.mapper(params.parallel)
     ids = raw.shard_ids()
     calls = [(str(raw.path), *i, params.clean) for i in ids]
     found = artifacts.by_split(ids, mapper("clean-inspect", inspect_shard, calls))
     keep, report = decide(found, params.clean)
-    with artifacts.atomic_dir(Path(params.paths.clean)) as tmp:
+    with artifacts.atomic_dir(Path(params.paths.clean).resolve()) as tmp:
         calls = [(str(raw.path), str(tmp), name, i, keep[name][i], found[name][i][2]) for name, i in ids]
         written = mapper("clean-write", write_kept, calls)
         validation.validate_summaries("clean", [summary for _, summary in written], raw.classes, params)

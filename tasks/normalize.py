@@ -105,9 +105,10 @@ def normalize_shard(augmented: str, out: str, split: str, index: int) -> tuple:
     return artifacts.write_shard(Path(out), split, index, shard), summary
 
 
-def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
+def run(params: Params) -> dict:
     """Train statistics, then data/augmented shard by shard → validated data/normalized (statistics in its manifest)."""
-    augmented = artifacts.open_dataset(Path(params.paths.augmented))
+    augmented = artifacts.open_dataset(Path(params.paths.augmented).resolve())
+    mapper = parallel.mapper(params.parallel)
     if augmented.kind == "text":  # one vectorizer in this process: text data is small, TensorFlow is not
         ids = augmented.shard_ids()
         with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
@@ -131,7 +132,7 @@ def run(params: Params, mapper: parallel.Mapper = parallel.local_map) -> dict:
     stats = statistics(sums, channels, params.normalize)
     check(stats, params)
     ids = augmented.shard_ids()
-    with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
+    with artifacts.atomic_dir(Path(params.paths.normalized).resolve()) as tmp:
         written = mapper("normalize", normalize_shard, [(str(augmented.path), str(tmp), *i) for i in ids])
         validation.validate_summaries("normalized", [summary for _, summary in written], augmented.classes, params)
         entries = artifacts.by_split(ids, [entry for entry, _ in written])

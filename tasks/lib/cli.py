@@ -1,4 +1,5 @@
-"""`python -m tasks.<stage>`: load params, run the stage, bad input → one line, exit 1."""
+"""`python -m tasks.<stage>`: load params, run the stage; bad input → one line, exit 1; a transient failure → one
+line, exit EXIT_TRANSIENT (the flow retries only those)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError, redact
 from tasks.lib.lock import workspace_lock
 from tasks.lib.quiet import quiet_libraries
 
@@ -36,4 +37,7 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
             run(params)
     except TrainflowError as exc:
         print(f"error: {stage}: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_TRANSIENT if isinstance(exc, TransientError) else 1)
+    except (ConnectionError, TimeoutError) as exc:  # a service that did not answer: a retry may pass
+        print(f"error: {stage}: {redact(str(exc))}", file=sys.stderr)
+        sys.exit(EXIT_TRANSIENT)

@@ -222,8 +222,7 @@ class ScheduleParams(Section):
         return self
 
 
-class FlowParams(Section):
-    task_runner: Literal["threads", "dask"]
+class ParallelParams(Section):
     workers: PositiveInt | None
     dask_address: str | None
 
@@ -290,7 +289,7 @@ class Params(Section):
     model_card: ModelCardParams
     tracking: TrackingParams
     validation: ValidationParams
-    flow: FlowParams
+    parallel: ParallelParams
     schedule: ScheduleParams
     tune: TuneParams
 

@@ -23,3 +23,7 @@ class TrainflowError(Exception):
 
 class TransientError(TrainflowError):
     """A failure that may pass on a retry (a download, a remote service)."""
+
+
+# The exit status of a stage that failed with a TransientError (sysexits' EX_TEMPFAIL): the flow retries only these.
+EXIT_TRANSIENT = 75

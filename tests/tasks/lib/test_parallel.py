@@ -1,47 +1,66 @@
-"""tasks/parallel.py and the per-shard work it maps: order, threads, and memory bounded by the shard size."""
+"""tasks/lib/parallel.py and the per-shard work it maps: order, processes, Dask, and memory bounded by the shard
+size."""
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from tasks import augment, clean, normalize
-from tasks.lib import artifacts
+from tasks.lib import artifacts, parallel
 from tasks.lib.artifacts import Dataset, Split
-from tasks.lib.config import Params
-from tasks.lib.parallel import local_map
+from tasks.lib.config import ParallelParams, Params
+from tasks.lib.errors import TransientError
+from tests.helpers import TINY, free_port, make_workspace, processes_in, sh, tool_env, wait_for
 
 SHARD = 1000  # 28×28 images: 0.78 MB of uint8 per shard
 
 
-def test_local_map_keeps_the_order_of_the_calls_and_uses_threads() -> None:
-    threads: set[int] = set()
+def pid_after(pause: float, i: int) -> tuple[int, int]:
+    import time
 
-    def work(i: int, pause: float) -> int:
-        threads.add(threading.get_ident())
-        threading.Event().wait(pause)
-        return i * i
-
-    calls = [(i, 0.05 * (8 - i)) for i in range(8)]  # the first calls finish last
-    assert local_map("square", work, calls) == [i * i for i in range(8)]
-    assert len(threads) >= min(2, __import__("os").cpu_count() or 1)
-    assert local_map("none", work, []) == []
+    time.sleep(pause)
+    return i, os.getpid()
 
 
-def serial(name: str, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in calls]
+def test_process_map_keeps_the_order_of_the_calls_and_uses_other_processes() -> None:
+    calls = [(0.05 * (6 - i), i) for i in range(6)]  # the first calls finish last
+    done = parallel.process_map(2, "pid", pid_after, calls)
+    assert [i for i, _ in done] == list(range(6))
+    assert os.getpid() not in {pid for _, pid in done}
+    assert parallel.process_map(1, "pid", pid_after, calls[:2]) == [(0, os.getpid()), (1, os.getpid())]  # in-process
+    assert parallel.process_map(2, "none", pid_after, []) == []
+
+
+def test_params_choose_processes_or_dask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    local = parallel.mapper(ParallelParams(workers=3, dask_address=None))
+    assert local.func is parallel.process_map and local.args == (3,)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    assert parallel.mapper(ParallelParams(workers=None, dask_address=None)).args == ("tcp://127.0.0.1:1",)
+    chosen = parallel.mapper(ParallelParams(workers=None, dask_address="tcp://127.0.0.1:2"))  # params win
+    assert chosen.func is parallel.dask_map and chosen.args == ("tcp://127.0.0.1:2",)
+
+
+def test_a_scheduler_that_does_not_answer_is_a_transient_error_naming_it() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(TransientError, match=f"parallel.dask_address {address}: no Dask scheduler answers"):
+        parallel.dask_map(address, "x", pid_after, [(0, 1)])
 
 
 def workspace(params: Params, root: Path, train_shards: int) -> Params:
     """params with every path under ``root``, and data/raw holding ``train_shards`` shards of train."""
     paths = {name: str(root / value) for name, value in params.paths.model_dump().items()}
-    p = params.model_copy(update={"paths": params.paths.model_copy(update=paths)})
+    in_process = params.parallel.model_copy(update={"workers": 1})  # tracemalloc sees this process only
+    p = params.model_copy(update={"paths": params.paths.model_copy(update=paths), "parallel": in_process})
     rng = np.random.default_rng(train_shards)
     splits = {}
     for name, n in {"train": train_shards * SHARD, "val": 2 * SHARD, "test": 2 * SHARD}.items():
@@ -60,10 +79,10 @@ def test_a_data_stage_holds_a_shard_at_a_time_not_the_dataset(stage: str, params
     for shards in (4, 4, 16):  # the first run pays one-off allocations (GX context, imports)
         p = workspace(params, tmp_path / f"x{shards}-{len(peaks)}", shards)
         for before in upstream:
-            before.run(p, mapper=serial)
+            before.run(p)
         tracemalloc.start()
         try:
-            module.run(p, mapper=serial)
+            module.run(p)
             peaks[shards] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -72,3 +91,74 @@ def test_a_data_stage_holds_a_shard_at_a_time_not_the_dataset(stage: str, params
     # that much. Bounded: the growth is the per-image bookkeeping (hashes, labels), far below one shard per 4.
     assert grown < 2 * SHARD * 28 * 28, f"{stage}: peak {peaks[4] / 1e6:.1f} MB → {peaks[16] / 1e6:.1f} MB"
     print(f"{stage}: traced peak {peaks[4] / 1e6:.2f} MB with 4 train shards, {peaks[16] / 1e6:.2f} MB with 16")
+
+
+DATA = ("data/clean", "data/augmented", "data/normalized")
+
+
+STAGES_MAPPED = ("clean", "augment", "normalize")
+
+
+@contextmanager
+def dask_cluster(tmp_path: Path, code: Path) -> Iterator[str]:
+    """A real Dask scheduler and two worker processes on loopback, each started in a folder of its own and importing
+    the project's code from ``code`` (as a deployment would install it); stopped afterwards."""
+    tmp_path.mkdir()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = tool_env(DASK_LOGGING__DISTRIBUTED="warning")
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]
+    started = [subprocess.Popen(scheduler, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    for i in range(2):
+        folder = tmp_path / f"worker-{i}"
+        folder.mkdir()
+        started.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+                cwd=folder,
+                env={**env, "PYTHONPATH": str(code)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        from distributed import Client
+
+        def two_workers() -> bool:
+            with Client(address, timeout="5s") as client:
+                return len(client.scheduler_info()["workers"]) == 2
+
+        wait_for("a Dask scheduler with two workers", two_workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.slow
+def test_dvc_repro_maps_the_data_stages_on_a_dask_cluster_with_the_same_bytes(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", {**TINY, "data": {"shard_size": 300}})
+    sh(root, "dvc", "repro", "normalize")  # local worker processes
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for d in DATA for p in (root / d).rglob("*") if p.is_file()}
+
+    alone = files()
+    assert len([name for name in alone if name.startswith("data/clean/train/x-")]) == 5  # 1,257 images / 300
+    with dask_cluster(tmp_path / "dask", root) as address:
+        done = sh(root, "dvc", "repro", "--force", "--single-item", *STAGES_MAPPED, DASK_SCHEDULER_ADDRESS=address)
+        from distributed import Client
+
+        with Client(address) as client:
+            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    log = done.stdout + done.stderr
+    assert all(f"Running stage '{stage}'" in log for stage in STAGES_MAPPED)
+    assert f"clean-inspect: 7 calls on the Dask cluster at {address}" in log  # 5 + 1 + 1 shards
+    assert len(executed) == 2 and sum(executed.values()) >= 7 + 7 + 12  # clean (twice), augment (train twice)
+    assert files() == alone
+    assert processes_in(root) == []

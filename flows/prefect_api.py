@@ -1,0 +1,49 @@
+"""What every flow command (`python -m flows.training`, `flows.tune`, `flows.deploy`) sets up before Prefect starts,
+and the one line it prints when a run cannot start or fails on bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tasks.lib.errors import TrainflowError, redact
+from tasks.lib.quiet import quiet_libraries
+
+# Prefect's own setting: how long a command waits for its temporary API server (no PREFECT_API_URL). Prefect's 20 s
+# default is too short on a busy 2-core machine (37 s were seen at a load of 15); a user's value is kept.
+STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_DEFAULT = "180"
+
+
+@contextmanager
+def one_line_errors(what: str) -> Iterator[None]:
+    """Set up logging and Prefect's start-up settings; bad input or a server that cannot start → one line, exit 1.
+
+    Args:
+        what: the command, for the message (``training flow``).
+    """
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault(STARTUP_TIMEOUT, STARTUP_DEFAULT)
+    # No telemetry from the temporary API server (read when it starts): no phoning home, and its heartbeat raced
+    # the server's own start-up for the SQLite database ("database is locked" in the log).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        yield
+    except TrainflowError as exc:
+        print(f"error: {what}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        seconds = os.environ[STARTUP_TIMEOUT]
+        print(
+            f"error: {what}: Prefect's temporary API server did not start within {seconds} s on this machine; "
+            f"set {STARTUP_TIMEOUT} higher, or start `prefect server start` and set PREFECT_API_URL "
+            f"({redact(str(exc).splitlines()[0])[:200]})",
+            file=sys.stderr,
+        )
+        sys.exit(1)
