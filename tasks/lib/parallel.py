@@ -70,7 +70,7 @@ def dask_map(address: str, name: str, fn: Callable[..., R], calls: Sequence[tupl
     from distributed import Client
 
     try:
-        client = Client(address, set_as_default=False, timeout="30s")
+        client = Client(address, set_as_default=False)  # waits distributed.comm.timeouts.connect (30 s)
     except (OSError, TimeoutError) as exc:
         raise TransientError(f"parallel.dask_address {address}: no Dask scheduler answers ({exc})") from None
     with client:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -131,12 +130,9 @@ def _git(*args: str) -> str | None:
 
 
 def prefect_flow_run_id() -> str | None:
-    """The Prefect flow run this process runs in, or None (not under Prefect)."""
-    if "prefect" not in sys.modules:  # not under Prefect: don't pay for importing it
-        return None
-    from prefect.runtime import flow_run
-
-    return flow_run.id
+    """The Prefect flow run that started this stage (flows/training.py sets Prefect's own PREFECT__FLOW_RUN_ID for
+    the stage's process), or None (not under Prefect)."""
+    return os.environ.get("PREFECT__FLOW_RUN_ID") or None
 
 
 def run_name(data: DataParams) -> str:

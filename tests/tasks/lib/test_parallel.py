@@ -51,8 +51,11 @@ def test_params_choose_processes_or_dask(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_scheduler_that_does_not_answer_is_a_transient_error_naming_it() -> None:
+    import dask
+
     address = f"tcp://127.0.0.1:{free_port()}"
-    with pytest.raises(TransientError, match=f"parallel.dask_address {address}: no Dask scheduler answers"):
+    message = f"parallel.dask_address {address}: no Dask scheduler answers"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), pytest.raises(TransientError, match=message):
         parallel.dask_map(address, "x", pid_after, [(0, 1)])
 
 
