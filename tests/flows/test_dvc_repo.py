@@ -1,13 +1,15 @@
-"""flows/dvc_repo.py, the one adapter on DVC's Python internals, checked against DVC's command line: an upgrade that
-changes an internal fails here, by name."""
+"""flows/dvc_repo.py, the one adapter that knows DVC: its internal stage graph checked against `dvc dag`, a stage run
+through `dvc repro`, params written as `dvc exp run -S` writes them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows import dvc_repo
+from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError
 from tests.helpers import REPO, STAGES, sh
 
 
@@ -32,25 +34,28 @@ def tiny_repo(root: Path) -> Path:
     return root
 
 
-def test_hashes_are_those_dvc_records_and_follow_changes(tmp_path: Path) -> None:
+def test_repro_stage_runs_a_changed_stage_and_skips_an_unchanged_one(tmp_path: Path) -> None:
     root = tiny_repo(tmp_path)
-    (locked,) = yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
-    deps = dvc_repo.stage_hashes(root, "copy", "deps")
-    assert deps["a.txt"] == next(d["md5"] for d in locked["deps"] if d["path"] == "a.txt")
-    assert dvc_repo.stage_hashes(root, "copy", "outs") == {"b.txt": locked["outs"][0]["md5"]}
+    lines: list[str] = []
+    assert dvc_repo.repro_stage(root, "copy", lines.append) is False  # dvc repro ran it already
+    assert any("didn't change, skipping" in line for line in lines)  # DVC's own words reach the caller
     (root / "a.txt").write_text("two\n")
-    assert dvc_repo.stage_hashes(root, "copy", "deps")["a.txt"] != deps["a.txt"]
-    (root / "b.txt").unlink()
-    assert dvc_repo.stage_hashes(root, "copy", "outs") == {"b.txt": None}
+    assert dvc_repo.repro_stage(root, "copy", lines.append) is True
+    assert (root / "b.txt").read_text() == "two\n"
+    assert "up to date" in sh(root, "dvc", "status").stdout  # recorded in dvc.lock, as `dvc repro` records it
 
 
-def test_commit_records_the_workspace_as_dvc_commit_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("status", "error"), [(75, TransientError), (1, TrainflowError), (3, TrainflowError)])
+def test_a_failed_stage_raises_its_own_error_line_transient_only_for_exit_transient(
+    tmp_path: Path, status: int, error: type[Exception]
+) -> None:
     root = tiny_repo(tmp_path)
-    (root / "a.txt").write_text("two\n")
-    (root / "b.txt").write_text("two\n")  # what the stage would write: a driver other than dvc repro ran it
-    assert "changed" in sh(root, "dvc", "status").stdout
-    dvc_repo.commit(root)
-    assert "up to date" in sh(root, "dvc", "status").stdout
+    script = f"import sys; print('error: copy: a.txt is broken', file=sys.stderr); sys.exit({status})"
+    stage = {"cmd": f'python -c "{script}"', "deps": ["a.txt"], "outs": ["c.txt"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fail": stage}}))
+    with pytest.raises(error, match=r"^copy: a\.txt is broken$") as raised:
+        dvc_repo.repro_stage(root, "fail", lambda line: None)
+    assert isinstance(raised.value, TransientError) is (status == EXIT_TRANSIENT)
 
 
 def test_write_params_sets_keys_and_keeps_comments(tmp_path: Path) -> None:
