@@ -34,6 +34,17 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
+def readme_command(start: str) -> str:
+    """The README's command line that starts with ``start`` (its comment removed): tests run what users copy."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith(start):
+            return line.split("  #")[0].strip()
+    raise AssertionError(f"README.md has no line starting {start!r}")
+
+
+EXP_SHOW = readme_command("dvc exp show")
+
+
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import STAGES, TINY, make_workspace, processes_in, ran, sh
+from tests.helpers import EXP_SHOW, STAGES, TINY, make_workspace, processes_in, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +67,12 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Pat
     assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "report"]
     history = (workspace / "reports/train/history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 1  # header + one epoch
+    # the README's comparison: the experiment, its test accuracy and the param it changed, in a 120-column terminal
+    shown = sh(workspace, *shlex.split(EXP_SHOW), COLUMNS="120").stdout.splitlines()
+    header = next(line for line in shown if "Experiment" in line).split()
+    assert header == ["Experiment", "Created", "test.accuracy", "train.epochs"], header
+    assert max(len(line.rstrip()) for line in shown) <= 120
+    assert any(line.split()[-1] == "1" for line in shown if "[" in line)  # the experiment's row: train.epochs 1
 
     shown = json.loads(sh(workspace, "dvc", "metrics", "show", "--json").stdout)
     written = json.loads((workspace / "reports/metrics.json").read_text())

@@ -13,11 +13,12 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.lib.config import load_params
-from tests.helpers import TINY, free_port, make_workspace, sh, tool_env, wait_for
+from tests.helpers import STAGES, TINY, free_port, make_workspace, ran, sh, tool_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +64,14 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         stop(server)
 
 
-def test_nightly_deployment_is_scheduled_and_a_triggered_run_completes(
+def test_nightly_deployment_is_scheduled_and_a_run_after_dvc_repro_runs_no_stage(
     tmp_path: Path, prefect_server: dict[str, str]
 ) -> None:
     workspace = make_workspace(tmp_path / "workspace", TINY)
+    sh(workspace, "dvc", "repro")
+    registry = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    name = load_params(workspace / "params.yaml").deploy.model_name
+    assert len(registry.search_model_versions(f"name='{name}'")) == 1
     schedule = load_params(workspace / "params.yaml").schedule
     with (tmp_path / "serve.log").open("wb") as log:
         serve = subprocess.Popen(
@@ -105,10 +110,14 @@ def test_nightly_deployment_is_scheduled_and_a_triggered_run_completes(
                 timeout=300,
                 every=2,
             )
-        assert final.state.name == "Completed", (tmp_path / "serve.log").read_text()[-3000:]
-        assert "HTTP Request:" not in (tmp_path / "serve.log").read_text()  # no httpx line for every poll
+        served = (tmp_path / "serve.log").read_text()
+        assert final.state.name == "Completed", served[-3000:]
+        assert "HTTP Request:" not in served  # no httpx line for every poll
+        # DVC decided: every stage was up to date, nothing trained, nothing new in the registry
+        assert "Running stage" not in served and served.count("was up to date (DVC skipped it)") == len(STAGES)
+        assert len(registry.search_model_versions(f"name='{name}'")) == 1
         assert json.loads((workspace / "reports/deploy.json").read_text())["serving"]["ok"] is True
-        assert "up to date" in sh(workspace, "dvc", "status").stdout
+        assert ran(sh(workspace, "dvc", "repro").stdout) == []
     finally:
         stop(serve)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ def test_only_transient_stage_failures_are_retried(
     (workspace / "flaky.py").write_text(FLAKY.format(failures=failures, status=status))
     (workspace / "attempts").unlink(missing_ok=True)
     stages = yaml.safe_load(kept["dvc.yaml"])
-    stages["stages"]["ingest"]["cmd"] = "python flaky.py"  # a real stage command that fails like a flaky source
+    # a real stage command that fails like a flaky source; a command of its own, so that DVC does not skip it
+    stages["stages"]["ingest"]["cmd"] = f"python flaky.py {uuid.uuid4().hex}"
     (workspace / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     monkeypatch.setattr(training_module, "RETRY_DELAYS", [0, 0])
     try:
