@@ -87,3 +87,16 @@ def write_params(path: Path, overrides: Mapping[str, Any]) -> None:
         node[leaf] = value
     with path.open("w") as f:
         yaml.dump(data, f)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3"]`` → ``{"train.epochs": 3}`` (values parsed as YAML, like `dvc exp run -S`)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TrainflowError(f"--set {pair}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -98,24 +97,13 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
     return {"stages": stages, "metrics": read(params.paths.metrics)}
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.epochs=3"]`` → ``{"train.epochs": 3}`` (values parsed as YAML, like `dvc exp run -S`)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise TrainflowError(f"--set {pair}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.training", description="Run the training flow.")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
     with prefect_api.one_line_errors("training flow"):
-        overrides = parse_overrides(args.set)
+        overrides = dvc_repo.parse_overrides(args.set)
         load_params(Path(args.params), overrides)  # a bad params file or override fails before Prefect starts
         summary = training(params_path=args.params, overrides=overrides or None)
     print(json.dumps(summary, indent=2))

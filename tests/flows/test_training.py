@@ -26,8 +26,8 @@ from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.training as training_module
-from flows.dvc_repo import stage_graph
-from flows.training import SUMMARY_KEY, parse_overrides, summary_markdown, training
+from flows.dvc_repo import parse_overrides, stage_graph
+from flows.training import SUMMARY_KEY, summary_markdown, training
 from tasks.lib.config import load_params
 from tasks.lib.errors import TrainflowError, TransientError
 from tests.helpers import REPO, STAGES, TINY, make_workspace, processes_in, ran, sh, wait_for
