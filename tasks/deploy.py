@@ -248,7 +248,7 @@ def identical(
 
 def run(params: Params) -> dict:
     """Score the champion, compare drift, gate the candidate, check it served, register it, move the aliases."""
-    keras = import_keras()
+    keras = import_keras()  # the fingerprint loads the model; logging it for serving needs Keras too
     stored = artifacts.open_dataset(Path(params.paths.clean))
     test = stored.load("test", mmap=True)
     wanted = evaluate.contract(stored)
@@ -258,7 +258,14 @@ def run(params: Params) -> dict:
     recall = {c: m["recall"] for c, m in artifacts.read_json(Path(params.paths.per_class))["test"]["per_class"].items()}
     run_id = tracking.current_run(Path(params.paths.run_info))
 
-    print_ = fingerprint(keras.saving.load_model(params.paths.model, compile=False, safe_mode=True))
+    try:
+        model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
+    except Exception as exc:  # a truncated or foreign file: Keras raises many types
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TrainflowError(
+            f"{params.paths.model}: the model does not load ({first}); nothing was registered"
+        ) from None
+    print_ = fingerprint(model)
     drifted = check_drift(params, artifacts.read_json(Path(params.paths.statistics)))
     comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
     scored = comparison["champion"]["version"] if comparison.get("champion") else None

@@ -2,9 +2,9 @@
 
 The page has six sections: data, training, evaluation, decision, lineage and the model card (the Model Card
 Toolkit's sections). It renders offline: figures are matplotlib PNGs inlined as data URIs, the style is inline, and
-there is no script. :func:`gather` reads what the stages wrote (nothing is recomputed but a few intervals; the registry is deploy's:
-what it found there is in reports/deploy.json),
-:func:`render` turns those facts into HTML through the Jinja2 template ``tasks/templates/report.html.j2``.
+there is no script. :func:`gather` reads what the stages wrote (nothing is recomputed but a few intervals; what deploy
+found in the registry is in reports/deploy.json), :func:`render` turns those facts into HTML through the Jinja2
+template ``tasks/templates/report.html.j2``.
 """
 
 from __future__ import annotations

@@ -28,11 +28,10 @@ def imports_registry(source: str) -> bool:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import) and any(a.name == REGISTRY for a in node.names):
             return True
-        if isinstance(node, ast.ImportFrom) and node.module is not None:
-            if node.module == REGISTRY or (
-                node.module == "tasks.lib" and any(a.name == "registry" for a in node.names)
-            ):
-                return True
+        if isinstance(node, ast.ImportFrom) and (
+            node.module == REGISTRY or (node.module == "tasks.lib" and any(a.name == "registry" for a in node.names))
+        ):
+            return True
     return False
 
 
