@@ -246,6 +246,35 @@ def identical(
     }
 
 
+def _already_registered(
+    params: Params,
+    run_id: str,
+    report: dict[str, Any],
+    candidate: dict[str, Any],
+    comparison: dict[str, Any],
+    version: int,
+) -> dict[str, Any]:
+    """Nothing registered, served or moved: deploy.json and the run say which version the model is."""
+    name = params.deploy.model_name
+    aliases = registry.model_aliases(params.tracking, name)
+    # the alias that says most about it first
+    held = [a for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS) if aliases.get(a) == version]
+    gate = identical(candidate, comparison, params.deploy, version, held)
+    entry = {"model_name": name, "version": version, "alias": held[0] if held else None, "registered": False}
+    report |= {
+        "serving": None,
+        "gate": gate,
+        "registry": {**entry, "model_uri": registry.version_uri(name, version)},
+        "aliases": aliases,
+    }
+    artifacts.write_json(Path(params.paths.deploy_report), report)
+    tags = {"deploy.promoted": "false", "deploy.reason": gate["reason"], "deploy.version": version}
+    tracking.set_tags(params.tracking, run_id, tags)
+    tracking.log_artifacts(params.tracking, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
+    log.warning("deploy: %s", gate["reason"])
+    return report
+
+
 def run(params: Params) -> dict:
     """Score the champion, compare drift, gate the candidate, check it served, register it, move the aliases."""
     keras = import_keras()  # the fingerprint loads the model; logging it for serving needs Keras too
@@ -272,23 +301,7 @@ def run(params: Params) -> dict:
     same = registry.identical_version(settings, name, print_)
     report: dict[str, Any] = {"contract": wanted, "fingerprint": print_, "drift": drifted, **comparison}
     if same is not None:
-        aliases = registry.model_aliases(settings, name)
-        mine = [alias for alias, v in aliases.items() if v == same]
-        gate = identical(candidate, comparison, params.deploy, same, mine)
-        entry = {"model_name": name, "version": same, "alias": mine[0] if mine else None, "registered": False}
-        report |= {
-            "serving": None,
-            "gate": gate,
-            "registry": {**entry, "model_uri": registry.version_uri(name, same)},
-            "aliases": aliases,
-        }
-        artifacts.write_json(Path(params.paths.deploy_report), report)
-        tracking.set_tags(
-            settings, run_id, {"deploy.promoted": "false", "deploy.reason": gate["reason"], "deploy.version": same}
-        )
-        tracking.log_artifacts(settings, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
-        log.warning("deploy: %s", gate["reason"])
-        return report
+        return _already_registered(params, run_id, report, candidate, comparison, same)
 
     gate = decide(candidate, recall, comparison, params.deploy, drifted)
     count = min(params.deploy.check_samples, len(expected))
