@@ -1,14 +1,19 @@
-"""deploy: the candidate against the registry's champion (the gate), checked as served, registered, aliases moved.
+"""deploy: the candidate against the registry's champion (drift, gate), checked as served, registered, aliases moved.
 
-The gate (:func:`decide`) is TFX's blessing made stricter: a minimum, a better metric with McNemar's test, no class
-whose recall drops, the same input contract. Before any alias moves the logged model is served by `mlflow models
-serve` and must answer the test images as evaluate scored them (tasks/lib/serving_check.py); then the champion
-alias moves as a compare-and-set. A champion that cannot be scored is never replaced silently.
+The only stage that touches the model registry (tasks/lib/registry.py): every other stage is a pure function of its
+DVC dependencies and params. deploy reads the champion, scores it on the candidate's test split
+(:func:`score_champion`), compares the candidate's data with the champion's training data (drift), and decides
+(:func:`decide`, TFX's blessing made stricter: a minimum, no blocking drift, a better metric with McNemar's test, no
+class whose recall drops, the same input contract). Before any alias moves the logged model is served by `mlflow
+models serve` and must answer the test images as evaluate scored them (tasks/lib/serving_check.py); then the
+champion alias moves as a compare-and-set. A champion that cannot be scored is never replaced silently, and a model
+identical to a registered version (the same architecture and weights: :func:`fingerprint`) is not registered again.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from tasks import evaluate
-from tasks.lib import artifacts, serving_check, tracking
+from tasks.lib import artifacts, drift, registry, serving_check, tracking
 from tasks.lib.config import DeployParams, Params
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.quiet import import_keras
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +46,108 @@ def mcnemar_p_value(b: int, c: int) -> float:
     return float(binomtest(min(b, c), b + c, 0.5).pvalue) if b + c else 1.0
 
 
+def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, int]:
+    """McNemar's discordant pairs on one test split: b = only the candidate right, c = only the champion right."""
+    cand_right, champ_right = candidate.argmax(axis=1) == y, champion.argmax(axis=1) == y
+    return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
+
+
+def score_champion(
+    params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, wanted: dict[str, Any]
+) -> dict[str, Any]:
+    """The registry's current champion scored on the candidate's test split, paired with the candidate.
+
+    Returns:
+        ``{"champion": None}`` without one; else ``champion.status`` is ``scored`` (with its headline metrics and
+        per-class recall, and the McNemar pairs), ``other_contract`` (it takes or answers something else than
+        ``wanted``) or ``unscorable`` (it has the same contract but cannot be loaded or run: ``why``).
+    """
+    name = params.deploy.model_name
+    version = registry.champion_version(params.tracking, name)
+    if version is None:
+        return {"champion": None}
+    entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
+    tagged = registry.version_contract(version)
+    if tagged is not None and tagged != wanted:
+        return _other_contract(entry, tagged, wanted)
+    try:
+        model = registry.load_model(params.tracking, registry.version_uri(name, version.version))
+        served = tracking.model_contract(model)
+        if tagged is None and served != wanted:  # a version registered before contracts were tagged
+            return _other_contract(entry, served, wanted)
+        probabilities = tracking.predict_probabilities(model, x)
+        if probabilities.shape != candidate.shape:
+            raise ValueError(f"it answers {probabilities.shape[1:]} class probabilities, not {candidate.shape[1:]}")
+    except Exception as exc:  # missing artifacts, a broken model: many types
+        return {"champion": {**entry, "status": "unscorable", "why": str(exc).splitlines()[0][:300]}}
+    scored = evaluate.classification_metrics(y, probabilities, tuple(wanted["classes"]))
+    return {
+        "champion": {
+            **entry,
+            "status": "scored",
+            "metrics": {k: scored[k] for k in evaluate.HEADLINE},
+            "recall": {c: m["recall"] for c, m in scored["per_class"].items()},
+            "per_class": scored["per_class"],  # precision/recall/F1/support, shown beside the candidate's in the report
+        },
+        "paired": paired_outcomes(y, candidate, probabilities),
+    }
+
+
+def _other_contract(entry: dict[str, Any], theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    differs = "; ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+    return {"champion": {**entry, "status": "other_contract", "contract": theirs, "why": f"its {differs}"}}
+
+
+def check_drift(params: Params, current: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's data (ingest's statistics) against the statistics the champion's run logged (train's)."""
+    if params.validation.drift_action == "ignore":
+        return drift.assess(None, "", current, params.validation)
+    name = params.deploy.model_name
+    try:
+        found = registry.champion_json(params.tracking, name, f"train/{Path(params.paths.reference_stats).name}")
+    except TransientError:
+        raise  # the registry is unreachable: a retry may pass
+    except TrainflowError as exc:  # a champion without reference statistics: not comparable, say why
+        found = ({}, str(exc))
+    if found is None:
+        return drift.assess(None, f"no reference yet: {name} has no champion", current, params.validation)
+    return drift.assess(*found, current, params.validation)
+
+
+def fingerprint(model: Any) -> str:
+    """SHA-256 of a Keras model's architecture (its JSON) and every weight array (dtype, shape, bytes), plus the
+    vocabulary of any text-vectorisation layer (kept outside the weights). Not the .keras file's bytes: they carry
+    the time it was saved, so a model saved twice would look new."""
+    digest = hashlib.sha256(model.to_json().encode())
+    for weights in model.get_weights():
+        array = np.ascontiguousarray(weights)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    pending = [model]
+    while pending:
+        layer = pending.pop(0)
+        pending.extend(getattr(layer, "layers", None) or [])
+        if hasattr(layer, "get_vocabulary"):
+            digest.update("\n".join(map(str, layer.get_vocabulary())).encode())
+    return digest.hexdigest()
+
+
 def decide(
-    candidate: dict[str, Any], recall: dict[str, float], comparison: dict[str, Any], params: DeployParams
+    candidate: dict[str, Any],
+    recall: dict[str, float],
+    comparison: dict[str, Any],
+    params: DeployParams,
+    drifted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The gate: does the candidate take the champion alias?
 
     Args:
         candidate: the candidate's headline test metrics.
         recall: the candidate's test recall per class.
-        comparison: the champion as :func:`tasks.evaluate.score_champion` found it.
+        comparison: the champion as :func:`score_champion` found it.
         params: the deploy section (metric, minimum, significance, per-class drop, contract and unscorable opt-ins).
+        drifted: the drift report (:func:`check_drift`); with ``validation.drift_action: fail`` drift, or data
+            that cannot be compared, blocks promotion and the reason says so.
 
     Raises:
         TrainflowError: the champion exists but cannot be scored, and ``deploy.replace_unscorable_champion`` is off.
@@ -70,6 +168,8 @@ def decide(
 
     if score < params.min_metric:
         return verdict(False, f"{metric} {score:.4f} is below deploy.min_metric {params.min_metric}")
+    if drifted is not None and (blocked := drift.blocks(drifted)) is not None:
+        return verdict(False, blocked)
     if champion is None:
         return verdict(True, "no champion yet")
     version = champion["version"]
@@ -125,30 +225,85 @@ def decide(
     return verdict(True, f"{metric} {score:.4f} beats the champion's {best:.4f} (McNemar p={p_value:.3g})")
 
 
+def identical(
+    candidate: dict[str, Any], comparison: dict[str, Any], params: DeployParams, version: int, aliases: list[str]
+) -> dict[str, Any]:
+    """The decision for a model identical to registered ``version`` (its ``aliases``): nothing registered again."""
+    champion = comparison.get("champion")
+    scored = champion is not None and champion["status"] == "scored"
+    named = f" (@{', @'.join(aliases)})" if aliases else ""
+    return {
+        "metric": params.metric,
+        "candidate": float(candidate[params.metric]),
+        "champion": float(champion["metrics"][params.metric]) if scored else None,
+        "champion_version": champion["version"] if champion else None,
+        "p_value": None,
+        "class_recall_drops": {},
+        "identical_to": version,
+        "promote": False,
+        "reason": f"identical to {params.model_name} v{version}{named} (the same architecture and weights): "
+        "nothing registered, no alias moved",
+    }
+
+
+def _already_registered(
+    params: Params,
+    run_id: str,
+    report: dict[str, Any],
+    candidate: dict[str, Any],
+    comparison: dict[str, Any],
+    version: int,
+) -> dict[str, Any]:
+    """Nothing registered, served or moved: deploy.json and the run say which version the model is."""
+    name = params.deploy.model_name
+    aliases = registry.model_aliases(params.tracking, name)
+    # the alias that says most about it first
+    held = [a for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS) if aliases.get(a) == version]
+    gate = identical(candidate, comparison, params.deploy, version, held)
+    entry = {"model_name": name, "version": version, "alias": held[0] if held else None, "registered": False}
+    report |= {
+        "serving": None,
+        "gate": gate,
+        "registry": {**entry, "model_uri": registry.version_uri(name, version)},
+        "aliases": aliases,
+    }
+    artifacts.write_json(Path(params.paths.deploy_report), report)
+    tags = {"deploy.promoted": "false", "deploy.reason": gate["reason"], "deploy.version": version}
+    tracking.set_tags(params.tracking, run_id, tags)
+    tracking.log_artifacts(params.tracking, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
+    log.warning("deploy: %s", gate["reason"])
+    return report
+
+
 def run(params: Params) -> dict:
-    """Gate the candidate against the current champion, check it served, register it, move the aliases."""
+    """Score the champion, compare drift, gate the candidate, check it served, register it, move the aliases."""
+    keras = import_keras()  # the fingerprint loads the model; logging it for serving needs Keras too
     stored = artifacts.open_dataset(Path(params.paths.clean))
     test = stored.load("test", mmap=True)
     wanted = evaluate.contract(stored)
     expected = expected_probabilities(Path(params.paths.predictions))
-    comparison = artifacts.read_json(Path(params.paths.gate))
-    name = params.deploy.model_name
-    current = tracking.champion_version(params.tracking, name)
-    scored = comparison["champion"]["version"] if comparison.get("champion") else None
-    if (int(current.version) if current is not None else None) != scored:
-        log.warning(
-            "deploy: the champion of %s moved since evaluate (v%s → v%s): scoring it now",
-            name,
-            scored,
-            current.version if current is not None else None,
-        )
-        comparison = evaluate.score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
-        scored = comparison["champion"]["version"] if comparison.get("champion") else None
+    name, settings = params.deploy.model_name, params.tracking
     candidate = artifacts.read_json(Path(params.paths.metrics))["test"]
     recall = {c: m["recall"] for c, m in artifacts.read_json(Path(params.paths.per_class))["test"]["per_class"].items()}
-    gate = decide(candidate, recall, comparison, params.deploy)
-
     run_id = tracking.current_run(Path(params.paths.run_info))
+
+    try:
+        model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
+    except Exception as exc:  # a truncated or foreign file: Keras raises many types
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TrainflowError(
+            f"{params.paths.model}: the model does not load ({first}); nothing was registered"
+        ) from None
+    print_ = fingerprint(model)
+    drifted = check_drift(params, artifacts.read_json(Path(params.paths.statistics)))
+    comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
+    scored = comparison["champion"]["version"] if comparison.get("champion") else None
+    same = registry.identical_version(settings, name, print_)
+    report: dict[str, Any] = {"contract": wanted, "fingerprint": print_, "drift": drifted, **comparison}
+    if same is not None:
+        return _already_registered(params, run_id, report, candidate, comparison, same)
+
+    gate = decide(candidate, recall, comparison, params.deploy, drifted)
     count = min(params.deploy.check_samples, len(expected))
     sample = np.asarray(test.x[:count])
     config = {
@@ -158,10 +313,10 @@ def run(params: Params) -> dict:
     }
     # texts as an object tensor: MLflow would cast numbers to strings for a str signature, ours refuses them
     example = evaluate.model_input(sample[:4])
-    model_uri = tracking.log_model(params.tracking, run_id, Path(params.paths.model), example, config)
+    model_uri = tracking.log_model(settings, run_id, Path(params.paths.model), example, config)
     check = serving_check.check(
         model_uri,
-        tracking.tracking_uri(params.tracking),
+        tracking.tracking_uri(settings),
         sample,
         expected[:count],
         params.deploy.tolerance,
@@ -175,28 +330,40 @@ def run(params: Params) -> dict:
         )
     tags = {
         **{f"gate.{k}": v for k, v in gate.items() if k != "class_recall_drops"},
-        tracking.CONTRACT_TAG: json.dumps(wanted),
+        registry.CONTRACT_TAG: json.dumps(wanted),
+        registry.FINGERPRINT_TAG: print_,
+        "drift.drifted": str(drifted["drifted"]).lower(),
         "serving.latency_p50_ms": check["latency_ms"]["p50"],
         "serving.latency_p95_ms": check["latency_ms"]["p95"],
         "serving.max_abs_diff": check["max_abs_diff"],
     }
-    registry = tracking.register(params.tracking, name, model_uri, gate["promote"], tags, scored)
-    report = {"contract": wanted, "serving": check, "gate": gate, "registry": registry}
+    registered = registry.register(settings, name, model_uri, gate["promote"], tags, scored)
+    # the report stage logs the page there next: the version's registry page links it already
+    registry.point_at_report(settings, name, registered["version"], tracking.report_uri(run_id, params.paths.report))
+    report |= {
+        "serving": check,
+        "gate": gate,
+        "registry": {**registered, "registered": True},
+        "aliases": registry.model_aliases(settings, name),
+    }
     artifacts.write_json(Path(params.paths.deploy_report), report)
     tracking.set_tags(
-        params.tracking,
+        settings,
         run_id,
         {
             "deploy.promoted": str(gate["promote"]).lower(),
             "deploy.reason": gate["reason"],
-            "deploy.version": registry["version"],
+            "deploy.version": registered["version"],
         },
     )
     metrics = {"serving_latency_p50_ms": check["latency_ms"]["p50"], "serving_startup_s": check["startup_s"]}
     if gate["p_value"] is not None:
         metrics["gate_p_value"] = gate["p_value"]
-    tracking.log_metrics(params.tracking, run_id, metrics)
-    tracking.log_artifacts(params.tracking, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
+    champion = comparison.get("champion")
+    if champion is not None and champion["status"] == "scored":
+        metrics |= {f"champion.test.{k}": v for k, v in champion["metrics"].items()}
+    tracking.log_metrics(settings, run_id, metrics)
+    tracking.log_artifacts(settings, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
     log.info(
         "deploy: %s served by mlflow models serve: %d test images as evaluate scored them (max |diff| %.2e), "
         "one image in %.1f ms (p50)",
@@ -205,7 +372,7 @@ def run(params: Params) -> dict:
         check["max_abs_diff"],
         check["latency_ms"]["p50"],
     )
-    version = registry["version"]
+    version = registered["version"]
     if gate["promote"]:
         log.info("deploy: %s version %d is the new champion: %s", name, version, gate["reason"])
     else:
@@ -220,6 +387,8 @@ def run(params: Params) -> dict:
 
 def describe(report: dict) -> str:
     """One line for the flow-run summary: the serving check and the gate's decision."""
+    if report["serving"] is None:
+        return f"v{report['registry']['version']} unchanged: identical model, nothing registered"
     verdict = "champion" if report["gate"]["promote"] else "challenger"
     served = f"served {report['serving']['checked']} images, p50 {report['serving']['latency_ms']['p50']:.0f} ms"
     return f"{served}; v{report['registry']['version']} {verdict}"

@@ -1,4 +1,6 @@
-"""evaluate: models/model.keras + data/clean val/test → reports/metrics.json (headline), per-class report, figures."""
+"""evaluate: models/model.keras + data/clean val/test → reports/metrics.json (headline), per-class report, figures.
+
+It scores the candidate only: deploy, the one stage that reads the registry, scores the champion."""
 
 from __future__ import annotations
 
@@ -107,12 +109,6 @@ HEADLINE = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 DETAIL = ("count", "per_class", "confusion_matrix")  # per_class.json: read in plots and reports, not DVC metrics
 
 
-def paired_outcomes(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, int]:
-    """McNemar's discordant pairs on one test split: b = only the candidate right, c = only the champion right."""
-    cand_right, champ_right = candidate.argmax(axis=1) == y, champion.argmax(axis=1) == y
-    return {"b": int((cand_right & ~champ_right).sum()), "c": int((~cand_right & champ_right).sum())}
-
-
 def model_input(x: np.ndarray) -> np.ndarray:
     """What Keras' predict takes: texts as an object array of str (it refuses NumPy's fixed-width unicode)."""
     return x.astype(object) if x.dtype.kind == "U" else x
@@ -121,57 +117,11 @@ def model_input(x: np.ndarray) -> np.ndarray:
 def contract(stored: artifacts.Stored) -> dict[str, Any]:
     """What a model trained on ``stored`` takes and answers: raw images of one shape and dtype, or strings; classes.
 
-    Part of every registered version (tasks/lib/tracking.py tags it); a version with another contract never takes
+    Part of every registered version (deploy tags it); a version with another contract never takes
     the champion alias of one with this one unless ``deploy.allow_new_contract`` says so.
     """
     dtype = artifacts.TEXT if stored.kind == "text" else "uint8"
     return {"input_shape": list(stored.image_shape), "dtype": dtype, "classes": list(stored.classes)}
-
-
-def score_champion(
-    params: Params, x: np.ndarray, y: np.ndarray, candidate: np.ndarray, wanted: dict[str, Any]
-) -> dict[str, Any]:
-    """The registry's current champion scored on the candidate's test split, paired with the candidate.
-
-    Returns:
-        ``{"champion": None}`` without one; else ``champion.status`` is ``scored`` (with its headline metrics and
-        per-class recall, and the McNemar pairs), ``other_contract`` (it takes or answers something else than
-        ``wanted``) or ``unscorable`` (it has the same contract but cannot be loaded or run: ``why``).
-    """
-    name = params.deploy.model_name
-    version = tracking.champion_version(params.tracking, name)
-    if version is None:
-        return {"champion": None}
-    entry: dict[str, Any] = {"version": int(version.version), "run_id": version.run_id}
-    tagged = tracking.version_contract(version)
-    if tagged is not None and tagged != wanted:
-        return _other_contract(entry, tagged, wanted)
-    try:
-        model = tracking.load_model(params.tracking, f"models:/{name}/{version.version}")
-        served = tracking.model_contract(model)
-        if tagged is None and served != wanted:  # a version registered before contracts were tagged
-            return _other_contract(entry, served, wanted)
-        probabilities = tracking.predict_probabilities(model, x)
-        if probabilities.shape != candidate.shape:
-            raise ValueError(f"it answers {probabilities.shape[1:]} class probabilities, not {candidate.shape[1:]}")
-    except Exception as exc:  # missing artifacts, a broken model: many types
-        return {"champion": {**entry, "status": "unscorable", "why": str(exc).splitlines()[0][:300]}}
-    scored = classification_metrics(y, probabilities, tuple(wanted["classes"]))
-    return {
-        "champion": {
-            **entry,
-            "status": "scored",
-            "metrics": {k: scored[k] for k in HEADLINE},
-            "recall": {c: m["recall"] for c, m in scored["per_class"].items()},
-            "per_class": scored["per_class"],  # precision/recall/F1/support, shown beside the candidate's in the report
-        },
-        "paired": paired_outcomes(y, candidate, probabilities),
-    }
-
-
-def _other_contract(entry: dict[str, Any], theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
-    differs = "; ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
-    return {"champion": {**entry, "status": "other_contract", "contract": theirs, "why": f"its {differs}"}}
 
 
 def run(params: Params) -> dict:
@@ -198,22 +148,18 @@ def run(params: Params) -> dict:
     artifacts.write_json(Path(params.paths.metrics), headline(metrics))  # few columns in `dvc exp show`
     per_class = {split: {k: metrics[split][k] for k in DETAIL} for split in EVAL_SPLITS}
     artifacts.write_json(Path(params.paths.per_class), per_class)
-    comparison = score_champion(params, data.splits["test"].x, y_test, p_test, contract(stored))
-    artifacts.write_json(Path(params.paths.gate), comparison)
 
     run_id = tracking.current_run(Path(params.paths.run_info))
     # Named as in metrics.json (`test.accuracy`), apart from Keras' per-epoch `val_accuracy` curves.
     scalars = {f"{split}.{k}": metrics[split][k] for split in EVAL_SPLITS for k in HEADLINE}
     scalars |= {f"test.per_class.{name}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
-    if comparison["champion"] and comparison["champion"]["status"] == "scored":
-        scalars |= {f"champion.test.{k}": v for k, v in comparison["champion"]["metrics"].items()}
     tracking.log_metrics(params.tracking, run_id, scalars)
     tracking.log_datasets(params.tracking, run_id, params.paths.clean, ("test",))
     paths = params.paths
     tracking.log_artifacts(
         params.tracking,
         run_id,
-        [paths.metrics, paths.per_class, paths.confusion, paths.predictions, paths.gate],
+        [paths.metrics, paths.per_class, paths.confusion, paths.predictions],
         "evaluate",
     )
     tracking.log_artifacts(params.tracking, run_id, [paths.figures, paths.validation, paths.data_docs])

@@ -1,8 +1,10 @@
-"""ingest: data.source (data.path) → data/raw (uint8 N×H×W×C images or texts, int labels, train/val/test, manifest)."""
+"""ingest: data.source (data.path) → data/raw (uint8 N×H×W×C images or texts, int labels, train/val/test, manifest)
+and the data's drift statistics (paths.statistics)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -110,10 +112,10 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
 
 
 def run(params: Params) -> dict:
-    """Load the source, split it and write data/raw."""
+    """Load the source, split it, write data/raw and the data's statistics."""
     dataset = split(load_source(params.data), params.data, params.ingest, params.seed)
     validation.validate_dataset("raw", dataset, params)
-    drift.check(dataset, params)
+    drift.record(dataset, Path(params.paths.statistics))  # deploy compares them with the champion's
     manifest = artifacts.write_dataset(params.paths.raw, dataset, params.data.shard_size)
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
     log.info("ingest: %s → %s %s, shape %s", label(params.data), params.paths.raw, counts, manifest["shape"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.lib import artifacts, tracking
+from tasks.lib import artifacts, registry, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import as_images, read_images, visible_files
@@ -59,7 +59,7 @@ def predictions_csv(ids: list[str], probabilities: np.ndarray, classes: tuple[st
 
 def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
     """Predict every image (or text) of ``source`` with the registered model and write ``output``; the count."""
-    model = tracking.load_model(params.tracking, model_uri)
+    model = registry.load_model(params.tracking, model_uri)
     (spec,) = model.metadata.get_input_schema().inputs
     if spec.type.kind in "UO":  # a text model
         ids, x = read_lines(source, params.data.max_bytes)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)
-        uri = args.model or f"models:/{params.deploy.model_name}@{tracking.CHAMPION}"
+        uri = args.model or f"models:/{params.deploy.model_name}@{registry.CHAMPION}"
         count = predict(params, args.input, args.output, uri)
     except TrainflowError as exc:
         print(f"error: predict: {exc}", file=sys.stderr)

@@ -1,9 +1,10 @@
-"""report: every stage's outputs, the MLflow run and the registry → reports/report.html (one self-contained page).
+"""report: every stage's outputs and the MLflow run → reports/report.html (one self-contained page).
 
 The page has six sections: data, training, evaluation, decision, lineage and the model card (the Model Card
 Toolkit's sections). It renders offline: figures are matplotlib PNGs inlined as data URIs, the style is inline, and
-there is no script. :func:`gather` reads what the stages wrote (nothing is recomputed but a few intervals),
-:func:`render` turns those facts into HTML through the Jinja2 template ``tasks/templates/report.html.j2``.
+there is no script. :func:`gather` reads what the stages wrote (nothing is recomputed but a few intervals; what deploy
+found in the registry is in reports/deploy.json), :func:`render` turns those facts into HTML through the Jinja2
+template ``tasks/templates/report.html.j2``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -67,18 +67,6 @@ def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """A params mapping as ``section.key`` → value text (as MLflow logs params), secret-looking names left out."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out |= flatten(value, name)
-        elif not tracking.SECRET.search(str(key)):
-            out[name] = str(list(value) if isinstance(value, tuple) else value)
-    return out
 
 
 def changed_params(
@@ -245,20 +233,15 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(_read_bytes(path).decode())))
 
 
-def _git(*args: str) -> str | None:
-    done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-    return done.stdout if done.returncode == 0 else None
-
-
 def _committed_params() -> tuple[dict[str, str] | None, str | None]:
     """params.yaml as committed at HEAD, flattened, and the commit; (None, None) outside git or before a commit."""
-    text, commit = _git("show", "HEAD:params.yaml"), _git("rev-parse", "--short", "HEAD")
+    text, commit = tracking.git("show", "HEAD:params.yaml"), tracking.git("rev-parse", "--short", "HEAD")
     if text is None or commit is None:
         return None, None
     try:
-        return flatten(yaml.safe_load(text) or {}), commit.strip()
+        return tracking.flatten(yaml.safe_load(text) or {}), commit
     except yaml.YAMLError:
-        return None, commit.strip()
+        return None, commit
 
 
 def _docs_page(params: Params, boundary: str) -> str | None:
@@ -283,7 +266,7 @@ def _lineage_stages(lock: Path) -> list[dict[str, Any]]:
                 files.append({"kind": kind[:-1], "path": item.get("path"), "hash": digest, "size": item.get("size")})
         values = {}  # keyed by params file: params.yaml's keys as they are, another file's under its name
         for source, tree in (stage.get("params") or {}).items():
-            values |= flatten(tree, "" if source == "params.yaml" else source)
+            values |= tracking.flatten(tree, "" if source == "params.yaml" else source)
         stages.append({"stage": name, "files": files, "params": values})
     return stages
 
@@ -299,7 +282,7 @@ def _versions() -> list[dict[str, str]]:
 
 
 def gather(params: Params) -> dict[str, Any]:
-    """Every fact of the page, from the files the stages wrote, the MLflow run and the registry.
+    """Every fact of the page, from the files the stages wrote and the MLflow runs (this one, the champion's).
 
     Raises:
         TrainflowError: an upstream file is missing or unreadable (named), or the MLflow run is gone.
@@ -309,11 +292,9 @@ def gather(params: Params) -> dict[str, Any]:
     clean = artifacts.open_dataset(Path(paths.clean))
     augmented = artifacts.open_dataset(Path(paths.augmented))
     validations = [artifacts.read_json(Path(paths.validation) / f"{b}.json") for b in validation.BOUNDARIES]
-    drift = artifacts.read_json(Path(paths.drift_report))
     history = _read_csv(Path(paths.history))
     metrics = artifacts.read_json(Path(paths.metrics))
     per_class = artifacts.read_json(Path(paths.per_class))
-    gate = artifacts.read_json(Path(paths.gate))
     deployed = artifacts.read_json(Path(paths.deploy_report))
     run_info = artifacts.read_json(Path(paths.run_info))
     predictions = _read_csv(Path(paths.predictions))
@@ -327,13 +308,13 @@ def gather(params: Params) -> dict[str, Any]:
         run = tracking.run_record(settings, run_info["run_id"])
     except MlflowException as exc:
         raise TrainflowError(f"{paths.run_info}: MLflow run not found ({str(exc).splitlines()[0][:200]})") from None
-    champion = gate.get("champion")
+    champion, drift = deployed.get("champion"), deployed["drift"]
     try:  # the champion's params, to compare with: a champion whose run is gone has none
         champion_run = tracking.run_record(settings, champion["run_id"]) if champion else None
     except MlflowException:
         champion_run = None
     registry = deployed["registry"]
-    aliases = tracking.model_aliases(settings, registry["model_name"])
+    aliases = deployed["aliases"]  # as deploy left them
     classes = list(clean.classes)
 
     wrong = mistakes(predictions, params.report.misclassified)
@@ -369,6 +350,7 @@ def gather(params: Params) -> dict[str, Any]:
             "promoted": deployed["gate"]["promote"],
             "version": version,
             "alias": registry["alias"],
+            "registered": registry.get("registered", True),
             "reason": deployed["gate"]["reason"],
         },
         "data": {
@@ -495,15 +477,13 @@ def gather(params: Params) -> dict[str, Any]:
 
 
 def run(params: Params) -> dict:
-    """Write reports/report.html, log it to the MLflow run and point the registered version at it."""
+    """Write reports/report.html and log it to the MLflow run (deploy pointed the registered version at it)."""
     facts = gather(params)
     page = render(facts)
     target = Path(params.paths.report)
     artifacts.write_bytes(target, page.encode())
     registry = facts["decision"]["registry"]
-    uri = tracking.link_report(
-        params.tracking, facts["lineage"]["mlflow"]["run_id"], target, registry["model_name"], registry["version"]
-    )
+    uri = tracking.log_report(params.tracking, facts["lineage"]["mlflow"]["run_id"], target)
     log.info("report: %s (%.0f KB), logged to MLflow as %s", target, len(page) / 1024, uri)
     return {"path": str(target), "bytes": len(page), "mlflow": uri, "version": registry["version"]}
 

@@ -1,6 +1,6 @@
 """docs/own-data.md's steps, followed with a folder of another dataset (MNIST digits 0-2 as named PNG classes), in a
-workspace whose registry already has a digits champion: changed data reruns ingest, an incomparable reference is
-reported and the run goes on, a new input contract does not take the old champion's alias, its own name does."""
+workspace whose registry already has a digits champion: changed data reruns ingest, deploy reports an incomparable
+reference and the run goes on, a new input contract does not take the old champion's alias, its own name does."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
     write_images(workspace / "data" / "input", per_class=120)
     assert "data/input" in sh(workspace, "dvc", "status").stdout  # the data is a dependency of ingest
 
-    # without a name of its own: the drift check cannot compare, says so and goes on; the champion keeps its alias
+    # without a name of its own: deploy's drift check cannot compare, says so and goes on; the champion keeps its alias
     kept = sh(
         workspace,
         "dvc",
@@ -59,9 +59,9 @@ def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
         "data.image_size=[28, 28]",
     )
     assert ran(kept.stdout) == ["ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy", "report"]
-    drift = report(workspace, "drift.json")
-    assert drift["comparable"] is False and "not comparable" in drift["why"] and "'zero'" in drift["why"]
     deployed = report(workspace, "deploy.json")
+    drift = deployed["drift"]
+    assert drift["comparable"] is False and "not comparable" in drift["why"] and "'zero'" in drift["why"]
     assert deployed["registry"]["alias"] == "challenger" and "another input contract" in deployed["gate"]["reason"]
     assert deployed["contract"] == {"input_shape": [28, 28, 1], "dtype": "uint8", "classes": ["one", "two", "zero"]}
 
@@ -70,7 +70,7 @@ def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
     assert "deploy" in ran(named.stdout) and "train" not in ran(named.stdout)  # the data and model are unchanged
     deployed = report(workspace, "deploy.json")
     assert deployed["registry"]["model_name"] == "my-images" and deployed["registry"]["alias"] == "champion"
-    assert report(workspace, "drift.json")["why"] == "no reference yet: my-images has no champion"
+    assert deployed["drift"]["why"] == "no reference yet: my-images has no champion"
 
     # a changed image reruns ingest, and only what its output changes
     first = workspace / "data" / "input" / "zero" / "0000.png"

@@ -68,10 +68,9 @@ class PathsParams(Section):
     data_docs: str
     validation: str
     reference_stats: str
+    statistics: str
     run_info: str
     lock: str
-    gate: str
-    drift_report: str
     report: str
     tune: str
 

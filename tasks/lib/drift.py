@@ -1,11 +1,14 @@
 """Drift: newly ingested data against the training data of the model in production (the registry's champion).
 
-train logs the statistics of its training data with its MLflow run; ingest compares new data with those of the
-current ``@champion``. Labels are compared with a chi-square test, pixel intensity with the population stability
+ingest records the statistics of its data (:func:`record`, ``paths.statistics``); train logs the statistics of its
+training data with its MLflow run (:func:`write_reference`); deploy, the one stage that reads the registry, compares
+the candidate's data with those of the current ``@champion`` (:func:`assess`).
+
+Labels are compared with a chi-square test, pixel intensity with the population stability
 index (PSI) of the per-image mean; per-class mean intensity shifts are reported. Texts: labels likewise, length with
 the PSI of the word-count histogram, vocabulary with the share of new words outside the reference's most frequent
 ones (out-of-vocabulary rate). Data of other classes, another image shape or another kind (texts against images) is
-"not comparable": reported, and the run goes on unless ``validation.drift_action`` is ``fail``.
+"not comparable": reported; with ``validation.drift_action: fail`` it blocks promotion, as drift does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import numpy as np
 from tasks.lib import artifacts
 from tasks.lib.artifacts import Dataset
 from tasks.lib.config import Params, ValidationParams
-from tasks.lib.errors import TrainflowError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ BINS = 20  # equal-width bins of per-image mean intensity over 0–255 for the P
 EPSILON = 1e-4  # floor for empty bins/classes: PSI and chi-square are undefined on zeros
 LENGTH_MAX = 200  # texts: BINS equal-width bins of word counts over 0–200, longer texts in the last bin
 VOCABULARY = 5000  # texts: the reference's most frequent words kept (a JSON file logged with every train run)
+# texts: the new data's most frequent words kept by ingest: its out-of-vocabulary rate is exact below this many
+# distinct words (beyond, the rarest count as out of vocabulary), and the file stays small (not in DVC's cache)
+NEW_VOCABULARY = 50_000
 # Keras' TextVectorization default ("lower_and_strip_punctuation"), so drift sees the words normalize sees
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -188,17 +193,25 @@ def write_reference(stored: artifacts.Stored, params: Params) -> None:
     artifacts.write_json(Path(params.paths.reference_stats), statistics(parts, stored.classes))
 
 
-def comparable(reference: dict[str, Any], dataset: Dataset) -> str | None:
-    """Why ``dataset`` cannot be compared with ``reference`` (another kind, other classes, image shape or channels),
+def record(dataset: Dataset, path: Path) -> dict[str, Any]:
+    """Write the statistics of freshly ingested data (all splits), which deploy compares with the champion's."""
+    found = statistics(((s.x, s.y) for s in dataset.splits.values()), dataset.classes, NEW_VOCABULARY)
+    artifacts.write_json(Path(path), found)
+    return found
+
+
+def comparable(reference: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why ``current`` cannot be compared with ``reference`` (another kind, other classes, image shape or channels),
     or None."""
     kind = reference.get("kind", "images") if reference else None  # no statistics at all: the classes say so
-    if kind is not None and kind != dataset.kind:
-        return f"reference holds {kind}, ingested {dataset.kind}"
-    if list(reference.get("label_counts", {})) != list(dataset.classes):
-        return f"reference classes {list(reference.get('label_counts', {}))}, ingested {list(dataset.classes)}"
-    shape = reference.get("image_shape")
-    if kind == "images" and shape is not None and tuple(shape) != dataset.image_shape:
-        return f"reference images {tuple(shape)} (H, W, C), ingested {dataset.image_shape}"
+    theirs = current.get("kind", "images")
+    if kind is not None and kind != theirs:
+        return f"reference holds {kind}, ingested {theirs}"
+    if list(reference.get("label_counts", {})) != list(current["label_counts"]):
+        return f"reference classes {list(reference.get('label_counts', {}))}, ingested {list(current['label_counts'])}"
+    shape, new_shape = reference.get("image_shape"), current.get("image_shape")
+    if kind == "images" and shape is not None and new_shape is not None and list(shape) != list(new_shape):
+        return f"reference images {tuple(shape)} (H, W, C), ingested {tuple(new_shape)}"
     return None
 
 
@@ -209,47 +222,47 @@ def _scores_line(scores: dict[str, Any]) -> str:
     return f"{line}, intensity PSI {scores['intensity_psi']:.4f}"
 
 
-def check(dataset: Dataset, params: Params) -> dict[str, Any]:
-    """Compare freshly ingested data (all splits) with the champion's training data; warn or fail as params say.
+def assess(
+    reference: dict[str, Any] | None, where: str, current: dict[str, Any], params: ValidationParams
+) -> dict[str, Any]:
+    """The drift report of the candidate's data (``current``) against the champion's training data.
 
-    Raises:
-        TrainflowError: on drift, or data that cannot be compared, when ``validation.drift_action`` is ``fail``.
+    Args:
+        reference: the statistics the champion's run logged (``{}``: it logged none); None: nothing to compare with.
+        where: which statistics ``reference`` are (``name v1 (run …): path``), or why there are none.
+        current: the statistics ingest recorded of the candidate's data.
+        params: the thresholds and ``drift_action`` (ignore: nothing is compared).
+
+    Returns:
+        ``checked``, ``drifted``, ``action``, and ``why`` (not checked) or ``reference`` with :func:`compare`'s scores;
+        ``comparable: False`` for data of another kind, classes or image shape. What ``fail`` blocks is deploy's gate.
     """
-    action = params.validation.drift_action
-    report: dict[str, Any] = {"checked": False, "drifted": False, "action": action}
-    if action == "ignore":
-        report["why"] = "validation.drift_action=ignore"
+    report: dict[str, Any] = {"checked": False, "drifted": False, "action": params.drift_action}
+    if params.drift_action == "ignore":
+        return report | {"why": "validation.drift_action=ignore"}
+    if reference is None:
+        return report | {"why": where}
+    report["reference"] = where
+    why = comparable(reference, current)
+    if why is not None:
+        report |= {"comparable": False, "why": f"not comparable with {where}: {why}"}
+        log.warning("drift: %s; not checked", report["why"])
+        return report
+    report |= {"checked": True, "comparable": True, **compare(reference, current, params)}
+    if report["drifted"]:
+        log.warning("drift against %s: %s", where, "; ".join(report["reasons"]))
     else:
-        from tasks.lib import tracking
-
-        name = params.deploy.model_name
-        try:
-            found = tracking.champion_json(params.tracking, name, f"train/{Path(params.paths.reference_stats).name}")
-        except TransientError:
-            raise  # the registry is unreachable: a retry may pass
-        except TrainflowError as exc:  # a champion without reference statistics
-            found = ({}, str(exc))
-        if found is None:
-            report["why"] = f"no reference yet: {name} has no champion"
-        else:
-            reference, where = found
-            report["reference"] = where
-            why = comparable(reference, dataset)
-            if why is not None:
-                report |= {"comparable": False, "why": f"not comparable with {where}: {why}"}
-                if action == "fail":
-                    raise TrainflowError(f"drift: {report['why']} (validation.drift_action=fail)")
-                log.warning("drift: %s; not checked", report["why"])
-            else:
-                parts = ((s.x, s.y) for s in dataset.splits.values())
-                # every word of the new data: its out-of-vocabulary rate is then exact
-                scores = compare(reference, statistics(parts, dataset.classes, None), params.validation)
-                report |= {"checked": True, "comparable": True, **scores}
-                if report["drifted"] and action == "fail":
-                    raise TrainflowError(f"data drift against {where}: {'; '.join(report['reasons'])}")
-                if report["drifted"]:
-                    log.warning("drift against %s: %s", where, "; ".join(report["reasons"]))
-                else:
-                    log.info("drift: none against %s (%s)", where, _scores_line(report))
-    artifacts.write_json(Path(params.paths.drift_report), report)
+        log.info("drift: none against %s (%s)", where, _scores_line(report))
     return report
+
+
+def blocks(report: dict[str, Any]) -> str | None:
+    """Why a drift report stops promotion (``drift_action: fail`` with drift or incomparable data), or None."""
+    if report.get("action") != "fail":
+        return None
+    if report.get("comparable") is False:
+        return f"data {report['why']} (validation.drift_action=fail)"
+    if report.get("drifted"):
+        reasons = "; ".join(report["reasons"])
+        return f"data drift against {report['reference']}: {reasons} (validation.drift_action=fail)"
+    return None

@@ -1,4 +1,6 @@
-"""MLflow: one run per pipeline run, lineage, the model registry and its champion (the one module that knows MLflow).
+"""MLflow tracking: one run per pipeline run, its params, metrics, artifacts and lineage; logging the served model.
+
+The model registry (champion, versions, aliases) is tasks/lib/registry.py, which only deploy uses.
 
 Every function takes the tracking settings (params' ``tracking`` section), not the whole config; start_run also
 takes the params whose values it logs.
@@ -26,7 +28,6 @@ from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 # MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds classic model training
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # ... and MLflow 3.17's UI reads its GenAI / Model training switch from the address (else the browser's last choice)
@@ -109,22 +110,25 @@ def experiment_id(tracker: Any, settings: TrackingParams) -> str:
     return tracker.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
-def flat_params(params: Params) -> dict[str, str]:
-    """Every params.yaml value as ``section.key``, except names that look like secrets."""
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A params mapping as ``section.key`` → value text (as MLflow logs params), secret-looking names left out."""
     out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        elif not SECRET.search(prefix.rsplit(".", 1)[-1]):
-            out[prefix] = str(value)
-
-    walk("", params.model_dump(mode="json", exclude_unset=True))  # as written (no None defaults of tune.space)
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out |= flatten(value, name)
+        elif not SECRET.search(str(key)):
+            out[name] = str(list(value) if isinstance(value, tuple) else value)
     return out
 
 
-def _git(*args: str) -> str | None:
+def flat_params(params: Params) -> dict[str, str]:
+    """Every params.yaml value as ``section.key``, except names that look like secrets."""
+    return flatten(params.model_dump(mode="json", exclude_unset=True))  # as written (no None defaults of tune.space)
+
+
+def git(*args: str) -> str | None:
+    """``git ARGS``' output, stripped; None outside a repository (or when git fails)."""
     done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
     return done.stdout.strip() if done.returncode == 0 else None
 
@@ -146,8 +150,8 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
 
     tracker = client(settings)
     tags = {
-        "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "git.commit": git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
         "data.source": params.data.source,
         "data.path": params.data.path,
         "keras.backend": str(device.get("backend")),
@@ -236,40 +240,20 @@ def run_record(settings: TrackingParams, run_id: str) -> dict[str, Any]:
     }
 
 
-def model_aliases(settings: TrackingParams, name: str) -> dict[str, int]:
-    """Every alias of a registered model and the version it names (empty when the model is not registered)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client(settings).get_registered_model(name)
-    except MlflowException:
-        return {}
-    return {alias: int(version) for alias, version in sorted(model.aliases.items())}
-
-
 REPORT_TAG = "trainflow.report"  # on the run (artifact path) and on the registered version (runs:/ URI)
 
 
-def link_report(settings: TrackingParams, run_id: str, report: Path, name: str, version: int | None) -> str:
-    """Log the run's report as the artifact ``report/<file>`` and point the run and its registered version at it.
+def report_uri(run_id: str, report: Path | str) -> str:
+    """Where :func:`log_report` puts a run's report: deploy points the registered version at it beforehand."""
+    return f"runs:/{run_id}/report/{Path(report).name}"
 
-    The version gets the tag ``trainflow.report`` (the ``runs:/`` URI) and a description naming it, so the registry
-    page of a version leads to its report. Returns the ``runs:/`` URI.
-    """
+
+def log_report(settings: TrackingParams, run_id: str, report: Path) -> str:
+    """Log the run's report as the artifact ``report/<file>`` and tag the run with its path; the ``runs:/`` URI."""
     tracker = client(settings)
     tracker.log_artifact(run_id, str(report), "report")
-    artifact = f"report/{Path(report).name}"
-    uri = f"runs:/{run_id}/{artifact}"
-    tracker.set_tag(run_id, REPORT_TAG, artifact)
-    if version is not None:
-        tracker.set_model_version_tag(name, str(version), REPORT_TAG, uri)
-        tracker.update_model_version(
-            name,
-            str(version),
-            description=f"Run report: {uri} (the run's Artifacts tab, {artifact}): data, training, evaluation, "
-            "the gate's decision, lineage and the model card on one self-contained page.",
-        )
-    return uri
+    tracker.set_tag(run_id, REPORT_TAG, f"report/{Path(report).name}")
+    return report_uri(run_id, report)
 
 
 def log_artifacts(
@@ -308,68 +292,12 @@ def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: I
             mlflow.log_input(dataset, context=split)
 
 
-def champion_version(settings: TrackingParams, model_name: str) -> Any | None:
-    """The registered version under the ``champion`` alias, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client(settings).get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def champion_json(settings: TrackingParams, model_name: str, artifact: str) -> tuple[Any, str] | None:
-    """A JSON artifact of the champion's run and where it came from (``name v3, run …: path``); None without one.
-
-    Raises:
-        TrainflowError: when the champion's run has no such artifact (it cannot be compared, say so).
-    """
-    import json
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
-
-    version = champion_version(settings, model_name)
-    if version is None:
-        return None
-    where = f"{model_name} v{version.version} (run {version.run_id}): {artifact}"
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client(settings).download_artifacts(version.run_id, artifact, tmp)
-            return json.loads(Path(local).read_text()), where
-        except (MlflowException, OSError, ValueError) as exc:
-            raise TrainflowError(f"{where}: cannot read it ({str(exc).splitlines()[0][:200]})") from None
-
-
-def load_model(settings: TrackingParams, uri: str) -> Any:
-    """A registered model (a ``models:/`` URI) as an MLflow pyfunc model."""
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    client(settings)
-    try:
-        return mlflow.pyfunc.load_model(uri, suppress_warnings=True)  # its requirements are exact pins of ours
-    except MlflowException as exc:
-        raise TrainflowError(f"{uri}: cannot load from {tracking_uri(settings)} ({exc.message[:200]})") from None
-
-
 def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities from a loaded model: the served DataFrame's column, or a bare array."""
     result = model.predict(x)
     if hasattr(result, "columns") and "probabilities" in result.columns:
         return np.stack(result["probabilities"].to_numpy()).astype(np.float32)
     return np.asarray(result, dtype=np.float32)
-
-
-CONTRACT_TAG = "trainflow.contract"  # a registered version's input shape, dtype and classes (JSON)
-
-
-def version_contract(version: Any) -> dict[str, Any] | None:
-    """The contract a registered version was tagged with at registration, or None (registered before tags)."""
-    import json
-
-    tagged = (version.tags or {}).get(CONTRACT_TAG)
-    return json.loads(tagged) if tagged else None
 
 
 def model_contract(model: Any) -> dict[str, Any]:
@@ -425,50 +353,6 @@ def log_model(
             first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise TrainflowError(f"{keras_model}: the served model does not load ({first})") from None
     return info.model_uri
-
-
-def register(
-    settings: TrackingParams,
-    name: str,
-    model_uri: str,
-    promote: bool,
-    tags: Mapping[str, Any],
-    scored_champion: int | None,
-) -> dict[str, Any]:
-    """Register a logged model under ``name`` (``deploy.model_name``) with ``tags``, and move the aliases.
-
-    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``, as a compare-and-set:
-    right before the alias moves, the champion must still be ``scored_champion`` (the version the gate compared
-    with; None when there was none). MLflow has no atomic alias update, so the window is that of two calls.
-    Otherwise the new version becomes ``challenger`` and the champion is untouched.
-
-    Raises:
-        TrainflowError: the champion moved since the gate; the new version stays ``challenger``.
-    """
-    import mlflow
-
-    tracker = client(settings)
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    if promote:
-        current = champion_version(settings, name)
-        now = int(current.version) if current is not None else None
-        if now != scored_champion:
-            tracker.set_registered_model_alias(name, CHALLENGER, version.version)
-            raise TrainflowError(
-                f"{name}: the champion is v{now} now, the gate compared with v{scored_champion}; v{version.version} "
-                "is registered as challenger and the champion is unchanged: run deploy again to compare with it"
-            )
-        if current is not None:
-            tracker.set_registered_model_alias(name, PREVIOUS, current.version)
-        tracker.set_registered_model_alias(name, CHAMPION, version.version)
-    else:
-        tracker.set_registered_model_alias(name, CHALLENGER, version.version)
-    return {
-        "model_name": name,
-        "version": int(version.version),
-        "alias": CHAMPION if promote else CHALLENGER,
-        "model_uri": f"models:/{name}/{version.version}",
-    }
 
 
 # Hyper-parameter tuning (flows/tune.py): one parent run per Optuna study, train's run of each trial nested under it.

@@ -1,7 +1,8 @@
-"""tasks/deploy.py: reading evaluate's probabilities back, and the gate."""
+"""tasks/deploy.py: reading evaluate's probabilities back, the gate (with drift), the model fingerprint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from tasks.deploy import expected_probabilities
 from tasks.evaluate import predictions_csv
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError
+from tests.conftest import copy_run
+from tests.helpers import ran, sh
 
 CLASSES = ("a", "b", "c")
 
@@ -100,3 +103,128 @@ def test_an_unscorable_champion_stops_deploy_unless_the_user_opts_in(params: Par
         deploy.decide({"accuracy": 0.95}, RECALL, lost, _gate(params))
     opted = deploy.decide({"accuracy": 0.95}, RECALL, lost, _gate(params, replace_unscorable_champion=True))
     assert opted["promote"] is True and "replace_unscorable_champion" in opted["reason"]
+
+
+def _drift(params: Params, action: str, reference: dict, current: dict) -> dict:
+    from tasks.lib import drift
+
+    validation = params.validation.model_copy(update={"drift_action": action})
+    return drift.assess(reference, "pets v1 (run r1): train/reference_stats.json", current, validation)
+
+
+def test_drift_with_drift_action_fail_blocks_promotion_and_the_reason_names_it(params: Params) -> None:
+    from tasks.lib import drift
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (300, 6, 6, 1), dtype=np.uint8), np.arange(300) % 3
+    reference = drift.statistics([(x, y)], CLASSES)
+    darker = drift.statistics([(x // 3, y)], CLASSES)
+    better = _champion(0.80, b=40, c=2)
+
+    blocked = deploy.decide(
+        {"accuracy": 0.95}, RECALL, better, _gate(params), _drift(params, "fail", reference, darker)
+    )
+    assert blocked["promote"] is False
+    assert blocked["reason"].startswith("data drift against pets v1 (run r1): train/reference_stats.json: intensity")
+    assert "validation.drift_action=fail" in blocked["reason"]
+    warned = _drift(params, "warn", reference, darker)
+    assert (
+        warned["drifted"] is True
+        and deploy.decide({"accuracy": 0.95}, RECALL, better, _gate(params), warned)["promote"]
+    )
+    same = _drift(params, "fail", reference, reference)
+    assert same["checked"] is True and same["drifted"] is False
+    assert deploy.decide({"accuracy": 0.95}, RECALL, better, _gate(params), same)["promote"] is True
+    ignored = _drift(params, "ignore", reference, darker)
+    assert ignored["checked"] is False and ignored["why"] == "validation.drift_action=ignore"
+
+    other = drift.statistics([(x, y)], ("x", "y", "z"))  # data of other classes: not comparable, blocked under fail
+    refused = deploy.decide({"accuracy": 0.95}, RECALL, better, _gate(params), _drift(params, "fail", reference, other))
+    assert refused["promote"] is False and "not comparable with pets v1" in refused["reason"]
+
+
+def _model(seed: int) -> object:
+    from tasks.lib.quiet import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(5)(inputs)))
+
+
+def test_the_fingerprint_is_the_architecture_and_weights_not_the_file(tmp_path: Path) -> None:
+    import time
+
+    from tasks.lib.quiet import import_keras
+
+    keras = import_keras()
+    model = _model(0)
+    model.save(tmp_path / "a.keras")
+    time.sleep(1.1)  # the .keras file records when it was saved
+    model.save(tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() != (tmp_path / "b.keras").read_bytes()
+    a, b = (keras.saving.load_model(tmp_path / f"{n}.keras", compile=False) for n in "ab")
+    assert deploy.fingerprint(a) == deploy.fingerprint(b) == deploy.fingerprint(model)
+    assert deploy.fingerprint(_model(1)) != deploy.fingerprint(model)  # other weights
+    weights = model.get_weights()
+    weights[-1] = weights[-1] + 1e-6
+    model.set_weights(weights)
+    assert deploy.fingerprint(model) != deploy.fingerprint(a)  # one bias moved
+
+
+# ---- the stage end to end, on a tiny `dvc repro` (tests/conftest.py: tiny_run) ----
+
+
+def _read(root: Path, path: str) -> dict:
+    return json.loads((root / path).read_text())
+
+
+def _versions(root: Path, name: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    found = MlflowClient(tracking_uri=store, registry_uri=store).search_model_versions(f"name='{name}'")
+    return sorted(int(v.version) for v in found)
+
+
+@pytest.mark.slow
+def test_an_identical_model_is_not_registered_again(tiny_run: Path, tmp_path: Path) -> None:
+    root = copy_run(tiny_run, tmp_path / "workspace")
+    first = _read(root, "reports/deploy.json")
+    name = first["registry"]["model_name"]
+    assert first["registry"]["registered"] is True and _versions(root, name) == [1]
+    assert first["drift"]["why"] == f"no reference yet: {name} has no champion"  # v1 was the first
+
+    sh(root, "python", "-m", "tasks.deploy")  # the same candidate again: as a second driver's run would
+    again = _read(root, "reports/deploy.json")
+    assert _versions(root, name) == [1]
+    assert again["registry"] == {
+        "model_name": name,
+        "version": 1,
+        "alias": "champion",
+        "registered": False,
+        "model_uri": f"models:/{name}/1",
+    }
+    assert again["gate"]["identical_to"] == 1 and again["gate"]["promote"] is False
+    assert again["gate"]["reason"].startswith(f"identical to {name} v1 (@champion)")
+    assert again["fingerprint"] == first["fingerprint"] and again["aliases"] == {"champion": 1}
+    sh(root, "python", "-m", "tasks.report")
+    assert "Not registered again: identical to v1" in (root / "reports/report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: Path, tmp_path: Path) -> None:
+    root = copy_run(tiny_run, tmp_path / "workspace")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "v1 is champion")
+    done = sh(root, "dvc", "exp", "run", "-S", "train.epochs=1")
+    assert ran(done.stdout) == ["train", "evaluate", "deploy", "report"]  # ingest cached: its output is v1's
+    deployed = _read(root, "reports/deploy.json")
+    name = deployed["registry"]["model_name"]
+    assert deployed["registry"]["version"] == 2 and deployed["registry"]["registered"] is True
+    checked = deployed["drift"]
+    assert checked["checked"] is True and checked["drifted"] is False, checked
+    assert checked["reference"].startswith(f"{name} v1 (run ")
+    assert deployed["champion"]["version"] == 1 and deployed["gate"]["champion_version"] == 1
+    page = (root / "reports/report.html").read_text()
+    assert f"<code>{name} v1 (run " in page and "no drift" in page

@@ -21,8 +21,8 @@ import yaml
 
 from tasks.lib.config import Params, read_params_file
 from tasks.lib.errors import TrainflowError
-from tasks.lib.tracking import flat_params
-from tasks.report import SECTIONS, changed_params, flatten, gather, image_grid, mistakes, render, stopping, wilson
+from tasks.lib.tracking import flat_params, flatten
+from tasks.report import SECTIONS, changed_params, gather, image_grid, mistakes, render, stopping, wilson
 from tests.conftest import copy_run
 from tests.helpers import REPO, processes_in, ran, sh
 
@@ -126,6 +126,7 @@ def facts() -> dict[str, Any]:
             "promoted": True,
             "version": 2,
             "alias": "champion",
+            "registered": True,
             "reason": gate["reason"],
         },
         "data": {
@@ -152,7 +153,14 @@ def facts() -> dict[str, Any]:
                     "page": "data_docs/x.html",
                 }
             ],
-            "drift": {"checked": True, "drifted": False, "reference": "pets v1", "reasons": [], "label_p_value": 0.5},
+            "drift": {
+                "checked": True,
+                "drifted": False,
+                "action": "warn",
+                "reference": "pets v1",
+                "reasons": [],
+                "label_p_value": 0.5,
+            },
         },
         "training": {
             "model": "cnn",
@@ -294,6 +302,17 @@ def test_render_has_every_section_inline_images_and_nothing_to_fetch() -> None:
     assert "@champion → v2; @previous-champion → v1" in text
     assert 'href="data_docs/x.html"' in text  # the relative link to the suite's Data Docs page
     assert "trained in <code>f-1</code>" in text and "this page written by <code>f-2</code>" in text
+
+
+def test_render_says_when_the_model_was_identical_to_a_registered_version() -> None:
+    same = facts()
+    same["headline"] |= {"promoted": False, "version": 1, "registered": False}
+    same["decision"]["gate"] |= {"promote": False, "identical_to": 1, "reason": "identical to pets v1 (@champion)"}
+    same["decision"]["serving"] = None
+    same["decision"]["registry"] |= {"version": 1, "registered": False}
+    text = render(same)
+    assert "Not registered again: identical to v1" in text and "Not served again" in text
+    assert "identical to<b>v1 @champion</b>" in text
 
 
 def test_render_refuses_a_missing_fact() -> None:

@@ -1,18 +1,19 @@
 """tasks/lib/drift.py: a shifted dataset is flagged, an unshifted one passes; warn vs fail; the champion's
-reference; data that cannot be compared."""
+reference (read by deploy's check_drift, the only reader of the registry); data that cannot be compared."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.lib import drift, tracking
+from tasks import deploy
+from tasks.lib import drift, registry, tracking
 from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.lib.config import Params
-from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import load_digits
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -29,7 +30,7 @@ def dparams(params: Params, tmp_path: Path) -> Params:
     paths = params.paths.model_copy(
         update={
             "reference_stats": str(tmp_path / "reference.json"),
-            "drift_report": str(tmp_path / "drift.json"),
+            "statistics": str(tmp_path / "statistics.json"),
             "clean": str(tmp_path / "clean"),
         }
     )
@@ -91,14 +92,27 @@ def champion_with(params: Params, reference: dict | None) -> None:
     name = params.deploy.model_name
     client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+    client.set_registered_model_alias(name, registry.CHAMPION, version.version)
+
+
+def stats(data: Dataset) -> dict:
+    """What ingest records of ``data`` (every split)."""
+    return drift.statistics(((s.x, s.y) for s in data.splits.values()), data.classes, drift.NEW_VOCABULARY)
+
+
+def test_ingest_records_the_statistics_of_every_split(tmp_path: Path, digits: tuple) -> None:
+    (xa, ya), (xb, yb) = halves(*digits)
+    data = Dataset(splits={"train": Split(xa, ya), "test": Split(xb, yb)}, classes=CLASSES)
+    written = drift.record(data, tmp_path / "statistics.json")
+    assert json.loads((tmp_path / "statistics.json").read_text()) == written
+    assert written["count"] == len(digits[1]) and written == drift.statistics([digits], CLASSES)
 
 
 def test_check_without_a_champion_reports_that_and_passes(dparams: Params, digits: tuple) -> None:
-    report = drift.check(dataset(*digits), with_action(dparams, "fail"))
+    report = deploy.check_drift(with_action(dparams, "fail"), stats(dataset(*digits)))
     why = f"no reference yet: {dparams.deploy.model_name} has no champion"
     assert report == {"checked": False, "drifted": False, "action": "fail", "why": why}
-    assert json.loads(Path(dparams.paths.drift_report).read_text()) == report
+    assert drift.blocks(report) is None
 
 
 def test_check_against_the_champions_reference_warns_or_fails_as_params_say(dparams: Params, digits: tuple) -> None:
@@ -110,35 +124,34 @@ def test_check_against_the_champions_reference_warns_or_fails_as_params_say(dpar
     assert reference["label_counts"] == whole["label_counts"] and reference["image_shape"] == [8, 8, 1]
     np.testing.assert_allclose(reference["intensity_histogram"], whole["intensity_histogram"])
     champion_with(dparams, reference)
-    Path(dparams.paths.reference_stats).unlink()  # the workspace's file is not what ingest reads: the champion's is
+    Path(dparams.paths.reference_stats).unlink()  # the workspace's file is not what deploy reads: the champion's is
 
-    checked = drift.check(dataset(xb, yb), with_action(dparams, "fail"))
-    assert checked["checked"] is True and checked["drifted"] is False
+    checked = deploy.check_drift(with_action(dparams, "fail"), stats(dataset(xb, yb)))
+    assert checked["checked"] is True and checked["drifted"] is False and drift.blocks(checked) is None
     assert checked["reference"].startswith(f"{dparams.deploy.model_name} v1 (run ")
-    assert drift.check(dataset(xb // 3, yb), with_action(dparams, "warn"))["drifted"] is True
-    Path(dparams.paths.drift_report).unlink()
-    with pytest.raises(TrainflowError, match=r"data drift against .* v1 .*reference.json: intensity \(PSI"):
-        drift.check(dataset(xb // 3, yb), with_action(dparams, "fail"))
-    assert not Path(dparams.paths.drift_report).exists()
-    assert drift.check(dataset(xb // 3, yb), with_action(dparams, "ignore"))["checked"] is False
+    assert deploy.check_drift(with_action(dparams, "warn"), stats(dataset(xb // 3, yb)))["drifted"] is True
+    failed = deploy.check_drift(with_action(dparams, "fail"), stats(dataset(xb // 3, yb)))
+    assert failed["drifted"] is True
+    assert re.match(r"data drift against .* v1 .*reference.json: intensity \(PSI", drift.blocks(failed) or "")
+    assert deploy.check_drift(with_action(dparams, "ignore"), stats(dataset(xb // 3, yb)))["checked"] is False
 
 
 def test_data_of_other_classes_or_shape_is_not_comparable_and_goes_on(dparams: Params, digits: tuple) -> None:
     x, y = digits
     champion_with(dparams, drift.statistics([(x, y)], CLASSES))
     named = Dataset(splits={"train": Split(x, y)}, classes=tuple(f"c{i}" for i in range(10)))
-    report = drift.check(named, with_action(dparams, "warn"))
+    report = deploy.check_drift(with_action(dparams, "warn"), stats(named))
     assert report["checked"] is False and report["comparable"] is False and report["drifted"] is False
-    assert "not comparable" in report["why"] and "'c0'" in report["why"]
+    assert "not comparable" in report["why"] and "'c0'" in report["why"] and drift.blocks(report) is None
     bigger = dataset(np.repeat(np.repeat(x, 2, axis=1), 2, axis=2), y)  # 16×16 images, the same classes
-    assert "(8, 8, 1)" in drift.check(bigger, with_action(dparams, "warn"))["why"]
-    with pytest.raises(TrainflowError, match=r"not comparable .* \(validation.drift_action=fail\)"):
-        drift.check(named, with_action(dparams, "fail"))
+    assert "(8, 8, 1)" in deploy.check_drift(with_action(dparams, "warn"), stats(bigger))["why"]
+    refused = deploy.check_drift(with_action(dparams, "fail"), stats(named))
+    assert re.match(r"data not comparable .* \(validation.drift_action=fail\)", drift.blocks(refused) or "")
 
 
 def test_a_champion_without_reference_statistics_is_not_comparable(dparams: Params, digits: tuple) -> None:
     champion_with(dparams, None)
-    report = drift.check(dataset(*digits), with_action(dparams, "warn"))
+    report = deploy.check_drift(with_action(dparams, "warn"), stats(dataset(*digits)))
     assert report["comparable"] is False and "cannot read it" in report["why"]
 
 
@@ -162,7 +175,7 @@ ENGLISH = [f"word{i}" for i in range(300)]
 
 
 def text_compare(reference: tuple[np.ndarray, ...], current: tuple[np.ndarray, ...], params: Params) -> dict:
-    """Scores as check computes them: a reference as written, every word of the current data."""
+    """Scores as deploy computes them: a reference as train writes it, every word of the current data."""
     return drift.compare(
         drift.statistics([reference], TEXT_CLASSES), drift.statistics([current], TEXT_CLASSES, None), params.validation
     )
@@ -204,7 +217,7 @@ def test_new_words_drift_in_vocabulary_not_length(params: Params) -> None:
 
 def test_texts_and_images_are_not_comparable(dparams: Params, digits: tuple) -> None:
     x, y = corpus(200, ENGLISH)
-    texts = Dataset(splits={"train": Split(x, y)}, classes=CLASSES[:2])
+    texts = stats(Dataset(splits={"train": Split(x, y)}, classes=CLASSES[:2]))
     images = drift.statistics([digits], CLASSES)
     assert (
         drift.comparable({**images, "label_counts": {"0": 1, "1": 1}}, texts) == "reference holds images, ingested text"
@@ -212,13 +225,13 @@ def test_texts_and_images_are_not_comparable(dparams: Params, digits: tuple) -> 
     old = {k: v for k, v in images.items() if k != "kind"}  # written before texts existed: images
     assert "holds images" in drift.comparable(old, texts)
     assert (
-        drift.comparable(drift.statistics([(x, y)], CLASSES), dataset(*digits))
+        drift.comparable(drift.statistics([(x, y)], CLASSES), stats(dataset(*digits)))
         == "reference holds text, ingested images"
     )
     with pytest.raises(ValueError, match="cannot compare text statistics with a images reference"):
         drift.compare(images, drift.statistics([(x, y)], CLASSES[:2]), dparams.validation)
     champion_with(dparams, images)
-    report = drift.check(texts, with_action(dparams, "warn"))
+    report = deploy.check_drift(with_action(dparams, "warn"), texts)
     assert report["comparable"] is False and "reference holds images, ingested text" in report["why"]
 
 
@@ -231,8 +244,8 @@ def test_check_texts_against_the_champions_text_reference(dparams: Params) -> No
     assert reference == drift.statistics([(x[::2], y[::2])], TEXT_CLASSES)  # shard by shard = all at once
     champion_with(dparams, reference)
     same = Dataset(splits={"train": Split(x[1::2], y[1::2])}, classes=TEXT_CLASSES)
-    checked = drift.check(same, with_action(dparams, "fail"))
+    checked = deploy.check_drift(with_action(dparams, "fail"), stats(same))
     assert checked["checked"] is True and checked["drifted"] is False and checked["oov_rate"] == 0.0
     new = corpus(500, [f"new{i}" for i in range(300)], seed=2)
-    with pytest.raises(TrainflowError, match=r"data drift against .*: vocabulary \(out-of-vocabulary rate 1.000"):
-        drift.check(Dataset(splits={"train": Split(*new)}, classes=TEXT_CLASSES), with_action(dparams, "fail"))
+    failed = deploy.check_drift(with_action(dparams, "fail"), stats(Dataset({"train": Split(*new)}, TEXT_CLASSES)))
+    assert re.match(r"data drift against .*: vocabulary \(out-of-vocabulary rate 1.000", drift.blocks(failed) or "")

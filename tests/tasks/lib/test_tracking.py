@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tasks import augment, clean, deploy, evaluate, ingest, normalize, train
-from tasks.lib import artifacts, tracking
+from tasks.lib import artifacts, registry, tracking
 from tasks.lib.config import Params, load_params
 from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, tool_env
 
@@ -249,7 +249,10 @@ def stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_model_failing_the_serving_check_is_not_registered_and_moves_no_alias(sandbox: tuple) -> None:
     root, params = sandbox
-    before = registry_state(params.deploy.model_name)
+    name = params.deploy.model_name
+    version = mlflow_client().get_model_version_by_alias(name, "champion").version
+    mlflow_client().delete_model_version_tag(name, version, registry.FINGERPRINT_TAG)  # the candidate: as a new model
+    before = registry_state(name)
     predictions = root / params.paths.predictions
     rows = [row.split(",") for row in predictions.read_text().splitlines()]
     first_test = next(i for i, row in enumerate(rows) if row[0] == "test")
@@ -263,20 +266,25 @@ def test_a_model_failing_the_serving_check_is_not_registered_and_moves_no_alias(
 
     (root / params.paths.model).write_bytes(b"not a keras model")  # a model that does not even load
     failed = stage(root, "deploy")
-    assert failed.returncode == 1 and "the served model does not load" in failed.stderr.splitlines()[-1]
+    assert failed.returncode == 1 and "the model does not load" in failed.stderr.splitlines()[-1]
     assert registry_state(params.deploy.model_name) == before
 
 
-def test_deploy_scores_a_champion_that_moved_since_evaluate(runs: dict, sandbox: tuple) -> None:
+def test_deploy_scores_the_champion_of_the_moment(runs: dict, sandbox: tuple) -> None:
     root, params = sandbox
     name, weaker = params.deploy.model_name, runs["weaker"]["registry"]["version"]
-    mlflow_client().set_registered_model_alias(name, "champion", weaker)  # another run moved it after evaluate
-    done = stage(root, "deploy")  # the stronger run's gate compared with the mediocre champion
+    mlflow_client().set_registered_model_alias(name, "champion", weaker)  # another run moved it after this one trained
+    assert stage(root, "deploy").returncode == 0  # the stronger model is registered already: nothing new
+    assert json.loads((root / params.paths.deploy_report).read_text())["registry"]["registered"] is False
+    retrained = load_params(root / "params.yaml", {**STRONGER, "train.epochs": 5})
+    for step in (train, evaluate):  # another candidate on the same data (ingest and the data stages cached)
+        step.run(retrained)
+    done = stage(root, "deploy")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"moved since evaluate (v{runs['mediocre']['registry']['version']} → v{weaker})" in done.stderr
     report = json.loads((root / params.paths.deploy_report).read_text())
-    assert report["gate"]["champion_version"] == weaker and report["gate"]["reason"] != "no champion yet"
-    assert report["registry"]["alias"] == "champion"  # it beats the weaker one, which it was compared with
+    assert report["champion"]["version"] == weaker and report["gate"]["champion_version"] == weaker
+    assert report["drift"]["reference"].startswith(f"{name} v{weaker} (run ")  # the champion's data, read now
+    assert report["registry"]["alias"] == "champion", report["gate"]  # it beats the weaker one it was compared with
     assert str(mlflow_client().get_model_version_by_alias(name, "previous-champion").version) == str(weaker)
 
 
@@ -284,8 +292,8 @@ def test_a_champion_of_another_contract_keeps_its_alias(runs: dict, sandbox: tup
     root, params = sandbox
     name, champion = params.deploy.model_name, runs["stronger"]["registry"]["version"]
     other = {"input_shape": [28, 28, 1], "dtype": "uint8", "classes": [str(i) for i in range(10)]}
-    mlflow_client().set_model_version_tag(name, str(champion), tracking.CONTRACT_TAG, json.dumps(other))
-    assert stage(root, "evaluate").returncode == 0
+    mlflow_client().set_model_version_tag(name, str(champion), registry.CONTRACT_TAG, json.dumps(other))
+    mlflow_client().delete_model_version_tag(name, str(champion), registry.FINGERPRINT_TAG)  # as a new model
     done = stage(root, "deploy")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((root / params.paths.deploy_report).read_text())
@@ -293,7 +301,7 @@ def test_a_champion_of_another_contract_keeps_its_alias(runs: dict, sandbox: tup
     assert "input_shape [28, 28, 1] vs [8, 8, 1]" in report["gate"]["reason"]
     assert str(mlflow_client().get_model_version_by_alias(name, "champion").version) == str(champion)
     version = mlflow_client().get_model_version(name, str(report["registry"]["version"]))
-    assert json.loads(version.tags[tracking.CONTRACT_TAG])["input_shape"] == [8, 8, 1]  # the contract is registered
+    assert json.loads(version.tags[registry.CONTRACT_TAG])["input_shape"] == [8, 8, 1]  # the contract is registered
 
 
 def test_the_registry_keeps_working_after_the_project_folder_moves(runs: dict, sandbox: tuple, workspace: Path) -> None:
@@ -303,10 +311,10 @@ def test_the_registry_keeps_working_after_the_project_folder_moves(runs: dict, s
     try:
         artifact_uri = mlflow_client().get_run(runs["stronger"]["run_id"]).info.artifact_uri
         assert artifact_uri.startswith("trainflow:mlartifacts/")  # no absolute path stored in mlflow.db
-        done = stage(root, "evaluate")  # loads the champion from its artifacts, beside the copy's mlflow.db
+        done = stage(root, "deploy")  # loads the champion from its artifacts, beside the copy's mlflow.db
         assert done.returncode == 0, done.stderr[-2000:]
-        gate = json.loads((root / params.paths.gate).read_text())
-        assert gate["champion"]["status"] == "scored", gate
+        deployed = json.loads((root / params.paths.deploy_report).read_text())
+        assert deployed["champion"]["status"] == "scored", deployed
         assert not (workspace / "mlartifacts").exists()  # nothing looked for, or wrote, at the old place
     finally:
         away.rename(workspace / "mlartifacts")
@@ -319,7 +327,7 @@ def test_an_unscorable_champion_is_never_replaced_silently(runs: dict, sandbox: 
     source = mlflow_client().get_model_version(name, str(champion)).source  # models:/m-<id>
     logged = mlflow_client().get_logged_model(source.removeprefix("models:/"))
     shutil.rmtree(root / logged.artifact_location.removeprefix("trainflow:"))  # the champion's files are lost
-    assert stage(root, "evaluate").returncode == 0
+    mlflow_client().delete_model_version_tag(name, str(champion), registry.FINGERPRINT_TAG)  # as a new model
     failed = stage(root, "deploy")
     assert failed.returncode == 1
     line = failed.stderr.strip().splitlines()[-1]
