@@ -333,7 +333,7 @@ def gather(params: Params) -> dict[str, Any]:
 
     tags = run["tags"]
     committed, head = _committed_params()
-    current = tracking.flat_params(params)
+    current = run["params"]  # the values this model was trained with, as train logged them (every params.yaml key)
     champion_params = champion_run["params"] if champion_run else None
     cleaned = clean.info.get("clean", {})
     scored = champion if champion and champion.get("status") == "scored" else None
