@@ -131,7 +131,7 @@ def fit_stats(root: Path) -> dict[str, float]:
     run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
     tags = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id).data.tags
     seconds, epochs = float(tags["train.fit_seconds"]), int(tags["train.epochs_run"])
-    train = json.loads((root / "data/normalized/manifest.json").read_text())["splits"]["train"]["count"]
+    train = json.loads((root / "data/augmented/manifest.json").read_text())["splits"]["train"]["count"]
     return {"fit_s": seconds, "images_per_s": train * epochs / seconds, "epochs": epochs}
 
 

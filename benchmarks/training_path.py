@@ -2,7 +2,7 @@
 
     python benchmarks/training_path.py [--mnist ../shared/data/mnist] [--repeats 3] [--results]
 
-- input path: ``tasks.train.shard_batches`` over data/normalized-style shards of MNIST t10k ×6 (60,000 images,
+- input path: ``tasks.train.shard_batches`` over data/augmented-style shards of MNIST t10k ×6 (60,000 images,
   the default 16,384-image shards), one epoch of batches fetched and nothing else, images/s in steady epochs (the
   second and later), at batch 64 and 512; set beside the bare-Keras GPU rates measured on an H200 (issue 17:
   37,009 images/s at batch 64, 307,355 at 512): the target is ≥ 10× those;
@@ -37,7 +37,7 @@ SECTION = "Training path"
 
 
 def mnist_x6(mnist: Path, out: Path, dtype: str) -> Path:
-    """data/normalized-style shards of 60,000 MNIST images (t10k ×6, every copy shifted so none repeats)."""
+    """data/augmented-style shards of 60,000 MNIST images (t10k ×6, every copy shifted so none repeats)."""
     from tasks.lib import artifacts
     from tasks.lib.artifacts import Dataset, Split
     from tasks.lib.sources import load_idx_dir
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import_keras()
     with tempfile.TemporaryDirectory() as tmp:
-        data = mnist_x6(args.mnist, Path(tmp) / "normalized", args.dtype)
+        data = mnist_x6(args.mnist, Path(tmp) / "augmented", args.dtype)
         rates = {b: statistics.median(input_rate(data, b) for _ in range(args.repeats)) for b in BARE_GPU}
     runs = [per_epoch_ms() for _ in range(args.repeats)]
     epoch = {name: statistics.median(r[name] for r in runs) for name in runs[0]}

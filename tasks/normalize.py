@@ -1,7 +1,11 @@
-"""normalize: data/augmented → data/normalized: the same items, validated, with what the model's first layers apply,
-fitted on train (the TensorFlow Transform pattern: images are scaled to [0, 1], or standardised with train's
-per-channel mean and std; texts are split into words and numbered by train's vocabulary, cut or padded to a sequence
-length fitted on train; inside the model in training as in serving, so the two can never disagree)."""
+"""normalize: data/augmented → data/normalized: the train statistics that the model's first layers apply, not a copy
+of the data (the TensorFlow Transform pattern: images are scaled to [0, 1], or standardised with train's per-channel
+mean and std; texts are split into words and numbered by train's vocabulary, cut or padded to a sequence length
+fitted on train; inside the model in training as in serving, so the two can never disagree).
+
+data/normalized holds ``statistics.json`` (texts: and ``vocabulary.json``). The pixels and texts stay where augment
+wrote and validated them; train reads them from there.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.lib import artifacts, parallel, validation, vectorize
+from tasks.lib import artifacts, parallel, vectorize
 from tasks.lib.config import NormalizeParams, Params
 from tasks.lib.errors import TrainflowError
-from tasks.lib.stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -61,84 +64,91 @@ def sequence_length(train_tokens: np.ndarray, quantile: float) -> int:
     return max(1, math.ceil(float(np.quantile(train_tokens, quantile)))) if len(train_tokens) else 1
 
 
-def normalize_text(augmented: artifacts.Stored, out: Path, params: Params) -> tuple[dict, list]:
-    """Fit the vocabulary and sequence length on train, count every split's words outside it, copy the shards.
+def oov_rates(tokens: dict[str, int], unknown: dict[str, int]) -> dict[str, float]:
+    """Per split: the share of its words outside the vocabulary (0 for a split without words)."""
+    return {split: unknown[split] / total if total else 0.0 for split, total in tokens.items()}
+
+
+def check_oov(rates: dict[str, float], params: Params) -> None:
+    """Refuse a vocabulary that covers val or test poorly: more than validation.max_oov_rate of their words unknown.
+
+    val/test only: the vocabulary is train's most frequent words, so train's own rate says nothing of how well it
+    covers unseen text (and is not 0 either once normalize.vocabulary_size cuts the rare ones).
+    """
+    limit = params.validation.max_oov_rate
+    for split, rate in rates.items():
+        if split != "train" and rate > limit:
+            raise TrainflowError(
+                f"{params.paths.augmented}: {split} has {rate:.4f} of its words outside the train vocabulary, "
+                f"beyond validation.max_oov_rate={limit} (normalize.vocabulary_size={params.normalize.vocabulary_size})"
+            )
+
+
+def text_statistics(augmented: artifacts.Stored, params: Params) -> tuple[dict, list[str]]:
+    """Fit the vocabulary and sequence length on train; count every split's words outside it, shard by shard.
 
     Returns:
-        The statistics for the manifest (``vocabulary_size``, ``sequence_length``, OOV rate per split) and the shards'
-        manifest entries and summaries. The vocabulary itself goes to ``out/vocabulary.json``.
+        The statistics (``vocabulary_size``, ``sequence_length``, OOV rate per split) and the vocabulary itself.
+
+    Raises:
+        TrainflowError: val's or test's OOV rate is beyond validation.max_oov_rate (:func:`check_oov`).
     """
     cfg = params.normalize
     vocabulary = vectorize.fit_vocabulary((s.x for s in augmented.shards("train", mmap=True)), cfg.vocabulary_size)
     vectorizer = vectorize.text_vectorizer(vocabulary=vocabulary)
-    written, tokens, unknown = [], {}, {}
+    train_tokens, tokens, unknown = [], dict.fromkeys(augmented.splits, 0), dict.fromkeys(augmented.splits, 0)
     for split, index in augmented.shard_ids():
-        shard = augmented.shard(split, index)
-        counts = vectorize.token_counts(vectorizer, shard.x)
-        tokens.setdefault(split, []).append(counts[0])
-        unknown.setdefault(split, []).append(counts[1])
-        summary = summarize(split, index, shard.x, shard.y, tokens=counts)
-        written.append((artifacts.write_shard(out, split, index, shard), summary))
-    artifacts.write_json(out / vectorize.VOCABULARY, vocabulary)
-    totals = {
-        split: (int(np.sum(np.concatenate(t))), int(np.sum(np.concatenate(unknown[split]))))
-        for split, t in tokens.items()
-    }
+        counts = vectorize.token_counts(vectorizer, augmented.shard(split, index, mmap=True).x)
+        tokens[split] += int(counts[0].sum())
+        unknown[split] += int(counts[1].sum())
+        if split == "train":
+            train_tokens.append(counts[0])
+    rates = oov_rates(tokens, unknown)
+    check_oov(rates, params)
     stats = {
         "method": "vocabulary",
         "vocabulary": vectorize.VOCABULARY,
         "vocabulary_size": len(vocabulary),
-        "sequence_length": sequence_length(np.concatenate(tokens["train"]), cfg.sequence_quantile),
-        "oov_rate": {split: round(u / max(t, 1), 4) for split, (t, u) in totals.items()},
+        "sequence_length": sequence_length(np.concatenate(train_tokens), cfg.sequence_quantile),
+        "oov_rate": {split: round(rate, 4) for split, rate in rates.items()},
     }
-    return stats, written
+    return stats, vocabulary
 
 
 def sums_shard(augmented: str, index: int) -> np.ndarray:
-    return channel_sums(artifacts.open_dataset(Path(augmented)).shard("train", index).x)
-
-
-def normalize_shard(augmented: str, out: str, split: str, index: int) -> tuple:
-    """Write one shard (its uint8 pixels unchanged); its manifest entry and validation summary, in the same pass."""
-    shard = artifacts.open_dataset(Path(augmented)).shard(split, index)
-    summary = summarize(split, index, shard.x, shard.y)
-    return artifacts.write_shard(Path(out), split, index, shard), summary
+    """:func:`channel_sums` of train shard ``index`` of the dataset at ``augmented`` (one mapped call)."""
+    return channel_sums(artifacts.open_dataset(Path(augmented)).shard("train", index, mmap=True).x)
 
 
 def run(params: Params) -> dict:
-    """Train statistics, then data/augmented shard by shard → validated data/normalized (statistics in its manifest)."""
-    augmented = artifacts.open_dataset(Path(params.paths.augmented).resolve())
-    mapper = parallel.mapper(params.parallel)
+    """Fit the train statistics of data/augmented, check them, write them to data/normalized (no data copy).
+
+    Images: augment validated the pixels, so nothing here reads them again but the train shards' sums for
+    ``standardize`` (``scale`` reads no pixel at all). Texts: the vocabulary, and every split's OOV rate.
+    """
+    augmented = artifacts.open_dataset(Path(params.paths.augmented).resolve())  # absolute: workers may run elsewhere
+    vocabulary = None
     if augmented.kind == "text":  # one vectorizer in this process: text data is small, TensorFlow is not
-        ids = augmented.shard_ids()
-        with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
-            stats, written = normalize_text(augmented, tmp, params)
-            validation.validate_summaries("normalized", [summary for _, summary in written], augmented.classes, params)
-            entries = artifacts.by_split(ids, [entry for entry, _ in written])
-            info = {**augmented.info, "normalize": stats}
-            artifacts.write_manifest(tmp, entries, augmented.classes, (), artifacts.TEXT, info)
+        stats, vocabulary = text_statistics(augmented, params)
         log.info(
             "normalize: %d words, sequences of %d, OOV %s",
             stats["vocabulary_size"],
             stats["sequence_length"],
             stats["oov_rate"],
         )
-        return stats
-    channels = augmented.image_shape[-1]
-    sums = []
-    if params.normalize.method != "scale":
-        calls = [(str(augmented.path), i) for i in range(len(augmented.shard_counts("train")))]
-        sums = mapper("normalize-statistics", sums_shard, calls)
-    stats = statistics(sums, channels, params.normalize)
-    check(stats, params)
-    ids = augmented.shard_ids()
-    with artifacts.atomic_dir(Path(params.paths.normalized).resolve()) as tmp:
-        written = mapper("normalize", normalize_shard, [(str(augmented.path), str(tmp), *i) for i in ids])
-        validation.validate_summaries("normalized", [summary for _, summary in written], augmented.classes, params)
-        entries = artifacts.by_split(ids, [entry for entry, _ in written])
-        info = {**augmented.info, "normalize": stats}
-        artifacts.write_manifest(tmp, entries, augmented.classes, augmented.image_shape, "uint8", info)
-    log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
+    else:
+        sums = []
+        if params.normalize.method != "scale":
+            calls = [(str(augmented.path), i) for i in range(len(augmented.shard_counts("train")))]
+            sums = parallel.mapper(params.parallel)("normalize-statistics", sums_shard, calls)
+        stats = statistics(sums, augmented.image_shape[-1], params.normalize)
+        check(stats, params)
+        log.info("normalize: %s, mean %s, std %s", stats["method"], stats["mean"], stats["std"])
+    stats["fitted_on"] = artifacts.fitted_on(augmented)  # train refuses statistics of other data
+    with artifacts.atomic_dir(Path(params.paths.normalized)) as tmp:
+        if vocabulary is not None:
+            artifacts.write_json(tmp / vectorize.VOCABULARY, vocabulary)
+        artifacts.write_json(tmp / artifacts.STATISTICS, stats)
     return stats
 
 

@@ -1,4 +1,5 @@
-"""train: data/normalized → models/model.keras (a Keras 3 classifier of raw uint8 pixels or raw strings) + history."""
+"""train: data/augmented + data/normalized's statistics → models/model.keras (a Keras 3 classifier of raw uint8 pixels
+or raw strings, the statistics as its first layers) + history."""
 
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
         input_shape: (H, W, C) of one image.
         num_classes: width of the softmax output.
         params: the train section.
-        stats: normalize's statistics (data/normalized's manifest): ``x * scale``, then ``(· - mean) / std`` for
-            ``standardize``.
+        stats: normalize's statistics (data/normalized/statistics.json): ``x * scale``, then ``(· - mean) / std``
+            for ``standardize``.
 
     Returns:
         An uncompiled Keras model whose output is float32 class probabilities.
@@ -203,10 +204,17 @@ def distribution(params: TrainParams) -> Iterator[int]:
         raise TrainflowError(f"train.distribute=mirrored needs KERAS_BACKEND tensorflow or jax, not {backend}")
 
 
-def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int) -> str:
-    """Identifies one training configuration, so a resumed run never picks up another run's checkpoint."""
+def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int, statistics: dict) -> str:
+    """Identifies one training configuration, so a resumed run never picks up another run's checkpoint.
+
+    ``statistics`` (normalize's) are part of it: the model's first layers apply them, and they change with
+    normalize's params (``normalize.method``) while the data does not.
+    """
     hashes = {name: split["sha256"] for name, split in data_manifest["splits"].items()}
-    blob = json.dumps({"train": params.model_dump(mode="json"), "data": hashes, "seed": seed}, sort_keys=True)
+    blob = json.dumps(
+        {"train": params.model_dump(mode="json"), "data": hashes, "seed": seed, "statistics": statistics},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -425,7 +433,8 @@ def save_model(model: keras.Model, path: Path) -> None:
 
 
 def run(params: Params, callbacks: list[Any] | None = None) -> dict:
-    """Fit on data/normalized, save the raw-pixel model and the per-epoch history.
+    """Fit on data/augmented with normalize's statistics as the model's first layers; save the raw-pixel (raw-string)
+    model and the per-epoch history.
 
     ``callbacks``: more Keras callbacks for ``fit``, after the MLflow one (a tuning trial's pruning, flows/tune.py).
     """
@@ -436,13 +445,14 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
     if cfg.mixed_precision == "mixed_float16" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(params.seed)
-    data = artifacts.open_dataset(Path(params.paths.normalized))
+    data = artifacts.open_dataset(Path(params.paths.augmented))
+    stats = artifacts.read_statistics(Path(params.paths.normalized), data)
     require_backend(data.kind, device["backend"])
     manifest = data.manifest
     shape = data.image_shape
 
     checkpoints = Path(params.paths.checkpoints)
-    key = checkpoint_key(cfg, manifest, params.seed)
+    key = checkpoint_key(cfg, manifest, params.seed, stats)
     backup_dir, history_csv = checkpoints / key, checkpoints / f"{key}.history.csv"
     run_marker = checkpoints / f"{key}.mlflow_run"
     if backup_dir.exists() and run_marker.is_file():
@@ -458,9 +468,9 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
     with distribution(cfg) as replicas:
         transform, vectorizer = None, None
         if data.kind == "text":
-            stats = data.info["normalize"]
             vectorizer = vectorize.text_vectorizer(
-                vocabulary=vectorize.read_vocabulary(data), length=stats["sequence_length"]
+                vocabulary=vectorize.read_vocabulary(Path(params.paths.normalized), stats),
+                length=stats["sequence_length"],
             )
 
             def transform(texts: np.ndarray) -> np.ndarray:
@@ -468,7 +478,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
 
             model = build_text_classifier(stats["vocabulary_size"], stats["sequence_length"], len(data.classes), cfg)
         else:
-            model = build_classifier(shape, len(data.classes), cfg, data.info["normalize"])
+            model = build_classifier(shape, len(data.classes), cfg, stats)
         fit_seconds = fit(
             model,
             shard_batches(data, "train", cfg.batch_size, params.seed, transform),
@@ -483,7 +493,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
     artifacts.write_bytes(Path(params.paths.history), history)
     drift.write_reference(artifacts.open_dataset(Path(params.paths.clean)), params)  # in raw pixel space
     epochs_run = history.count(b"\n") - 1
-    tracking.log_datasets(params.tracking, run_id, params.paths.normalized, ("train", "val"))
+    tracking.log_datasets(params.tracking, run_id, params.paths.augmented, ("train", "val"))
     tracking.log_artifacts(params.tracking, run_id, [params.paths.history, params.paths.reference_stats], "train")
     tracking.set_tags(
         params.tracking,

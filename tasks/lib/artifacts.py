@@ -26,6 +26,7 @@ from tasks.lib.errors import TrainflowError
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 TEXT = "str"  # the manifest dtype of a text dataset: shards hold 1-D NumPy unicode arrays ("<U…", any width)
+STATISTICS = "statistics.json"  # normalize's output: the train statistics the model applies, not a copy of the data
 
 
 def dtype_name(x: np.ndarray) -> str:
@@ -288,6 +289,24 @@ def open_dataset(path: Path) -> Stored:
     if not isinstance(content, dict) or not all("shards" in s for s in content.get("splits", {}).values()):
         raise TrainflowError(f"{path / MANIFEST}: not a sharded dataset manifest (rerun the stage that writes it)")
     return Stored(path, content)
+
+
+def fitted_on(data: Stored) -> dict[str, str]:
+    """Each split's SHA-256: what normalize's statistics record of the data they were fitted on."""
+    return {split: str(data.manifest["splits"][split]["sha256"]) for split in data.splits}
+
+
+def read_statistics(folder: Path, data: Stored) -> dict[str, Any]:
+    """normalize's statistics (``folder/statistics.json``), refused unless they were fitted on ``data`` as it is now.
+
+    Train reads the data (augment's output) and the statistics (normalize's) from two folders: under ``dvc repro``
+    they always match, but a hand-run stage could pair new data with stale statistics.
+    """
+    path = Path(folder) / STATISTICS
+    stats = read_json(path)
+    if not isinstance(stats, dict) or stats.get("fitted_on") != fitted_on(data):
+        raise TrainflowError(f"{path}: not fitted on {data.path} as it is now (split hashes differ): rerun normalize")
+    return stats
 
 
 def read_dataset(path: Path, mmap: bool = False) -> Dataset:

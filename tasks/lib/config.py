@@ -53,7 +53,7 @@ class PathsParams(Section):
     raw: str
     clean: str
     augmented: str
-    normalized: str
+    normalized: str  # a folder of statistics (normalize's), not of data: train reads the data from augmented
     checkpoints: str
     model: str
     history: str

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BOUNDARIES = ("raw", "clean", "augmented", "normalized", "predictions")
-IMAGE_BOUNDARIES = BOUNDARIES[:4]  # the dataset boundaries, of images or texts
+# normalize has no suite: it writes statistics, not data (it checks them itself: tasks/normalize.py), and train reads
+# the items augment validated
+BOUNDARIES = ("raw", "clean", "augmented", "predictions")
+IMAGE_BOUNDARIES = BOUNDARIES[:3]  # the dataset boundaries, of images or texts
 DATASOURCE = "trainflow"
 SITE = "trainflow"
 BATCH = "whole"
@@ -48,13 +50,13 @@ PASSING, ROWS_THAT_FAILED = "BASIC", {"result_format": "SUMMARY", "unexpected_in
 
 
 def image_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[str, ...], params: Params) -> list[Any]:
-    """The expectations of an image boundary (raw, clean, augmented, normalized), thresholds from params."""
+    """The expectations of an image boundary (raw, clean, augmented), thresholds from params."""
     import great_expectations as gx
 
     e = gx.expectations
     v: ValidationParams = params.validation
     k = len(classes)
-    dtype, low, high = "uint8", 0, 255  # normalized too: the model applies the statistics (tasks/normalize.py)
+    dtype, low, high = "uint8", 0, 255  # what train reads too: the model applies normalize's statistics
     expectations = [
         e.ExpectColumnValuesToBeBetween(column="split_rows", min_value=v.min_images, max_value=v.max_images),
         e.ExpectColumnValuesToBeUnique(column="id"),
@@ -82,7 +84,7 @@ def image_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[st
 
 
 def text_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[str, ...], params: Params) -> list[Any]:
-    """The expectations of a text boundary (raw, clean, augmented, normalized), thresholds from params."""
+    """The expectations of a text boundary (raw, clean, augmented), thresholds from params."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -108,18 +110,6 @@ def text_expectations(boundary: str, classes: tuple[str, ...], splits: tuple[str
         ]
     if boundary == "augmented":
         expectations.append(e.ExpectColumnValuesToBeBetween(column="changed_by_augment", min_value=0, max_value=0))
-    if boundary == "normalized":
-        # val/test only: the vocabulary is train's most frequent words, so train's own rate says nothing of how
-        # well it covers unseen text (and is not 0 either once normalize.vocabulary_size cuts the rare ones).
-        expectations.append(
-            e.ExpectColumnValuesToBeBetween(
-                column="oov_rate",
-                min_value=0,
-                max_value=v.max_oov_rate,
-                row_condition='split != "train"',
-                condition_parser="pandas",
-            )
-        )
     return expectations
 
 
@@ -281,7 +271,7 @@ def _observed(result: Mapping[str, Any]) -> str:
 
 def _raised(info: Mapping[str, Any] | None) -> str | None:
     """The message of an exception an expectation raised, on one line; GX gives it flat, or per metric when a
-    metric failed (a missing column: normalize's texts without token counts have no oov_rate)."""
+    metric failed (a missing column)."""
     for found in [info or {}, *(v for v in (info or {}).values() if isinstance(v, Mapping))]:
         if found.get("raised_exception"):
             return " ".join(str(found.get("exception_message")).split())
@@ -348,7 +338,7 @@ def validate_summaries(
     classes: tuple[str, ...],
     params: Params,
 ) -> dict[str, Any]:
-    """Validate a dataset at ``boundary`` (raw, clean, augmented, normalized) from its shards' summaries.
+    """Validate a dataset at ``boundary`` (raw, clean, augmented) from its shards' summaries.
 
     Text summaries (dtype ``str``) are checked by :func:`text_expectations`, image ones by :func:`image_expectations`.
 

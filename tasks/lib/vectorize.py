@@ -3,14 +3,15 @@ Keras' TextVectorization, lower-cased, punctuation stripped, split on whitespace
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tasks.lib import artifacts
 
-VOCABULARY = "vocabulary.json"  # beside the shards of data/normalized: the train vocabulary, index = token id
+VOCABULARY = "vocabulary.json"  # beside data/normalized's statistics.json: the train vocabulary, index = token id
 CHUNK = 1024  # texts vectorised at once
 
 
@@ -52,6 +53,6 @@ def token_counts(vectorizer: Any, texts: np.ndarray) -> tuple[np.ndarray, np.nda
     return tokens, unknown
 
 
-def read_vocabulary(stored: artifacts.Stored) -> list[str]:
-    """The vocabulary normalize fitted (data/normalized/vocabulary.json)."""
-    return list(artifacts.read_json(stored.path / stored.info["normalize"]["vocabulary"]))
+def read_vocabulary(folder: Path, statistics: Mapping[str, Any]) -> list[str]:
+    """The vocabulary normalize fitted: the file its ``statistics`` name in ``folder`` (data/normalized)."""
+    return list(artifacts.read_json(Path(folder) / statistics["vocabulary"]))

@@ -1,10 +1,12 @@
 """tasks/train.py: the networks' shapes, batch norm, the learning-rate schedule, normalize's statistics as the model's
-first layers, the uint8 input path, a tiny fit and its resume, and the checkpoint key."""
+first layers, the uint8 input path, a tiny fit and its resume, the checkpoint key, and the stage itself: augment's
+items and normalize's statistics in, a model of raw pixels or raw strings out."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,9 +154,9 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
 
 
 def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24) -> tuple:
-    """Train and val of ``data`` (uint8), stored in shards and streamed as train streams them."""
-    write_dataset(tmp_path / "normalized", data, shard_size)
-    stored = open_dataset(tmp_path / "normalized")
+    """Train and val of ``data`` (uint8), stored in shards as augment stores them, streamed as train streams them."""
+    write_dataset(tmp_path / "augmented", data, shard_size)
+    stored = open_dataset(tmp_path / "augmented")
     return shard_batches(stored, "train", batch_size, 0), shard_batches(stored, "val", batch_size, None)
 
 
@@ -238,12 +240,15 @@ def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDat
         return write_dataset(tmp_path / "d", dataset)
 
     manifest = describe(make_dataset())
-    key = checkpoint_key(tiny, manifest, 42)
-    assert len(key) == 16 and key == checkpoint_key(tiny, describe(make_dataset()), 42)
-    assert checkpoint_key(tiny.model_copy(update={"epochs": 2}), manifest, 42) != key
-    assert checkpoint_key(tiny.model_copy(update={"learning_rate": 0.01}), manifest, 42) != key
-    assert checkpoint_key(tiny, manifest, 43) != key
-    assert checkpoint_key(tiny, describe(make_dataset(seed=1)), 42) != key
+    key = checkpoint_key(tiny, manifest, 42, scale())
+    assert len(key) == 16 and key == checkpoint_key(tiny, describe(make_dataset()), 42, scale())
+    assert checkpoint_key(tiny.model_copy(update={"epochs": 2}), manifest, 42, scale()) != key
+    assert checkpoint_key(tiny.model_copy(update={"learning_rate": 0.01}), manifest, 42, scale()) != key
+    assert checkpoint_key(tiny, manifest, 43, scale()) != key
+    assert checkpoint_key(tiny, describe(make_dataset(seed=1)), 42, scale()) != key
+    # normalize.method changes the model's first layers, not the data: a checkpoint of the other method is not resumed
+    standardized = {**scale(), "method": "standardize", "mean": [0.4], "std": [0.2]}
+    assert checkpoint_key(tiny, manifest, 42, standardized) != key
 
 
 # Two logical CPUs stand in for two GPUs: MirroredStrategy then really runs two replicas and all-reduces.
@@ -353,3 +358,100 @@ def test_a_text_model_needs_the_tensorflow_backend() -> None:
     require_backend("images", "jax")
     with pytest.raises(TrainflowError, match="a text model needs KERAS_BACKEND=tensorflow, not jax"):
         require_backend("text", "jax")
+
+
+# --- the stage: augment's items and normalize's statistics in ---
+
+# Writes data/clean and data/augmented (the same items), runs the real normalize and train stages in a fresh process
+# (TensorFlow), and prints as JSON what they left: the files of data/normalized, the statistics, what the saved model
+# does with raw input, and the error of a second train after data/augmented changed without normalize.
+STAGE = """
+import json, sys
+from pathlib import Path
+import keras
+import numpy as np
+from tasks import normalize, train
+from tasks.lib import artifacts
+from tasks.lib.artifacts import Dataset, Split
+from tasks.lib.config import load_params
+from tasks.lib.errors import TrainflowError
+from tests.conftest import tiny_texts
+
+kind, params = sys.argv[2], load_params(Path(sys.argv[1]), json.loads(sys.argv[3]))
+rng = np.random.default_rng(0)
+
+def split(n):
+    y = np.arange(n) % 2
+    x = rng.integers(0, 100, (n, 8, 8, 1)) + 150 * y[:, None, None, None]  # dark and bright
+    return Split(x.astype(np.uint8), y)
+
+sizes = {"train": 128, "val": 32, "test": 32}
+data = tiny_texts() if kind == "text" else Dataset({s: split(n) for s, n in sizes.items()}, ("dark", "bright"))
+for path in (params.paths.clean, params.paths.augmented):
+    artifacts.write_dataset(Path(path), data)
+stats = normalize.run(params)
+train.run(params)
+folder = Path(params.paths.normalized)
+files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+model = keras.saving.load_model(params.paths.model)
+test = data.splits["test"]
+out = {"files": files, "bytes": sum(p.stat().st_size for p in folder.rglob("*")), "stats": stats,
+       "input_dtype": model.inputs[0].dtype, "y": test.y.tolist()}
+if kind == "text":
+    out["vocabulary"] = model.get_layer("vectorize").get_vocabulary()
+    out["saved_vocabulary"] = json.loads((folder / stats["vocabulary"]).read_text())
+    out["probs"] = np.asarray(model.predict_on_batch(test.x.astype(object))).tolist()
+else:
+    first = keras.Model(model.inputs, model.get_layer("standardize").output)
+    out["preprocessed"] = keras.ops.convert_to_numpy(first(test.x[:4], training=False)).tolist()
+    out["x"] = test.x[:4].tolist()
+    out["probs"] = keras.ops.convert_to_numpy(model.predict(test.x, verbose=0)).tolist()
+changed = Dataset({**data.splits, "train": Split(data.splits["train"].x[1:], data.splits["train"].y[1:])}, data.classes)
+artifacts.write_dataset(Path(params.paths.augmented), changed)  # new data, stale statistics
+try:
+    train.run(params)
+except TrainflowError as exc:
+    out["stale"] = str(exc)
+print(json.dumps(out))
+"""
+
+STAGE_PARAMS = {
+    "images": {
+        "normalize.method": "standardize",
+        "train.epochs": 3,
+        "train.filters": [4, 8],
+        "train.dense_units": 16,
+        "train.batch_size": 16,
+        "train.learning_rate": 0.01,
+    },
+    "text": {"train.epochs": 1, "train.embedding_dim": 8, "train.rnn_units": 4, "train.dense_units": 8},
+}
+
+
+@pytest.mark.parametrize("kind", ["images", "text"])
+def test_train_stage_trains_on_augmented_items_with_normalize_statistics(tmp_path: Path, kind: str) -> None:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # params' tracking.uri: an SQLite store in tmp_path
+    args = [str(REPO / "params.yaml"), kind, json.dumps(STAGE_PARAMS[kind])]
+    done = subprocess.run(
+        [sys.executable, "-c", STAGE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    stats = out["stats"]
+    # normalize wrote statistics only: train read its items from data/augmented
+    assert out["files"] == sorted(["statistics.json", *(["vocabulary.json"] if kind == "text" else [])])
+    assert out["bytes"] < 2048
+    y, probs = np.array(out["y"]), np.array(out["probs"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    if kind == "text":
+        assert out["input_dtype"] == "string" and out["vocabulary"] == out["saved_vocabulary"]  # raw strings in
+    else:
+        assert out["input_dtype"] == "uint8"  # raw pixels in, normalize's statistics as the first layers
+        expected = (np.array(out["x"]) / 255 - np.array(stats["mean"])) / np.array(stats["std"])
+        np.testing.assert_allclose(np.array(out["preprocessed"]), expected, rtol=1e-4, atol=1e-5)
+        assert (probs.argmax(axis=1) == y).mean() > 0.8  # dark vs bright: far above chance (0.5)
+    assert out["stale"] == (
+        "data/normalized/statistics.json: not fitted on data/augmented as it is now (split hashes differ): "
+        "rerun normalize"
+    )

@@ -24,18 +24,18 @@ from tests.conftest import REPO
 
 EPOCHS = 3
 
-# Writes data/clean and data/normalized (two classes: dark and bright 8×8 images), runs the train stage, and prints
+# Writes data/clean and data/augmented (two classes: dark and bright 8×8 images), runs the normalize and train stages
+# (normalize writes the statistics; train reads augment's items and those statistics), and prints
 # what it did as JSON: the stage's report, the MLflow per-epoch metric count and the trained model's test output.
 TRAIN = """
 import json, sys
 from pathlib import Path
 import numpy as np
 import keras
-from tasks import train
+from tasks import normalize, train
 from tasks.lib import tracking
 from tasks.lib.artifacts import Dataset, Split, write_dataset
 from tasks.lib.config import load_params
-from tasks.normalize import channel_sums, statistics
 
 params = load_params(Path(sys.argv[1]), json.loads(sys.argv[2]))
 rng = np.random.default_rng(0)
@@ -47,8 +47,8 @@ def split(n):
 
 clean = Dataset(splits={"train": split(256), "val": split(32), "test": split(32)}, classes=("dark", "bright"))
 write_dataset(Path(params.paths.clean), clean)
-found = statistics([channel_sums(clean.splits["train"].x)], 1, params.normalize)
-write_dataset(Path(params.paths.normalized), Dataset(clean.splits, clean.classes, {"normalize": found}))
+write_dataset(Path(params.paths.augmented), clean)
+normalize.run(params)
 report = train.run(params)
 run_id = tracking.current_run(Path(params.paths.run_info))
 curve = tracking.client(params.tracking).get_metric_history(run_id, "val_loss")

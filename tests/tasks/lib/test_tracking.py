@@ -129,7 +129,7 @@ def test_lineage_from_the_champion_to_the_data_hashes(runs: dict, workspace: Pat
     assert {"label", "class", "probability", "probabilities"} <= set(signature.outputs.input_names())
     run = client.get_run(version.run_id)
     digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
-    for data_dir, split in (("data/normalized", "train"), ("data/normalized", "val"), ("data/clean", "test")):
+    for data_dir, split in (("data/augmented", "train"), ("data/augmented", "val"), ("data/clean", "test")):
         manifest = artifacts.read_json(workspace / data_dir / "manifest.json")
         assert digests[f"{data_dir}/{split}"] == manifest["splits"][split]["sha256"][: tracking.DIGEST_CHARS]
 

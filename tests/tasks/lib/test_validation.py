@@ -72,7 +72,6 @@ def test_a_clean_dataset_passes_every_image_boundary_and_writes_summaries(vparam
         assert summary["success"] and summary["rows"] == 9  # split × shard × label
         assert summary["splits"] == COUNTS
     augmented(data, data, vparams)
-    validation.validate_dataset("normalized", data, vparams)  # uint8: the model applies the statistics
     written = json.loads((Path(vparams.paths.validation) / "augmented.json").read_text())
     assert "expect_column_values_to_be_between(changed_by_augment)" in written["expectations"]
 
@@ -131,7 +130,7 @@ def test_a_too_small_split(vparams: Params) -> None:
     )
 
 
-@pytest.mark.parametrize("boundary", ["clean", "normalized"])
+@pytest.mark.parametrize("boundary", ["raw", "clean"])
 def test_float_pixels_where_uint8_belongs(vparams: Params, boundary: str) -> None:
     data = tiny_dataset(COUNTS)
     x = data.splits["val"].x.astype(np.float32) / 255
@@ -176,7 +175,6 @@ def test_data_docs_index_names_every_suite_and_setup_is_idempotent(vparams: Para
         for boundary in ("raw", "clean"):
             validation.validate_dataset(boundary, data, vparams)
         augmented(data, data, vparams)
-        validation.validate_dataset("normalized", data, vparams)
         p = np.full((12, 3), 1 / 3, dtype=np.float32)
         validation.validate_predictions({"test": (np.arange(12) % 3, p)}, data.classes, vparams)
     index = (Path(vparams.paths.data_docs) / "index.html").read_text()
@@ -271,25 +269,6 @@ def with_text(data: Dataset, name: str, index: int, text: str) -> Dataset:
     return replace(data, name, np.array(texts, dtype=str))
 
 
-def normalized(data: Dataset, params: Params, oov: dict[str, int] | None = None) -> dict:
-    """Validate ``data`` as normalize does: 4 tokens per text, ``oov[split]`` of them out of the vocabulary."""
-    summaries = []
-    for name, split in data.splits.items():
-        n = len(split.y)
-        tokens = (np.full(n, 4), np.full(n, (oov or {}).get(name, 0)))
-        summaries.append(stats.summarize(name, 0, split.x, split.y, tokens=tokens))
-    return validation.validate_summaries("normalized", summaries, data.classes, params)
-
-
-def text_failure(boundary: str, data: Dataset, params: Params, **kwargs: object) -> str:
-    if boundary != "normalized":
-        return failure(boundary, data, params, **kwargs)
-    with pytest.raises(TrainflowError) as info:
-        normalized(data, params, **kwargs)
-    assert str(info.value).startswith("validation normalized failed: ") and "\n" not in str(info.value)
-    return str(info.value)
-
-
 def test_clean_texts_pass_every_boundary_with_the_text_suite(vparams: Params) -> None:
     data = text_dataset()
     for boundary in ("raw", "clean"):
@@ -298,27 +277,25 @@ def test_clean_texts_pass_every_boundary_with_the_text_suite(vparams: Params) ->
     assert "expect_column_values_to_be_between(non_utf8)" in summary["expectations"]
     assert "expect_column_values_to_be_between(max_length)" in summary["expectations"]
     assert not any("(shape)" in e or "(nan_count)" in e for e in summary["expectations"])  # not the image suite
-    augmented(data, data, vparams)
-    # train's own out-of-vocabulary rate is not checked: normalize.vocabulary_size may leave rare train words out
-    assert normalized(data, vparams, oov={"train": 4, "val": 1, "test": 2})["splits"] == COUNTS
+    assert augmented(data, data, vparams)["splits"] == COUNTS
 
 
 def test_a_too_small_text_split(vparams: Params) -> None:
-    message = text_failure("raw", text_dataset({"train": 30, "val": 6, "test": 12}), vparams)
+    message = failure("raw", text_dataset({"train": 30, "val": 6, "test": 12}), vparams)
     assert "expect_column_values_to_be_between(split_rows) observed 3 unexpected of 9" in message
 
 
 def test_a_text_class_missing_from_a_split(vparams: Params) -> None:
     data = text_dataset()
     keep = data.splits["test"].y != 1
-    message = text_failure(
+    message = failure(
         "raw", replace(data, "test", data.splits["test"].x[keep], data.splits["test"].y[keep]), vparams
     )
     assert "expect_column_distinct_values_to_contain_set(split_label) missing ['test:1']" in message
 
 
 def test_a_text_that_is_not_utf8(vparams: Params) -> None:
-    message = text_failure("raw", with_text(text_dataset(), "val", 4, "broken \ud800 text"), vparams)
+    message = failure("raw", with_text(text_dataset(), "val", 4, "broken \ud800 text"), vparams)
     assert "expect_column_values_to_be_between(non_utf8) observed 1 unexpected of 9, e.g. [1] at ['val/0/1']" in message
 
 
@@ -335,7 +312,7 @@ def test_a_text_label_outside_the_class_set(vparams: Params) -> None:
     data = text_dataset()
     y = data.splits["train"].y.copy()
     y[4] = 7
-    message = text_failure("clean", replace(data, "train", y=y), vparams)
+    message = failure("clean", replace(data, "train", y=y), vparams)
     assert "expect_column_values_to_be_in_set(label) observed 1 unexpected of 10, e.g. [7] at ['train/0/7']" in message
     validation.validate_dataset("raw", replace(data, "train", y=y), vparams)  # clean removes them
 
@@ -344,7 +321,7 @@ def test_a_rare_text_class_below_the_min_fraction(vparams: Params) -> None:
     data = text_dataset()
     y = np.zeros(30, dtype=np.int64)
     y[:15], y[15] = 1, 2
-    message = text_failure("clean", replace(data, "train", y=y), with_validation(vparams, min_class_fraction=0.05))
+    message = failure("clean", replace(data, "train", y=y), with_validation(vparams, min_class_fraction=0.05))
     assert "expect_column_values_to_be_between(class_fraction) observed 1 unexpected" in message
 
 
@@ -352,7 +329,7 @@ def test_a_test_text_duplicated_into_train_in_an_array_of_another_width(vparams:
     data = text_dataset()
     train = data.splits["train"].x.astype("<U300")  # the same text must be caught whatever the width
     train[3] = data.splits["test"].x[5]
-    message = text_failure("clean", replace(data, "train", train), vparams)
+    message = failure("clean", replace(data, "train", train), vparams)
     assert (
         "expect_column_values_to_be_between(leaked_into_train) observed 1 unexpected of 9, e.g. [1] at ['test/0/2']"
         in message
@@ -362,7 +339,7 @@ def test_a_test_text_duplicated_into_train_in_an_array_of_another_width(vparams:
 
 def test_an_empty_text_after_clean(vparams: Params) -> None:
     data = with_text(text_dataset(), "train", 2, " \t ")
-    message = text_failure("clean", data, vparams)
+    message = failure("clean", data, vparams)
     assert "expect_column_values_to_be_between(empty) observed 1 unexpected of 9, e.g. [1] at ['train/0/2']" in message
     validation.validate_dataset("raw", data, vparams)  # clean removes them
 
@@ -370,7 +347,7 @@ def test_an_empty_text_after_clean(vparams: Params) -> None:
 def test_a_text_longer_than_clean_max_chars(vparams: Params) -> None:
     data = with_text(text_dataset(), "val", 0, "word " * 20)
     short = vparams.model_copy(update={"clean": vparams.clean.model_copy(update={"max_chars": 60})})
-    message = text_failure("clean", data, short)
+    message = failure("clean", data, short)
     assert (
         "expect_column_values_to_be_between(max_length) observed 1 unexpected of 9, e.g. [100] at ['val/0/0']"
         in message
@@ -380,20 +357,17 @@ def test_a_text_longer_than_clean_max_chars(vparams: Params) -> None:
 
 def test_a_val_text_changed_by_augment(vparams: Params) -> None:
     before = text_dataset()
-    message = text_failure("augmented", with_text(before, "val", 1, "changed"), vparams, before=before)
+    message = failure("augmented", with_text(before, "val", 1, "changed"), vparams, before=before)
     assert (
         "expect_column_values_to_be_between(changed_by_augment) observed 1 unexpected of 9, e.g. [1] at ['val/0/1']"
         in message
     )
 
 
-def test_too_many_out_of_vocabulary_words_in_test(vparams: Params) -> None:
-    message = text_failure("normalized", text_dataset(), with_validation(vparams, max_oov_rate=0.5), oov={"test": 3})
-    assert "expect_column_values_to_be_between(oov_rate) observed 3 unexpected of 6, e.g. [0.75" in message
-    assert "'test/0/0'" in message  # 6: the val and test rows, not train's
-
-
-def test_normalized_texts_without_token_counts_fail(vparams: Params) -> None:
+def test_normalize_output_is_no_validated_boundary(vparams: Params) -> None:
+    # normalize writes statistics, not items (it checks them itself: tests/tasks/test_normalize.py); train reads the
+    # items augment validated, so there is no suite to run again on them
+    assert "normalized" not in validation.BOUNDARIES
     data = text_dataset()
-    with pytest.raises(TrainflowError, match=r"failed: .*\(oov_rate\) raised .*column \"oov_rate\" .* not exist"):
+    with pytest.raises(ValueError, match="unknown dataset boundary 'normalized'"):
         validation.validate_summaries("normalized", stats.summarize_dataset(data, None), data.classes, vparams)
