@@ -61,10 +61,10 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "ingest": ("great_expectations",),
     "clean": ("great_expectations",),
     "augment": ("great_expectations", "PIL.Image"),
-    "normalize": ("great_expectations",),
+    "normalize": (),  # statistics only: numpy (texts would add TensorFlow's vectorizer)
     "train": ("keras", "mlflow"),
     "evaluate": ("keras", "mlflow", "great_expectations", "sklearn.metrics", "matplotlib.pyplot"),
-    "deploy": ("keras", "mlflow", "scipy.stats"),
+    "deploy": ("keras", "mlflow", "scipy.stats"),  # scipy: McNemar's test and drift's chi-square
     "report": ("mlflow", "jinja2", "matplotlib.pyplot"),  # the run, the page's template, the misclassified images
 }
 # Libraries named in the by-library breakdown (each one's own import time); the rest is summed as "other".
@@ -148,8 +148,6 @@ def needs(params_path: Path | None = None) -> dict[str, tuple[str, ...]]:
         ingest.append("sklearn.model_selection")  # train_test_split(stratify=...)
     if params.data.source == "digits":
         ingest.append("sklearn.datasets")  # load_digits
-    if params.validation.drift_action != "off":
-        ingest.append("scipy.stats")  # chisquare, once a model's reference statistics exist
     return {**NEEDS, "ingest": tuple(ingest)}
 
 
