@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks.lib import artifacts
+from tasks.lib import artifacts, parallel
 from tasks.lib.artifacts import Dataset, Split, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params
 from tasks.lib.errors import TrainflowError
-from tasks.lib.parallel import local_map
 from tasks.lib.vectorize import read_vocabulary
 from tasks.normalize import channel_sums, check, check_oov, run, statistics
 from tests.conftest import REPO, MakeDataset, load_params, tiny_texts
@@ -34,14 +33,12 @@ def in_folder(tmp: str, params: Params, **sections: Any) -> Params:
     return params.model_copy(update={"paths": params.paths.model_copy(update=paths), **sections})
 
 
-def normalize(
-    dataset: Dataset, method: NormalizeParams, params: Params = PARAMS, mapper: Callable[..., list] = local_map
-) -> tuple[dict[str, bytes], dict]:
+def normalize(dataset: Dataset, method: NormalizeParams, params: Params = PARAMS) -> tuple[dict[str, bytes], dict]:
     """tasks/normalize.py's run() on ``dataset`` as data/augmented: the files it wrote (name → bytes) and its report."""
     with tempfile.TemporaryDirectory() as tmp:
         config = in_folder(tmp, params, normalize=method)
         write_dataset(Path(config.paths.augmented), dataset)
-        stats = run(config, mapper=mapper)
+        stats = run(config)
         out = Path(config.paths.normalized)
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         assert stats["fitted_on"] == artifacts.fitted_on(open_dataset(Path(config.paths.augmented)))
@@ -62,7 +59,9 @@ def test_normalize_writes_the_statistics_and_no_copy_of_the_images(
     assert sum(len(b) for b in files.values()) < TINY_OUTPUT
 
 
-def test_scale_reads_no_pixel_and_standardize_only_train_shards(make_dataset: MakeDataset) -> None:
+def test_scale_reads_no_pixel_and_standardize_only_train_shards(
+    make_dataset: MakeDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = make_dataset({"train": 30, "val": 9, "test": 9})
     calls: list[tuple[str, Sequence[tuple]]] = []
 
@@ -70,9 +69,10 @@ def test_scale_reads_no_pixel_and_standardize_only_train_shards(make_dataset: Ma
         calls.append((name, args))
         return [fn(*a) for a in args]
 
-    normalize(dataset, SCALE, mapper=recording)
+    monkeypatch.setattr(parallel, "mapper", lambda settings: recording)  # what the stage maps, in this process
+    normalize(dataset, SCALE)
     assert calls == []  # augment validated the pixels: nothing to read again
-    normalize(dataset, STANDARDIZE, mapper=recording)
+    normalize(dataset, STANDARDIZE)
     assert [(name, [a[1:] for a in args]) for name, args in calls] == [("normalize-statistics", [(0,)])]
 
 
