@@ -25,8 +25,8 @@ from prefect.futures import as_completed
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
-from flows import dvc_repo, runners
-from tasks.lib import artifacts, tracking, tuning
+from flows import dvc_repo, runners, tuning
+from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock

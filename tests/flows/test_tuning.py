@@ -1,4 +1,4 @@
-"""The search space, trial params and study bookkeeping of tasks/lib/tuning.py (real Optuna, no training)."""
+"""The search space, trial params and study bookkeeping of flows/tuning.py (real Optuna, no training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
-from tasks.lib import tuning
+from flows import tuning
 from tasks.lib.config import parse_params
 from tasks.lib.errors import TrainflowError
 from tests.helpers import REPO, sh
