@@ -345,10 +345,11 @@ def trial_process() -> None:
         say({"scores": {k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)}})
     except Pruned as exc:
         say({"pruned": str(exc)})
-    except Exception as exc:  # any failure of the trial: one line to the parent, the traceback to stderr
+    except TrainflowError as exc:  # bad input, named in one line: the parent reports it
+        say({"error": str(exc).splitlines()[0][:500]})
+    except Exception as exc:  # unexpected: one line to the parent, the traceback to stderr
         log.exception("trial %s failed", request.get("number"))
-        line = (str(exc).splitlines() or [""])[0]
-        say({"error": (line if isinstance(exc, TrainflowError) else f"{type(exc).__name__}: {line}")[:500]})
+        say({"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:500]})
 
 
 def tell(trial: Any, value: float | None, state: str) -> None:
