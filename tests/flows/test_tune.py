@@ -25,7 +25,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.dvc_repo import write_params
 from flows.tune import tune
-from tests.helpers import REPO, TINY, make_workspace, processes_in, sh, tool_env, wait_for
+from tests.helpers import TINY, committed_params_file, make_workspace, processes_in, sh, tool_env, wait_for
 
 # Two epochs per trial; a pruner that compares from the second trial on, from the first epoch.
 TUNE = {
@@ -44,7 +44,7 @@ TUNE = {
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace whose data stages ran (`dvc repro normalize`), with the repo's commented params.yaml."""
     root = make_workspace(tmp_path_factory.mktemp("tune"), {})
-    shutil.copy2(REPO / "params.yaml", root / "params.yaml")  # make_workspace drops the comments: keep them here
+    shutil.copy2(committed_params_file(), root / "params.yaml")  # make_workspace drops the comments: keep them
     write_params(root / "params.yaml", {f"{s}.{k}": v for s, values in TINY.items() for k, v in values.items()} | TUNE)
     sh(root, "git", "commit", "-qam", "tiny params")
     sh(root, "dvc", "repro", "normalize")

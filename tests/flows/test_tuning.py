@@ -14,7 +14,7 @@ import pytest
 from flows import tuning
 from tasks.lib.config import parse_params
 from tasks.lib.errors import TrainflowError
-from tests.helpers import REPO, sh
+from tests.helpers import REPO, committed_params_file, sh
 
 
 def space_of(raw: dict[str, Any], space: dict[str, Any], **tune: Any) -> tuple[dict[str, Any], Any]:
@@ -139,7 +139,7 @@ def test_a_study_keeps_its_metric(raw: dict[str, Any], tmp_path: Path) -> None:
 
 def test_the_cli_refuses_a_bad_space_in_one_line_before_any_trial(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(
-        (REPO / "params.yaml").read_text().replace("train.dropout: {low", "train.dropot: {low")
+        committed_params_file().read_text().replace("train.dropout: {low", "train.dropot: {low")
     )
     started = time.perf_counter()
     done = sh(tmp_path, "python", "-m", "flows.tune", "--trials", "3", check=False, PYTHONPATH=str(REPO))
