@@ -283,11 +283,14 @@ def run_trial_process(
             else:
                 raise TrainflowError(message.get("error", f"unexpected message {line[:200]!r}"))
             child.stdin.write(json.dumps(reply) + "\n")
-        raise TrainflowError(f"trial {request['number']}: its process exited {child.wait()} before it finished")
+    except BrokenPipeError:  # the child died before it read a reply
+        pass
     finally:
         if child.poll() is None:  # an error on this side (Optuna, MLflow): the child must not outlive it
             child.kill()
         child.wait()
+    # its stdout ended without a result: it died (it printed why to stderr)
+    raise TrainflowError(f"trial {request['number']}: its process exited {child.returncode} before it finished")
 
 
 def score_val(params: Params) -> dict[str, Any]:
