@@ -194,6 +194,11 @@ def tune(
         started = time.perf_counter()
         study = tuning.open_study(params, root)
         parent = parent_run(study, params, root)
+        # The study's data as its run's inputs, logged before any trial: each trial's train logs the same datasets,
+        # and MLflow's store adds a dataset new to the experiment unlocked, so two trials ending together collided on
+        # its unique key (sqlite3.IntegrityError, seen with --workers 2 on Dask); now the trials find it there.
+        tracking.log_datasets(params.tracking, parent, params.paths.normalized, ("train", "val"))
+        tracking.reopen_run(params.tracking, parent)  # log_datasets opens and ends the run through MLflow's fluent API
         for stale in tuning.fail_interrupted(study):
             logger.warning(
                 "trial %d was interrupted (its run was killed): failed, its values queued again", stale.number
