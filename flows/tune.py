@@ -1,9 +1,10 @@
 """Prefect flow `tune`: an Optuna study of train + validation scoring, one task per trial (docs/tuning.md).
 
 `python -m flows.tune --trials N [--workers W] [--apply]` searches params' ``tune.space``: each trial trains with
-the stage's own code (``tasks.train.run``) on the train split, in its own folder under ``paths.tune``, and is scored
-as evaluate scores, on the validation split only. The test split is never read: the test figure comes from the
-normal pipeline run on the chosen params (``--apply``, then ``dvc repro``), and the deploy gate decides.
+the stage's own code (``tasks.train.run``) on the train split, in its own process (flows/tuning.py) and its own
+folder under ``paths.tune``, and is scored as evaluate scores, on the validation split only. The test split is never
+read: the test figure comes from the normal pipeline run on the chosen params (``--apply``, then ``dvc repro``), and
+the deploy gate decides.
 """
 
 from __future__ import annotations
