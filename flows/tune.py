@@ -1,9 +1,10 @@
 """Prefect flow `tune`: an Optuna study of train + validation scoring, one task per trial (docs/tuning.md).
 
 `python -m flows.tune --trials N [--workers W] [--apply]` searches params' ``tune.space``: each trial trains with
-the stage's own code (``tasks.train.run``) on the train split, in its own folder under ``paths.tune``, and is scored
-as evaluate scores, on the validation split only. The test split is never read: the test figure comes from the
-normal pipeline run on the chosen params (``--apply``, then ``dvc repro``), and the deploy gate decides.
+the stage's own code (``tasks.train.run``) on the train split, in its own process (flows/tuning.py) and its own
+folder under ``paths.tune``, and is scored as evaluate scores, on the validation split only. The test split is never
+read: the test figure comes from the normal pipeline run on the chosen params (``--apply``, then ``dvc repro``), and
+the deploy gate decides.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from prefect.futures import as_completed
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
-from flows import dvc_repo, runners
-from tasks.lib import artifacts, tracking, tuning
+from flows import dvc_repo, runners, tuning
+from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock
-from tasks.lib.quiet import import_keras, quiet_libraries
+from tasks.lib.quiet import quiet_libraries
 
 SUMMARY_KEY = "tune-summary"
 DATA_STAGE = "normalize"  # the last stage before train: trials read its output (and clean's val split)
@@ -47,31 +48,19 @@ def prepare_data(root: str) -> list[str]:
     return ran
 
 
-def score_val(params: Params) -> dict[str, Any]:
-    """The trial's saved model scored as evaluate scores it, on the clean validation split only."""
-    from tasks.evaluate import classification_metrics, model_input
-
-    keras = import_keras()
-    model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
-    stored = artifacts.open_dataset(Path(params.paths.clean))
-    val = stored.load("val", mmap=True)
-    probabilities = model.predict(model_input(val.x), batch_size=params.evaluate.batch_size, verbose=0)
-    return classification_metrics(val.y, probabilities, stored.classes)
-
-
 def trial_tags(params: Params, number: int) -> dict[str, Any]:
     return {"tune.study": params.tune.study, "tune.trial": number}
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
-    """One trial: train (pruned on its per-epoch val loss), score on val, record it in Optuna and MLflow.
+    """One trial: train (pruned on its per-epoch val loss) and score on val in a process of its own, record it in
+    Optuna and MLflow.
 
     Train's own MLflow run becomes the trial's child run of the study's run: its params, per-epoch metrics, the val
     scores and its state (FINISHED complete, KILLED pruned, FAILED failed). A failed trial fails this task.
     ``raw`` is the params mapping (plain data: it travels to a Dask worker as it is).
     """
-    from tasks import train
     from tasks.evaluate import HEADLINE
 
     logger = get_run_logger()
@@ -91,12 +80,13 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     started, value, error = time.perf_counter(), None, None
     try:
         trial_params = tuning.trial_params(raw, params, trial.params, folder, origin=f"trial {number}")
-        train.run(trial_params, callbacks=[tuning.pruning_callback(trial, metric, on_begin=opened)])
-        scores = score_val(trial_params)
+        # its own process: train sets Keras' global seed and dtype policy, which trials in threads would share
+        request = {"raw": raw, "values": trial.params, "folder": str(folder), "number": number}
+        scores = tuning.run_trial_process(request, on_begin=opened, on_epoch=tuning.pruner(trial, metric))
         value, state = float(scores[metric]), "complete"
         tracking.log_metrics(settings, child["id"], {f"val.{k}": scores[k] for k in HEADLINE})
     except Exception as exc:  # a pruned trial, or one that failed: either way the study goes on
-        state, error = ("pruned" if tuning.is_pruned(exc) else "failed"), exc
+        state, error = ("pruned" if isinstance(exc, tuning.Pruned) else "failed"), exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     seconds = time.perf_counter() - started
@@ -200,13 +190,16 @@ def tune(
     raw = apply_overrides(read_params_file(path), overrides or {})
     space = tuning.search_space(raw, params)  # a bad search space fails here, before any trial
     prepare_data(quote(str(root)))  # before the lock: `dvc repro` runs each stage with the lock held
-    if params.flow.task_runner == "threads":
-        import_keras()  # once, here: trials in threads would race to import it
     out = root / params.paths.tune
     with workspace_lock(root / params.paths.lock, "Prefect flow tune"):
         started = time.perf_counter()
         study = tuning.open_study(params, root)
         parent = parent_run(study, params, root)
+        # The study's data as its run's inputs, logged before any trial: each trial's train logs the same datasets,
+        # and MLflow's store adds a dataset new to the experiment unlocked, so two trials ending together collided on
+        # its unique key (sqlite3.IntegrityError, seen with --workers 2 on Dask); now the trials find it there.
+        tracking.log_datasets(params.tracking, parent, params.paths.normalized, ("train", "val"))
+        tracking.reopen_run(params.tracking, parent)  # log_datasets opens and ends the run through MLflow's fluent API
         for stale in tuning.fail_interrupted(study):
             logger.warning(
                 "trial %d was interrupted (its run was killed): failed, its values queued again", stale.number

@@ -14,7 +14,10 @@ import pytest
 
 from tasks.lib import artifacts
 from tasks.lib.artifacts import Dataset, Split
-from tasks.lib.config import Params, load_params, read_params_file
+
+# load_params stays importable from here: test_clean, test_augment and test_normalize import it
+from tasks.lib.config import Params, load_params, read_params_file  # noqa: F401
+from tests.helpers import committed_params, committed_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +26,8 @@ MakeDataset = Callable[..., Dataset]
 
 @pytest.fixture(scope="session")
 def params() -> Params:
-    """The default config: the repo's own params.yaml."""
-    return load_params(REPO / "params.yaml")
+    """The default config: the repo's committed params.yaml (not the working copy's, which `dvc exp run` edits)."""
+    return committed_params()
 
 
 def tiny_dataset(
@@ -85,8 +88,8 @@ def copy_run(run: Path, to: Path) -> Path:
 
 @pytest.fixture
 def raw() -> dict[str, Any]:
-    """The repo's params.yaml as a plain mapping, to change before it is parsed."""
-    return read_params_file(REPO / "params.yaml")
+    """The repo's committed params.yaml as a plain mapping, to change before it is parsed."""
+    return read_params_file(committed_params_file())
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -23,6 +26,8 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+
+from tasks.lib.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = tuple(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # dvc.yaml: the one list
@@ -107,19 +112,41 @@ def ran(dvc_output: str) -> list[str]:
     return [stage for stage in STAGES if f"Running stage '{stage}'" in dvc_output]
 
 
-def make_workspace(root: Path, overrides: dict[str, dict[str, Any]]) -> Path:
-    """Copy the repo's tracked and unignored files into a fresh git repo, with params sections overridden."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+def committed_tree(to: Path, repo: Path = REPO) -> Path:
+    """The files of ``repo``'s last commit (``git archive HEAD``) at ``to``: never the working copy's edits, such as
+    the values `dvc exp run -S` leaves in params.yaml."""
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=repo, capture_output=True, check=True)
+    to.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(to, filter="data")
+    return to
+
+
+def committed_params_file(repo: Path = REPO) -> Path:
+    """``repo``'s params.yaml as committed, in a temporary file of this test session (one per repo)."""
+    if repo not in _COMMITTED_PARAMS:
+        text = subprocess.run(
+            ["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+        folder = Path(tempfile.mkdtemp(prefix="trainflow-params-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        (folder / "params.yaml").write_text(text)
+        _COMMITTED_PARAMS[repo] = folder / "params.yaml"
+    return _COMMITTED_PARAMS[repo]
+
+
+_COMMITTED_PARAMS: dict[Path, Path] = {}
+
+
+def committed_params(repo: Path = REPO) -> Params:
+    """The default config: ``repo``'s committed params.yaml, loaded and checked as a stage loads it."""
+    return load_params(committed_params_file(repo))
+
+
+def make_workspace(root: Path, overrides: dict[str, dict[str, Any]], repo: Path = REPO) -> Path:
+    """A fresh git repo at ``root`` holding ``repo``'s committed files (:func:`committed_tree`), with params
+    sections overridden. Uncommitted edits are left out, so commit what a test of the pipeline should run."""
+    committed_tree(root, repo)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in overrides.items():
         params[section].update(values)

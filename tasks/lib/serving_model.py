@@ -2,53 +2,28 @@
 probabilities.
 
 MLflow copies this file into every logged model, so it must import nothing from this project: serving needs only
-Keras, NumPy, pandas and MLflow.
+Keras, NumPy, pandas and MLflow. A registered model outlives the MLflow release it was logged with, so this file uses
+public APIs only (tests/tasks/lib/test_serving_model.py checks): bad requests are refused in ``predict`` with
+MLflow's public ``MlflowException(..., error_code=INVALID_PARAMETER_VALUE)``, which the scoring server answers with
+a 400; nothing here patches the server.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-
-def refuse_deep_json() -> None:
-    """Make MLflow's scoring server answer JSON nested too deeply to parse with a 400, not a 500.
-
-    ``mlflow models serve`` parses the body with ``json.loads``, which raises RecursionError at about 1,000 levels;
-    MLflow catches only JSONDecodeError there, so the error escapes as HTTP 500 (mlflow/mlflow#4897: bad input
-    should be a 4xx). The server loads this model before it answers, so wrapping its JSON decoder here fixes every
-    request. ``tests/tasks/lib/test_serving.py`` fails by name if MLflow renames the decoder.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import BAD_REQUEST
-    from mlflow.pyfunc import scoring_server
-
-    decode = scoring_server._decode_json_input
-    if getattr(decode, "refuses_deep_json", False):
-        return
-
-    @functools.wraps(decode)
-    def decode_or_refuse(json_input: Any) -> Any:
-        try:
-            return decode(json_input)
-        except RecursionError:
-            raise MlflowException("the request's JSON is nested too deeply to parse", error_code=BAD_REQUEST) from None
-
-    decode_or_refuse.refuses_deep_json = True  # type: ignore[attr-defined]
-    scoring_server._decode_json_input = decode_or_refuse
-
-
 CHUNK = 256  # items per forward pass: bounds the activations' memory for large requests
 
 
 def _bad_request(message: str) -> Exception:
-    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+    """MLflow's public error for bad input: the scoring server answers it with a 400 and this message."""
+    from mlflow.exceptions import MlflowException
 
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return MlflowException.invalid_parameter_value(message)
 
 
 class RawPixelClassifier(mlflow.pyfunc.PythonModel):
@@ -57,8 +32,6 @@ class RawPixelClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         import keras
-
-        refuse_deep_json()
 
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.classes = list(context.model_config["classes"])

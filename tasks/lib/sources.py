@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +19,12 @@ import numpy as np
 
 from tasks.lib.config import DataParams
 from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.source_files import Loaded, too_big, unsafe, visible_files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What a source yields: all images, or its own train and test sets, and class names if it has them."""
-
-    x: np.ndarray
-    y: np.ndarray
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    classes: tuple[str, ...] | None = None
 
 
 FILE_SOURCES = ("idx", "npz", "folder", "tsv", "csv", "text_folder")  # read from data.path (an ingest dependency)
@@ -118,13 +106,6 @@ def _pair(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-def _too_big(origin: str, declared: int, max_bytes: int) -> TrainflowError:
-    return TrainflowError(
-        f"{origin}: declares {declared:,} bytes of data, more than data.max_bytes ({max_bytes:,}); "
-        "raise data.max_bytes if the machine has the memory"
-    )
-
-
 def read_idx(
     path: Path, magic: int, max_bytes: int | None = None, images: tuple[Path, int] | None = None
 ) -> np.ndarray:
@@ -151,7 +132,7 @@ def read_idx(
             dims = [int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(ndim)]
             size = math.prod(dims)
             if max_bytes is not None and size > max_bytes:
-                raise _too_big(str(path), size, max_bytes)
+                raise too_big(str(path), size, max_bytes)
             if images is not None and (not dims or dims[0] != images[1]):
                 raise TrainflowError(f"{images[0]} / {path}: {images[1]} images but {dims[0] if dims else 0} labels")
             body = stream.read(size)
@@ -242,7 +223,7 @@ def load_npz(path: Path, max_bytes: int | None = None) -> Loaded:
     try:
         declared = _npz_declared_bytes(path)
         if max_bytes is not None and declared > max_bytes:
-            raise _too_big(str(path), declared, max_bytes)
+            raise too_big(str(path), declared, max_bytes)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in NPZ_ARRAYS}
     except MemoryError as exc:  # no limit given and more than memory holds: refused at allocation
@@ -302,7 +283,7 @@ def read_images(
                     else:
                         total += math.prod(image_size or (height, width)) * channels
                         if max_bytes is not None and total > max_bytes:  # the stack below doubles it: stop here
-                            raise _too_big(f"{root}: {len(files)} images", total, max_bytes)
+                            raise too_big(f"{root}: {len(files)} images", total, max_bytes)
                         img = _eight_bit(img).convert(mode)
                         if image_size is not None and img.size != (image_size[1], image_size[0]):
                             img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
@@ -331,18 +312,9 @@ def read_images(
     return np.stack(images)
 
 
-def _unsafe(file: Path, real_root: Path, root: Path) -> str | None:
-    """Why ``file`` must not be opened, or None: outside the data folder through a symlink, not a regular file."""
-    if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
-        return f"{file}: symlink points outside the data folder {root}"
-    if not file.is_file():  # a FIFO would block the read forever; a device or socket holds no data either
-        return f"{file}: not a regular file (a FIFO, device or socket); refused without opening it"
-    return None
-
-
 def _unreadable(file: Path, real_root: Path, root: Path) -> str | None:
     """Why ``file`` is not even opened, or None: outside the data folder, not a regular file, not PNG/JPEG."""
-    if (problem := _unsafe(file, real_root, root)) is not None:
+    if (problem := unsafe(file, real_root, root)) is not None:
         return problem
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         return f"{file}: not a PNG/JPEG image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -358,10 +330,6 @@ def _eight_bit(img: Any) -> Any:
         high = values.max(initial=0) > 255 or img.mode.startswith("I;16")
         return Image.fromarray((values >> 8 if high else values).astype(np.uint8), mode="L")
     return img
-
-
-def visible_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
 
 
 def load_folder(

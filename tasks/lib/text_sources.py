@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.lib.errors import TrainflowError
-from tasks.lib.sources import Loaded, _too_big, _unsafe, visible_files
+from tasks.lib.source_files import Loaded, too_big, unsafe, visible_files
 
 TEXT_SUFFIX = ".txt"
 
@@ -53,7 +53,7 @@ def _read_file(path: Path, kind: str, max_bytes: int | None) -> str:
         raise TrainflowError(f"{path}: not a regular file (a FIFO, device or socket); refused without opening it")
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
-        raise _too_big(str(path), size, max_bytes)
+        raise too_big(str(path), size, max_bytes)
     try:
         return _decode(path.read_bytes(), path)
     except OSError as exc:
@@ -70,7 +70,7 @@ def _loaded(texts: list[str], labels: list[str], origin: Path, max_bytes: int | 
     # a unicode array pads every text to the longest one, 4 bytes a character: one long text can cost gigabytes
     declared = len(texts) * max(1, max(len(text) for text in texts)) * 4
     if max_bytes is not None and declared > max_bytes:
-        raise _too_big(f"{origin}: {len(texts):,} texts as an array", declared, max_bytes)
+        raise too_big(f"{origin}: {len(texts):,} texts as an array", declared, max_bytes)
     index = {name: i for i, name in enumerate(classes)}
     y = np.array([index[name] for name in labels], dtype=np.int64)
     return Loaded(x=np.array(texts, dtype=str), y=y, classes=classes)
@@ -150,7 +150,7 @@ def load_text_folder(root: Path, max_bytes: int | None = None) -> Loaded:
         if not found:
             raise TrainflowError(f"{folder}: no {TEXT_SUFFIX} files (one per text)")
         for file in found:
-            problem = _unsafe(file, real_root, root)
+            problem = unsafe(file, real_root, root)
             if problem is None and file.suffix.lower() != TEXT_SUFFIX:
                 problem = f"{file}: not a {TEXT_SUFFIX} file (one text per UTF-8 {TEXT_SUFFIX} file)"
             if problem is not None:
@@ -158,7 +158,7 @@ def load_text_folder(root: Path, max_bytes: int | None = None) -> Loaded:
             total += file.stat().st_size
             files.append((file, folder.name))
     if max_bytes is not None and total > max_bytes:
-        raise _too_big(f"{root}: {len(files):,} files", total, max_bytes)
+        raise too_big(f"{root}: {len(files):,} files", total, max_bytes)
     texts: list[str] = []
     for file, _ in files:
         try:

@@ -25,7 +25,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.dvc_repo import write_params
 from flows.tune import tune
-from tests.helpers import REPO, TINY, make_workspace, processes_in, sh, tool_env, wait_for
+from tests.helpers import TINY, committed_params_file, make_workspace, processes_in, sh, tool_env, wait_for
 
 # Two epochs per trial; a pruner that compares from the second trial on, from the first epoch.
 TUNE = {
@@ -44,7 +44,7 @@ TUNE = {
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace whose data stages ran (`dvc repro normalize`), with the repo's commented params.yaml."""
     root = make_workspace(tmp_path_factory.mktemp("tune"), {})
-    shutil.copy2(REPO / "params.yaml", root / "params.yaml")  # make_workspace drops the comments: keep them here
+    shutil.copy2(committed_params_file(), root / "params.yaml")  # make_workspace drops the comments: keep them
     write_params(root / "params.yaml", {f"{s}.{k}": v for s, values in TINY.items() for k, v in values.items()} | TUNE)
     sh(root, "git", "commit", "-qam", "tiny params")
     sh(root, "dvc", "repro", "normalize")
@@ -141,6 +141,37 @@ def test_a_study_tracks_every_trial_summarises_and_applies_the_best(
     assert not (workspace / "models/model.keras").exists() and not (workspace / "models/mlflow_run.json").exists()
     assert tracker.search_registered_models() == []
     assert not (workspace / "reports/tune/trials").exists() or not any((workspace / "reports/tune/trials").iterdir())
+
+
+@pytest.mark.slow
+def test_trials_side_by_side_give_what_each_gives_alone(
+    workspace: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trials at once on the threads runner train as each does alone: train's global seed and dtype policy are
+    its process's, and each trial has its own process."""
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("PATH", tool_env()["PATH"])
+    values = [
+        {"train.learning_rate": 0.01, "train.dense_units": 32},
+        {"train.learning_rate": 0.02, "train.dense_units": 48},
+    ]
+    for name, queued in (("both", values), ("first", values[:1]), ("second", values[1:])):
+        created = optuna.create_study(study_name=name, storage=f"sqlite:///{workspace / 'optuna.db'}")
+        for trial_values in queued:
+            created.enqueue_trial(trial_values)
+    no_pruning = {"tune.pruner": "none", "tune.metric": "loss"}
+    tune(trials=2, workers=2, overrides={"tune.study": "both", **no_pruning})
+    tune(trials=1, overrides={"tune.study": "first", **no_pruning})
+    tune(trials=1, overrides={"tune.study": "second", **no_pruning})
+
+    both = study(workspace, "both").trials
+    assert [t.params for t in both] == values and all(t.state.name == "COMPLETE" for t in both)
+    assert both[1].datetime_start < both[0].datetime_complete  # they did run side by side
+    alone_trials = (study(workspace, "first").trials[0], study(workspace, "second").trials[0])
+    for trial, alone in zip(both, alone_trials, strict=True):
+        assert trial.params == alone.params
+        assert trial.intermediate_values == alone.intermediate_values  # val loss, epoch by epoch
+        assert trial.value == alone.value
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from tasks.lib import artifacts
 from tests.helpers import REPO, TINY, make_workspace, mlflow_serve, post_json, sh
+from tests.tasks.lib.test_serving_model import private_names
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +47,6 @@ BAD = {
     "over_255": (json.dumps({"inputs": [[[[300]] * 8] * 8]}).encode(), "out of bounds for uint8"),
     "negative": (json.dumps({"inputs": [[[[-1]] * 8] * 8]}).encode(), "out of bounds for uint8"),
     "nan": (b'{"inputs": [[[[NaN]]]]}', "NaN"),
-    "nested_100000_deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     # 20 MB of zeros in the wrong shape: parsed in full, then refused by the signature.
     "oversized_20mb": (b'{"inputs": [' + b",".join([b"0"] * 10_000_000) + b"]}", "does not match expected shape"),
     # well-formed but more images than deploy.max_request_images (4096) allows
@@ -63,6 +65,47 @@ def test_a_bad_request_gets_a_4xx_with_a_message_and_the_server_keeps_answering(
     assert expected in answer["message"], answer["message"][:500]
     status, answer = post_json(url, good_body(root))
     assert status == 200 and len(answer["predictions"]) == 1
+
+
+def test_json_nested_100000_deep_is_an_error_and_the_server_keeps_answering(served: tuple[str, Path]) -> None:
+    """Python's JSON parser gives up on it; MLflow's server answers 500 (mlflow/mlflow#4897: MLflow's to fix, as
+    the served model patches nothing), and the next request is answered as usual."""
+    url, root = served
+    before = post_json(url, good_body(root))
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    request = urllib.request.Request(url, data=deep, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=60)
+    assert 400 <= error.value.code < 600
+    assert before[0] == 200 and len(before[1]["predictions"]) == 1
+    assert post_json(url, good_body(root)) == before  # the same answer as before: the server is unharmed
+
+
+def test_the_registered_model_ships_no_private_name_and_no_pickle(served: tuple[str, Path]) -> None:
+    """What a registered model holds (MLmodel, the code MLflow copied) names no private API; nothing is pickled."""
+    _, root = served
+    local = root / "downloaded"
+    uri = f"sqlite:///{root}/mlflow.db"
+    sh(
+        root,
+        "mlflow",
+        "artifacts",
+        "download",
+        "-u",
+        f"models:/{NAME}@champion",
+        "-d",
+        str(local),
+        MLFLOW_TRACKING_URI=uri,
+    )
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    code = [local / f for f in files if f.endswith(".py")]
+    assert code, files  # the model's code travels with it (models from code)
+    for path in code:
+        assert private_names(path.read_text(), str(path)) == [], path
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    mlmodel = (local / "MLmodel").read_text()
+    assert [p.name for p in code].count("serving_model.py") == 1, files
+    assert "_decode_json_input" not in mlmodel and "scoring_server" not in mlmodel
 
 
 def test_fractional_floats_are_silently_truncated_to_uint8(served: tuple[str, Path]) -> None:

@@ -1,16 +1,20 @@
 """Hyper-parameter tuning with Optuna (the one module that knows it): params' ``tune.space`` as distributions, the
-study (TPE sampler, median pruner, SQLite or a database server), interrupted trials, pruning from Keras, the
-summary and the plots. flows/tune.py runs the trials.
+study (TPE sampler, median pruner, SQLite or a database server), interrupted trials, pruning, the summary
+and the plots; and each trial's training in a process of its own. flows/tune.py runs the trials.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import numbers
 import os
 import socket
-from collections.abc import Mapping
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,35 +222,137 @@ def ask(study: Any, space: Mapping[str, Any]) -> Any:
     return trial
 
 
-def pruning_callback(trial: Any, metric: str, on_begin: Any = None) -> Any:
-    """A Keras callback that reports every epoch's val loss to ``trial`` and stops it when the pruner says so.
+def pruner(trial: Any, metric: str) -> Callable[[int, float], str | None]:
+    """For a trial's process: report an epoch's val loss to ``trial``; why the pruner stops it, or None to go on.
 
     Optuna compares intermediate values in the study's direction, so for a maximised metric the reported value is
-    the negated val loss (higher is better). ``on_begin`` runs when training starts (flows/tune.py: the MLflow run).
+    the negated val loss (higher is better).
     """
-    import keras
-    import optuna
-
     sign = 1.0 if direction(metric) == "minimize" else -1.0
 
-    class Pruning(keras.callbacks.Callback):
-        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-            if on_begin is not None:
+    def check(epoch: int, loss: float) -> str | None:
+        trial.report(sign * loss, epoch)
+        if trial.should_prune():
+            return f"val loss {loss:.4f} at epoch {epoch + 1} is behind the earlier trials"
+        return None
+
+    return check
+
+
+# A trial trains in a process of its own (issue 25, decision 7): the train stage sets Keras' global random seed and
+# dtype policy, so trials sharing a process (the threads task runner) would reseed each other mid-training. The
+# parent keeps Optuna and the MLflow bookkeeping; the child (`python -m flows.tuning`) trains, scores on val, and
+# after every epoch asks the parent whether to go on. They speak JSON lines over the child's stdin and stdout.
+
+
+class Pruned(Exception):
+    """The pruner stopped the trial (its message says why)."""
+
+
+def run_trial_process(
+    request: Mapping[str, Any], on_begin: Callable[[], None], on_epoch: Callable[[int, float], str | None]
+) -> dict[str, float]:
+    """Train and score one trial in a new Python process; its val scores.
+
+    ``request``: ``raw`` (params.yaml as plain data), ``values`` (the trial's), ``folder`` and ``number``.
+    ``on_begin`` runs when training starts; ``on_epoch(epoch, val_loss)`` after each epoch: why to prune, or None.
+
+    Raises:
+        Pruned: ``on_epoch`` stopped it.
+        TrainflowError: the trial failed (the child's error in one line), or its process died.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.tuning"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        child.stdin.write(json.dumps(dict(request)) + "\n")
+        for line in child.stdout:
+            message = json.loads(line)
+            if "begin" in message:
                 on_begin()
+                reply: dict[str, Any] = {}
+            elif "epoch" in message:
+                reply = {"prune": on_epoch(int(message["epoch"]), float(message["val_loss"]))}
+            elif "scores" in message:
+                child.stdin.close()
+                child.wait(timeout=120)
+                return {k: float(v) for k, v in message["scores"].items()}
+            elif "pruned" in message:
+                raise Pruned(message["pruned"])
+            else:
+                raise TrainflowError(message.get("error", f"unexpected message {line[:200]!r}"))
+            child.stdin.write(json.dumps(reply) + "\n")
+    except BrokenPipeError:  # the child died before it read a reply
+        pass
+    finally:
+        if child.poll() is None:  # an error on this side (Optuna, MLflow): the child must not outlive it
+            child.kill()
+        child.wait()
+    # its stdout ended without a result: it died (it printed why to stderr)
+    raise TrainflowError(f"trial {request['number']}: its process exited {child.returncode} before it finished")
+
+
+def score_val(params: Params) -> dict[str, Any]:
+    """The trial's saved model scored as evaluate scores it, on the clean validation split only."""
+    from tasks.evaluate import classification_metrics, model_input
+    from tasks.lib import artifacts
+    from tasks.lib.quiet import import_keras
+
+    keras = import_keras()
+    model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
+    stored = artifacts.open_dataset(Path(params.paths.clean))
+    val = stored.load("val", mmap=True)
+    probabilities = model.predict(model_input(val.x), batch_size=params.evaluate.batch_size, verbose=0)
+    return classification_metrics(val.y, probabilities, stored.classes)
+
+
+def trial_process() -> None:
+    """The child's side of :func:`run_trial_process`: train the trial with the stage's own code, score it on val."""
+    from tasks.lib.quiet import import_keras, quiet_libraries
+
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever a library prints goes to stderr: stdout carries the protocol alone
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def say(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+
+    def ask(message: dict[str, Any]) -> dict[str, Any]:
+        say(message)
+        reply = sys.stdin.readline()
+        if not reply:  # the parent is gone: stop here
+            sys.exit(1)
+        return json.loads(reply)
+
+    request = json.loads(sys.stdin.readline())
+    keras = import_keras()
+
+    class Ask(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+            ask({"begin": True})
 
         def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
             loss = float((logs or {}).get("val_loss", math.nan))
-            trial.report(sign * loss, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val loss {loss:.4f} at epoch {epoch + 1} is behind the earlier trials")
+            if why := ask({"epoch": epoch, "val_loss": loss})["prune"]:
+                raise Pruned(why)
 
-    return Pruning()
+    from tasks import train
 
-
-def is_pruned(exc: BaseException) -> bool:
-    import optuna
-
-    return isinstance(exc, optuna.TrialPruned)
+    try:
+        raw = request["raw"]
+        params = trial_params(raw, parse_params(raw), request["values"], Path(request["folder"]))
+        train.run(params, callbacks=[Ask()])
+        scores = score_val(params)
+        say({"scores": {k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)}})
+    except Pruned as exc:
+        say({"pruned": str(exc)})
+    except TrainflowError as exc:  # bad input, named in one line: the parent reports it
+        say({"error": str(exc).splitlines()[0][:500]})
+    except Exception as exc:  # unexpected: one line to the parent, the traceback to stderr
+        log.exception("trial %s failed", request.get("number"))
+        say({"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:500]})
 
 
 def tell(trial: Any, value: float | None, state: str) -> None:
@@ -347,3 +453,7 @@ def plots(study: Any, out: Path, metric: str) -> dict[str, str]:
             plt.close("all")
             done[name] = f"not drawn: {str(exc).splitlines()[0][:200]}"
     return done
+
+
+if __name__ == "__main__":
+    trial_process()

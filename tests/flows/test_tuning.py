@@ -1,4 +1,4 @@
-"""The search space, trial params and study bookkeeping of tasks/lib/tuning.py (real Optuna, no training)."""
+"""The search space, trial params and study bookkeeping of flows/tuning.py (real Optuna, no training)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 import pytest
 
-from tasks.lib import tuning
+from flows import tuning
 from tasks.lib.config import parse_params
 from tasks.lib.errors import TrainflowError
-from tests.helpers import REPO, sh
+from tests.helpers import REPO, committed_params_file, sh
 
 
 def space_of(raw: dict[str, Any], space: dict[str, Any], **tune: Any) -> tuple[dict[str, Any], Any]:
@@ -138,7 +139,7 @@ def test_a_study_keeps_its_metric(raw: dict[str, Any], tmp_path: Path) -> None:
 
 def test_the_cli_refuses_a_bad_space_in_one_line_before_any_trial(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(
-        (REPO / "params.yaml").read_text().replace("train.dropout: {low", "train.dropot: {low")
+        committed_params_file().read_text().replace("train.dropout: {low", "train.dropot: {low")
     )
     started = time.perf_counter()
     done = sh(tmp_path, "python", "-m", "flows.tune", "--trials", "3", check=False, PYTHONPATH=str(REPO))
@@ -146,3 +147,18 @@ def test_the_cli_refuses_a_bad_space_in_one_line_before_any_trial(tmp_path: Path
     assert done.stderr.strip() == "error: tune: tune.space.train.dropot: unknown key (params.yaml has no train.dropot)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no study, no MLflow store, no reports
     assert time.perf_counter() - started < 30
+
+
+@pytest.mark.slow  # the trial's process imports TensorFlow
+def test_a_trial_that_fails_in_its_process_is_one_line_and_leaves_no_process(
+    raw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # where `python -m flows.tuning` runs
+    changed = copy.deepcopy(raw)
+    changed["paths"].update(normalized=str(tmp_path / "no-data"), clean=str(tmp_path / "no-clean"))
+    request = {"raw": changed, "values": {"train.learning_rate": 0.002}, "folder": str(tmp_path / "0"), "number": 0}
+    began: list[bool] = []
+    with pytest.raises(TrainflowError) as error:
+        tuning.run_trial_process(request, on_begin=lambda: began.append(True), on_epoch=lambda epoch, loss: None)
+    assert "no-data" in str(error.value) and "\n" not in str(error.value)
+    assert began == [] and psutil.Process().children(recursive=True) == []

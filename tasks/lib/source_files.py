@@ -1,0 +1,46 @@
+"""What the image sources (tasks/lib/sources.py) and text sources (tasks/lib/text_sources.py) share: the loaded
+result, the size refusal and the checks on a data folder's files. Both import it; it imports neither.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.lib.errors import TrainflowError
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a source yields: all images, or its own train and test sets, and class names if it has them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
+
+
+def too_big(origin: str, declared: int, max_bytes: int) -> TrainflowError:
+    """The error for data declaring more bytes than ``data.max_bytes``."""
+    return TrainflowError(
+        f"{origin}: declares {declared:,} bytes of data, more than data.max_bytes ({max_bytes:,}); "
+        "raise data.max_bytes if the machine has the memory"
+    )
+
+
+def unsafe(file: Path, real_root: Path, root: Path) -> str | None:
+    """Why ``file`` must not be opened, or None: outside the data folder through a symlink, not a regular file."""
+    if os.path.commonpath([real_root, file.resolve()]) != str(real_root):
+        return f"{file}: symlink points outside the data folder {root}"
+    if not file.is_file():  # a FIFO would block the read forever; a device or socket holds no data either
+        return f"{file}: not a regular file (a FIFO, device or socket); refused without opening it"
+    return None
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` (not sub-folders), hidden ones left out, sorted."""
+    return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
