@@ -121,7 +121,6 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--speed-trials", type=int, default=4)
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--speed-runner", choices=["threads", "dask"], default="threads", help="flow.task_runner")
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument(
         "--seeds", type=int, nargs="*", default=[], help="also train the preset and the tuned params on these seeds"
@@ -165,8 +164,7 @@ def main() -> None:
             print(f"seed {seed}: {results['seeds'][seed]}", flush=True)
 
         if not args.skip_speed:
-            write_params(root / "params.yaml", {**SPEED, "flow.task_runner": args.speed_runner})
-            results["speed_runner"] = args.speed_runner
+            write_params(root / "params.yaml", SPEED)
             for workers in (1, 2):
                 results[f"speed_w{workers}"] = study(root, f"speed-w{workers}", args.speed_trials, workers)
                 print(f"workers {workers}: {results[f'speed_w{workers}']['wall_s']} s", flush=True)

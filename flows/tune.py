@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,11 @@ from prefect.futures import as_completed
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
-from flows import dvc_repo, runners, tuning
+from flows import dvc_repo, prefect_api, tuning
 from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock
-from tasks.lib.quiet import quiet_libraries
 
 SUMMARY_KEY = "tune-summary"
 DATA_STAGE = "normalize"  # the last stage before train: trials read its output (and clean's val split)
@@ -198,7 +195,7 @@ def tune(
         # The study's data as its run's inputs, logged before any trial: each trial's train logs the same datasets,
         # and MLflow's store adds a dataset new to the experiment unlocked, so two trials ending together collided on
         # its unique key (sqlite3.IntegrityError, seen with --workers 2 on Dask); now the trials find it there.
-        tracking.log_datasets(params.tracking, parent, params.paths.normalized, ("train", "val"))
+        tracking.log_datasets(params.tracking, parent, params.paths.augmented, ("train", "val"))
         tracking.reopen_run(params.tracking, parent)  # log_datasets opens and ends the run through MLflow's fluent API
         for stale in tuning.fail_interrupted(study):
             logger.warning(
@@ -261,12 +258,11 @@ def tune(
     return summary
 
 
-def for_params(params: Params, workers: int) -> Any:
-    """The tune flow on the task runner params choose (``flow.task_runner``), ``workers`` trials at once."""
-    runner = runners.task_runner(params.flow.model_copy(update={"workers": workers}))
-    if getattr(runner, "address", "") is None:  # a local Dask cluster, started by this process
-        runners.share_prefect_api()
-    return tune.with_options(task_runner=runner)
+def for_workers(workers: int) -> Any:
+    """The tune flow with ``workers`` trials at once: threads that each wait on a trial's own process."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return tune.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,24 +275,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.trials < 1 or args.workers < 1:
         parser.error("--trials and --workers must be at least 1")
-    quiet_libraries()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"tune.study": args.study} if args.study else {}
-    try:
+    with prefect_api.one_line_errors("tune"):
         params = load_params(Path(args.params), overrides)
         # a bad search space is one line before Prefect or any trial starts
         tuning.search_space(apply_overrides(read_params_file(Path(args.params)), overrides), params)
-        summary = for_params(params, args.workers)(
+        summary = for_workers(args.workers)(
             trials=args.trials,
             workers=args.workers,
             apply=args.apply,
             params_path=args.params,
             overrides=overrides or None,
         )
-    except TrainflowError as exc:
-        print(f"error: tune: {exc}", file=sys.stderr)
-        sys.exit(1)
     print(json.dumps({k: v for k, v in summary.items() if k != "all_trials"}, indent=2))
 
 

@@ -23,7 +23,7 @@ from tasks.lib.errors import TrainflowError, redact
 
 log = logging.getLogger(__name__)
 
-TUNABLE_SECTIONS = ("train",)  # trials retrain on the prepared data (augmented, normalized): only train's keys change
+TUNABLE_SECTIONS = ("train",)  # trials retrain on the prepared data (augmented + statistics): only train's keys change
 FINISHED = ("complete", "pruned")  # what counts toward --trials N (Optuna's MaxTrialsCallback counts these too)
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 # where the trial's files go: every path train writes, inside the trial's own folder under paths.tune

@@ -259,7 +259,7 @@ class SpaceEntry(Section):
 
 
 class TuneParams(Section):
-    """The hyper-parameter search (``python -m flows.tune``, tasks/lib/tuning.py); keys checked there against params."""
+    """The hyper-parameter search (``python -m flows.tune``, flows/tuning.py); keys checked there against params."""
 
     study: str = Field(min_length=1, max_length=200)
     storage: str = Field(min_length=1)

@@ -30,7 +30,7 @@ from flows.dvc_repo import parse_overrides, stage_graph
 from flows.training import SUMMARY_KEY, summary_markdown, training
 from tasks.lib.config import load_params
 from tasks.lib.errors import TrainflowError, TransientError
-from tests.helpers import REPO, STAGES, TINY, make_workspace, processes_in, ran, sh, wait_for
+from tests.helpers import REPO, STAGES, TINY, committed_params_file, make_workspace, processes_in, ran, sh, wait_for
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
@@ -51,7 +51,7 @@ def test_summary_lists_every_stage_the_metrics_the_decision_and_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    paths = load_params(REPO / "params.yaml").paths
+    paths = load_params(committed_params_file()).paths
     results = [{"stage": s, "state": "skipped" if s == "ingest" else "ran", "seconds": 1.0} for s in STAGES]
     assert "| split |" not in summary_markdown(results, paths)  # nothing written yet: no metrics, no links
     metrics = {"test": {"accuracy": 0.9, "f1_macro": 0.8, "loss": 0.3}}

@@ -12,9 +12,10 @@ from PIL import Image
 from tasks.augment import affine, copy_rng, random_affine, sample_grid, sample_text, word_edits
 from tasks.lib.artifacts import Dataset, Split, content_hash
 from tasks.lib.config import AugmentParams
-from tests.conftest import REPO, MakeDataset, load_params, run_stage_on, tiny_texts
+from tests.conftest import MakeDataset, load_params, run_stage_on, tiny_texts
+from tests.helpers import committed_params_file
 
-PARAMS = load_params(REPO / "params.yaml")
+PARAMS = load_params(committed_params_file())
 
 
 def augment(dataset: Dataset, params: AugmentParams, seed: int) -> tuple[Dataset, dict]:

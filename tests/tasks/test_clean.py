@@ -9,10 +9,11 @@ from tasks.clean import inspect
 from tasks.lib.artifacts import Dataset, Split, content_hash
 from tasks.lib.config import CleanParams, Params
 from tasks.lib.errors import TrainflowError
-from tests.conftest import REPO, MakeDataset, load_params, run_stage_on, tiny_texts
+from tests.conftest import MakeDataset, load_params, run_stage_on, tiny_texts
+from tests.helpers import committed_params_file
 
 LENIENT = CleanParams(max_removed_fraction=1.0, max_chars=5000)
-PARAMS = load_params(REPO / "params.yaml")
+PARAMS = load_params(committed_params_file())
 
 
 def clean(dataset: Dataset, params: CleanParams, config: Params = PARAMS) -> tuple[Dataset, dict]:

@@ -19,9 +19,10 @@ from tasks.lib.config import NormalizeParams, Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.vectorize import read_vocabulary
 from tasks.normalize import channel_sums, check, check_oov, run, statistics
-from tests.conftest import REPO, MakeDataset, load_params, tiny_texts
+from tests.conftest import MakeDataset, load_params, tiny_texts
+from tests.helpers import committed_params_file
 
-PARAMS = load_params(REPO / "params.yaml")
+PARAMS = load_params(committed_params_file())
 SCALE = PARAMS.normalize.model_copy(update={"method": "scale"})
 STANDARDIZE = PARAMS.normalize.model_copy(update={"method": "standardize"})
 TINY_OUTPUT = 2048  # bytes: statistics (texts: and a small vocabulary), nothing the size of the data

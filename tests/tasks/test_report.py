@@ -24,7 +24,7 @@ from tasks.lib.errors import TrainflowError
 from tasks.lib.tracking import flat_params, flatten
 from tasks.report import SECTIONS, changed_params, gather, image_grid, mistakes, render, stopping, wilson
 from tests.conftest import copy_run
-from tests.helpers import REPO, processes_in, ran, sh
+from tests.helpers import committed_params_file, processes_in, ran, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = next(
@@ -63,7 +63,7 @@ def test_changed_params_compares_values_not_spellings() -> None:
 def test_params_as_logged_equal_params_yaml_as_written(params: Params) -> None:
     # a run of the committed params.yaml changes nothing: no key appears that the file does not have (tune.space's
     # unset low/high/step/choices once did, as None)
-    written = flatten(read_params_file(REPO / "params.yaml"))
+    written = flatten(read_params_file(committed_params_file()))
     assert changed_params(flat_params(params), written, None) == []
 
 

@@ -35,6 +35,7 @@ from tasks.train import (
     text_model,
 )
 from tests.conftest import REPO, MakeDataset, tiny_texts
+from tests.helpers import committed_params_file
 
 
 def scale(channels: int = 1) -> dict:
@@ -285,7 +286,7 @@ print(json.dumps({"replicas": replicas, "variable": mirrored, "accuracy": accura
 
 def test_mirrored_strategy_trains_with_two_replicas(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", TWO_REPLICAS, str(REPO / "params.yaml"), str(tmp_path)],
+        [sys.executable, "-c", TWO_REPLICAS, str(committed_params_file()), str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -432,7 +433,7 @@ STAGE_PARAMS = {
 def test_train_stage_trains_on_augmented_items_with_normalize_statistics(tmp_path: Path, kind: str) -> None:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)  # params' tracking.uri: an SQLite store in tmp_path
-    args = [str(REPO / "params.yaml"), kind, json.dumps(STAGE_PARAMS[kind])]
+    args = [str(committed_params_file()), kind, json.dumps(STAGE_PARAMS[kind])]
     done = subprocess.run(
         [sys.executable, "-c", STAGE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

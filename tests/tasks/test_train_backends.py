@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import committed_params_file
 
 EPOCHS = 3
 
@@ -96,7 +97,7 @@ def test_train_stage_under_backend(tmp_path: Path, backend: str) -> None:
         "train.lr_schedule": "cosine",
         "train.lr_warmup_epochs": 1,
     }
-    trained = _python(backend, tmp_path, TRAIN, str(REPO / "params.yaml"), json.dumps(overrides))
+    trained = _python(backend, tmp_path, TRAIN, str(committed_params_file()), json.dumps(overrides))
 
     report = trained["report"]
     assert report["backend"] == backend and report["device"] in ("CPU", "GPU")  # CPU here, GPU where there is one

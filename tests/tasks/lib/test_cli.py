@@ -14,6 +14,7 @@ from tasks.lib.cli import main
 from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
+from tests.helpers import committed_params_file
 
 
 def run_stage(stage: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +29,7 @@ def run_stage(stage: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_params_file_exits_1_with_one_line(tmp_path: Path) -> None:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load((committed_params_file()).read_text())
     raw["clean"]["max_removed_fraction"] = 2.0
     raw["train"]["epoch"] = raw["train"].pop("epochs")
     bad = tmp_path / "bad.yaml"
@@ -61,7 +62,7 @@ def test_main_turns_trainflow_error_into_exit_1(
         raise TrainflowError("data/raw: not found")
 
     with pytest.raises(SystemExit) as exited:
-        main("clean", failing, ["--params", str(REPO / "params.yaml")])
+        main("clean", failing, ["--params", str(committed_params_file())])
     assert exited.value.code == 1
     assert capsys.readouterr().err == "error: clean: data/raw: not found\n"
     assert seen and seen[0].data.source == "digits"
@@ -71,7 +72,9 @@ def test_a_value_the_user_set_for_tensorflow_logging_is_kept(monkeypatch: pytest
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     seen: list[str] = []
     main(
-        "clean", lambda params: seen.append(os.environ["TF_CPP_MIN_LOG_LEVEL"]), ["--params", str(REPO / "params.yaml")]
+        "clean",
+        lambda params: seen.append(os.environ["TF_CPP_MIN_LOG_LEVEL"]),
+        ["--params", str(committed_params_file())],
     )
     assert seen == ["0"]
 
@@ -79,7 +82,7 @@ def test_a_value_the_user_set_for_tensorflow_logging_is_kept(monkeypatch: pytest
 def test_main_runs_the_stage_with_loaded_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     seen: list[Params] = []
-    main("clean", seen.append, ["--params", str(REPO / "params.yaml")])
+    main("clean", seen.append, ["--params", str(committed_params_file())])
     assert len(seen) == 1 and isinstance(seen[0], Params)
 
 
@@ -94,7 +97,7 @@ def test_a_credential_in_a_uri_never_reaches_the_error_line(
         tracking.client(params.tracking)  # no PostgreSQL driver here, nor a server on port 9
 
     with pytest.raises(SystemExit):
-        main("train", unreachable, ["--params", str(REPO / "params.yaml")])
+        main("train", unreachable, ["--params", str(committed_params_file())])
     line = capsys.readouterr().err
     assert "MLflow tracking store postgresql://***@127.0.0.1:9/mlflow?sslkey=*** is unreachable" in line
     assert "s3cret-pass" not in line and "abc123" not in line

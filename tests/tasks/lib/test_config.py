@@ -12,6 +12,7 @@ import yaml
 from tasks.lib.config import Params, PathsParams, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tests.conftest import REPO
+from tests.helpers import committed_params_file
 
 
 def error_for(raw: dict[str, Any], overrides: dict[str, Any]) -> str:
@@ -161,10 +162,10 @@ def test_apply_overrides_rejects_unknown_keys(raw: dict[str, Any], key: str) -> 
 
 
 def test_load_params_with_overrides(tmp_path: Path) -> None:
-    params = load_params(REPO / "params.yaml", overrides={"train.epochs": 3, "augment.copies": 0})
+    params = load_params(committed_params_file(), overrides={"train.epochs": 3, "augment.copies": 0})
     assert params.train.epochs == 3 and params.augment.copies == 0
     with pytest.raises(TrainflowError, match=r"train\.epochs"):
-        load_params(REPO / "params.yaml", overrides={"train.epochs": "3"})
+        load_params(committed_params_file(), overrides={"train.epochs": "3"})
 
 
 def test_load_params_error_names_the_file(tmp_path: Path, raw: dict[str, Any]) -> None:
@@ -273,7 +274,7 @@ def test_every_enum_value_survives_dvc_exp_run_set(tmp_path: Path) -> None:
 
 def test_a_repeated_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text() + "seed: 7\n")  # DVC refuses this file too
+    path.write_text((committed_params_file()).read_text() + "seed: 7\n")  # DVC refuses this file too
     with pytest.raises(TrainflowError, match=r"params.yaml: line \d+: key 'seed' repeats line \d+"):
         load_params(path)
 

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import workspace_lock
-from tests.helpers import REPO, tool_env
+from tests.helpers import REPO, committed_params_file, tool_env
 
 HOLD = (
     "import sys, time; from tasks.lib.lock import workspace_lock\nwith workspace_lock(sys.argv[1], 'stage test'):\n"
@@ -34,7 +34,7 @@ def test_a_second_holder_fails_naming_the_first(tmp_path: Path) -> None:
 
 
 def test_a_stage_cli_refuses_a_busy_workspace_and_a_killed_holder_frees_it(tmp_path: Path) -> None:
-    params = (REPO / "params.yaml").read_text()
+    params = (committed_params_file()).read_text()
     (tmp_path / "params.yaml").write_text(params)
     env = tool_env(PYTHONPATH=str(REPO))
     holder = subprocess.Popen(
