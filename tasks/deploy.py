@@ -299,7 +299,13 @@ def run(params: Params) -> dict:
     comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
     scored = comparison["champion"]["version"] if comparison.get("champion") else None
     same = registry.identical_version(settings, name, print_)
-    report: dict[str, Any] = {"contract": wanted, "fingerprint": print_, "drift": drifted, **comparison}
+    report: dict[str, Any] = {
+        "contract": wanted,
+        "fingerprint": print_,
+        "drift": drifted,
+        **comparison,
+        "settings": params.deploy.model_dump(mode="json"),  # what the gate applied, for the run report
+    }
     if same is not None:
         return _already_registered(params, run_id, report, candidate, comparison, same)
 

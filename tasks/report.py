@@ -166,9 +166,8 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
-def architecture(params: Params, kind: str) -> str:
-    """The model card's one-line architecture, from the train section (text always trains the RNN)."""
-    t = params.train
+def architecture(params: Params, t: TrainParams, kind: str) -> str:
+    """The model card's one-line architecture, from the train params it was trained with (text: always the RNN)."""
     if kind == "text":
         rnn = f"{'bidirectional ' if t.bidirectional else ''}{t.rnn.upper()} {t.rnn_units}"
         return (
@@ -297,6 +296,7 @@ def gather(params: Params) -> dict[str, Any]:
     per_class = artifacts.read_json(Path(paths.per_class))
     deployed = artifacts.read_json(Path(paths.deploy_report))
     run_info = artifacts.read_json(Path(paths.run_info))
+    trained = TrainParams.model_validate(run_info["train"], strict=False)  # what train used (params.yaml may be newer)
     predictions = _read_csv(Path(paths.predictions))
     curves = _read_bytes(Path(paths.figures) / "training_curves.png")
     confusion = _read_bytes(Path(paths.figures) / "confusion_matrix.png")
@@ -389,9 +389,9 @@ def gather(params: Params) -> dict[str, Any]:
         },
         "training": {
             "model": (
-                f"text RNN ({'bidirectional ' if params.train.bidirectional else ''}{params.train.rnn.upper()})"
+                f"text RNN ({'bidirectional ' if trained.bidirectional else ''}{trained.rnn.upper()})"
                 if clean.kind == "text"
-                else params.train.model
+                else trained.model
             ),
             "changed": changed_params(current, committed, champion_params),
             "committed": head,
@@ -401,7 +401,7 @@ def gather(params: Params) -> dict[str, Any]:
             "device_name": tags.get("device.name", "unknown"),
             "replicas": tags.get("train.replicas"),
             "fit_seconds": float(tags["train.fit_seconds"]) if "train.fit_seconds" in tags else None,
-            "stopping": stopping(history, params.train),
+            "stopping": stopping(history, trained),
             "curves": curves,
             "last": history[-1] if history else {},
         },
@@ -420,7 +420,7 @@ def gather(params: Params) -> dict[str, Any]:
         },
         "decision": {
             "gate": deployed["gate"],
-            "deploy": params.deploy.model_dump(mode="json"),
+            "deploy": deployed["settings"],  # the deploy params the gate applied
             "recall": [
                 {
                     "class": name,
@@ -458,7 +458,7 @@ def gather(params: Params) -> dict[str, Any]:
             "card": params.model_card.model_dump(mode="json"),
             "name": registry["model_name"],
             "version": version,
-            "architecture": architecture(params, clean.kind),
+            "architecture": architecture(params, trained, clean.kind),
             "input": (
                 "raw strings (N texts); split into words and numbered by the train vocabulary inside the model"
                 if clean.kind == "text"

@@ -458,7 +458,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
     if backup_dir.exists() and run_marker.is_file():
         run_id = run_marker.read_text().strip()  # a resumed training continues its MLflow run
         log.info("train: resuming MLflow run %s from the checkpoint in %s", run_id, backup_dir)
-        tracking.resume_run(params.tracking, Path(params.paths.run_info), run_id)
+        tracking.resume_run(params.tracking, Path(params.paths.run_info), run_id, params.train)
     else:
         history_csv.unlink(missing_ok=True)  # no checkpoint to resume from: start the history afresh
         run_id = tracking.start_run(params.tracking, Path(params.paths.run_info), params, device)

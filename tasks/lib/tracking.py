@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tasks.lib import artifacts
-from tasks.lib.config import DataParams, Params, TrackingParams
+from tasks.lib.config import DataParams, Params, TrackingParams, TrainParams
 from tasks.lib.errors import TrainflowError, TransientError, redact
 from tasks.lib.sources import FILE_SOURCES
 
@@ -168,18 +168,18 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
     items = [Param(k, v) for k, v in flat_params(params).items()]
     for start in range(0, len(items), 100):
         tracker.log_batch(run_id, params=items[start : start + 100])
-    _write_run_info(settings, run_info, run.info.experiment_id, run_id)
+    _write_run_info(settings, run_info, run.info.experiment_id, run_id, params.train)
     _use(tracking_uri(settings))
     return run_id
 
 
-def resume_run(settings: TrackingParams, run_info: Path, run_id: str) -> None:
+def resume_run(settings: TrackingParams, run_info: Path, run_id: str, train: TrainParams) -> None:
     """Point ``run_info`` at a run opened by an interrupted training."""
     run = client(settings).get_run(run_id)
-    _write_run_info(settings, run_info, run.info.experiment_id, run_id)
+    _write_run_info(settings, run_info, run.info.experiment_id, run_id, train)
 
 
-def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, run_id: str) -> None:
+def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, run_id: str, train: TrainParams) -> None:
     artifacts.write_json(
         Path(run_info),
         {
@@ -187,6 +187,7 @@ def _write_run_info(settings: TrackingParams, run_info: Path, experiment: str, r
             "experiment_id": experiment,
             "tracking_uri": redact(tracking_uri(settings)),  # a file others read: never the credentials
             "ui_path": f"#/experiments/{experiment}/runs/{run_id}?{UI_TRAINING_VIEW}",
+            "train": train.model_dump(mode="json"),  # the train params the model was trained with (the run report)
         },
     )
 
