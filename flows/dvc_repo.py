@@ -1,4 +1,4 @@
-"""The one adapter that knows DVC: the stage graph (its Python internals), one stage run through `dvc repro` (its
+"""The one adapter that knows DVC: the stage graph (its Python internals), stages run through `dvc repro` (its
 command line) and params.yaml edits as `dvc exp run -S` makes them.
 
 DVC documents its command line, not its ``Repo`` object; the internal call here is checked against `dvc dag` by
@@ -34,26 +34,32 @@ def stage_graph(root: Path = Path()) -> dict[str, list[str]]:
         return {name: [u for u in order if u in upstream[name]] for name in order}
 
 
-def repro_stage(
-    root: Path, stage: str, line: Callable[[str], Any] = print, env: Mapping[str, str] | None = None
-) -> bool:
-    """`dvc repro --single-item <stage>` in ``root``: DVC runs the stage only if its deps, params or outs changed.
+def repro(
+    root: Path,
+    target: str,
+    *,
+    single_item: bool = False,
+    line: Callable[[str], Any] = print,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """`dvc repro [--single-item] <target>` in ``root``: DVC runs a stage only if its deps, params or outs changed.
 
     Args:
         root: the DVC repo.
-        stage: the stage's name in dvc.yaml.
-        line: called with every line DVC and the stage print (the flow forwards them to its run log).
+        target: a stage of dvc.yaml.
+        single_item: that stage alone (the flow's tasks), not the stages before it too.
+        line: called with every line DVC and the stages print (the flow forwards them to its run log).
         env: the environment of the command (default: this process's).
 
     Returns:
-        Whether DVC ran the stage (False: it was up to date).
+        The stages DVC ran, in order (none: everything was up to date).
 
     Raises:
-        TransientError: the stage exited with EXIT_TRANSIENT (a retry may pass).
+        TransientError: a stage exited with EXIT_TRANSIENT (a retry may pass).
         TrainflowError: any other failure, with the stage's own ``error:`` line (else DVC's last line).
     """
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    ran, lines = False, []
+    command = [sys.executable, "-m", "dvc", "repro", *(["--single-item"] if single_item else []), target]
+    ran, lines = [], []
     with subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as process:
@@ -61,7 +67,8 @@ def repro_stage(
         for text in process.stdout:
             text = text.rstrip("\n")
             lines.append(text)
-            ran = ran or bool((m := _RUNNING.match(text)) and m.group(1) == stage)
+            if m := _RUNNING.match(text):
+                ran.append(m.group(1))
             line(text)
     if process.returncode == 0:
         return ran
@@ -70,7 +77,7 @@ def repro_stage(
     status = next((int(m.group(1)) for t in lines if (m := _EXITED.search(t))), None)
     if status == EXIT_TRANSIENT:
         raise TransientError(message)
-    raise TrainflowError(message or f"dvc repro --single-item {stage} exited with {process.returncode}")
+    raise TrainflowError(message or f"{' '.join(command[2:])} exited with {process.returncode}")
 
 
 def write_params(path: Path, overrides: Mapping[str, Any]) -> None:

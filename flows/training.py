@@ -38,7 +38,7 @@ def run_stage(stage: str, root: str) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`; its lines go to the run log. Whether DVC ran it, and how long it took."""
     logger, started = get_run_logger(), time.perf_counter()
     env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(flow_run.id)}  # the stage tags its MLflow run with it
-    ran = dvc_repo.repro_stage(Path(root), stage, logger.info, env)
+    ran = stage in dvc_repo.repro(Path(root), stage, single_item=True, line=logger.info, env=env)
     seconds = round(time.perf_counter() - started, 2)
     logger.info("%s %s in %.1f s", stage, "ran" if ran else "was up to date (DVC skipped it)", seconds)
     return {"stage": stage, "state": "ran" if ran else "skipped", "seconds": seconds}

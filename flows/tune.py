@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @task(name="prepare-data", task_run_name=f"dvc-repro-{DATA_STAGE}", cache_policy=NO_CACHE)
 def prepare_data(root: str) -> list[str]:
     """`dvc repro normalize`: the data stages, each only if changed, so trials train on data that matches params."""
-    ran = dvc_repo.repro(Path(root), DATA_STAGE)
+    ran = dvc_repo.repro(Path(root), DATA_STAGE, line=get_run_logger().debug)
     get_run_logger().info("data stages: %s", f"ran {', '.join(ran)}" if ran else "up to date")
     return ran
 

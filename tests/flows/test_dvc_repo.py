@@ -34,13 +34,13 @@ def tiny_repo(root: Path) -> Path:
     return root
 
 
-def test_repro_stage_runs_a_changed_stage_and_skips_an_unchanged_one(tmp_path: Path) -> None:
+def test_repro_runs_a_changed_stage_and_skips_an_unchanged_one(tmp_path: Path) -> None:
     root = tiny_repo(tmp_path)
     lines: list[str] = []
-    assert dvc_repo.repro_stage(root, "copy", lines.append) is False  # dvc repro ran it already
+    assert dvc_repo.repro(root, "copy", single_item=True, line=lines.append) == []  # dvc repro ran it already
     assert any("didn't change, skipping" in line for line in lines)  # DVC's own words reach the caller
     (root / "a.txt").write_text("two\n")
-    assert dvc_repo.repro_stage(root, "copy", lines.append) is True
+    assert dvc_repo.repro(root, "copy", single_item=True, line=lines.append) == ["copy"]
     assert (root / "b.txt").read_text() == "two\n"
     assert "up to date" in sh(root, "dvc", "status").stdout  # recorded in dvc.lock, as `dvc repro` records it
 
@@ -54,7 +54,7 @@ def test_a_failed_stage_raises_its_own_error_line_transient_only_for_exit_transi
     stage = {"cmd": f'python -c "{script}"', "deps": ["a.txt"], "outs": ["c.txt"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fail": stage}}))
     with pytest.raises(error, match=r"^copy: a\.txt is broken$") as raised:
-        dvc_repo.repro_stage(root, "fail", lambda line: None)
+        dvc_repo.repro(root, "fail", single_item=True, line=lambda line: None)
     assert isinstance(raised.value, TransientError) is (status == EXIT_TRANSIENT)
 
 
