@@ -333,7 +333,8 @@ def gather(params: Params) -> dict[str, Any]:
 
     tags = run["tags"]
     committed, head = _committed_params()
-    current = run["params"]  # the values this model was trained with, as train logged them (every params.yaml key)
+    # the values this model was trained with, as train logged them (every params.yaml key), and this page's own
+    current = {**run["params"], **tracking.flatten({"report": params.report.model_dump(mode="json")})}
     champion_params = champion_run["params"] if champion_run else None
     cleaned = clean.info.get("clean", {})
     scored = champion if champion and champion.get("status") == "scored" else None

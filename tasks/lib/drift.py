@@ -193,9 +193,17 @@ def write_reference(stored: artifacts.Stored, params: Params) -> None:
     artifacts.write_json(Path(params.paths.reference_stats), statistics(parts, stored.classes))
 
 
+CHUNK = 4096  # items summarised at once: float64 copies of a chunk, never of the whole dataset
+
+
 def record(dataset: Dataset, path: Path) -> dict[str, Any]:
     """Write the statistics of freshly ingested data (all splits), which deploy compares with the champion's."""
-    found = statistics(((s.x, s.y) for s in dataset.splits.values()), dataset.classes, NEW_VOCABULARY)
+    parts = (
+        (s.x[start : start + CHUNK], s.y[start : start + CHUNK])
+        for s in dataset.splits.values()
+        for start in range(0, len(s.y), CHUNK)
+    )
+    found = statistics(parts, dataset.classes, NEW_VOCABULARY)
     artifacts.write_json(Path(path), found)
     return found
 

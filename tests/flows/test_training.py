@@ -139,7 +139,7 @@ def test_after_dvc_repro_the_flow_runs_nothing_and_after_the_flow_dvc_repro_runs
     # the run graph's edges are those of `dvc dag`: each stage hangs from the stages whose outputs it reads
     dag = sh(workspace, "dvc", "dag", "--dot").stdout
     expected = {s: sorted(u for u in STAGES if f'"{u}" -> "{s}"' in dag) for s in STAGES}
-    assert expected["deploy"] == ["clean", "evaluate", "train"]  # the parse above found the edges
+    assert expected["deploy"] == ["clean", "evaluate", "ingest", "train"]  # the parse above found the edges
     assert upstream_names(flow_run_id) == expected
 
     epochs = yaml.safe_load((workspace / "params.yaml").read_text())["train"]["epochs"]
