@@ -69,7 +69,8 @@ def test_nightly_deployment_is_scheduled_and_a_run_after_dvc_repro_runs_no_stage
 ) -> None:
     workspace = make_workspace(tmp_path / "workspace", TINY)
     sh(workspace, "dvc", "repro")
-    registry = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)  # whatever registry URI an earlier test set
     name = load_params(workspace / "params.yaml").deploy.model_name
     assert len(registry.search_model_versions(f"name='{name}'")) == 1
     schedule = load_params(workspace / "params.yaml").schedule

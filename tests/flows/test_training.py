@@ -115,10 +115,16 @@ def upstream_names(flow_run_id: Any) -> dict[str, list[str]]:
     }
 
 
+def store(workspace: Path) -> MlflowClient:
+    """The workspace's MLflow store, its registry too (whatever registry URI an earlier test set in this process)."""
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def versions(workspace: Path) -> list[str]:
     """The registered versions of the workspace's model, oldest first."""
     name = load_params(workspace / "params.yaml").deploy.model_name
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    client = store(workspace)
     return sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
 
 
@@ -156,7 +162,7 @@ def test_after_dvc_repro_the_flow_runs_nothing_and_after_the_flow_dvc_repro_runs
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
     run_id = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
     assert any("| deploy | ran |" in a.data and run_id in a.data for a in artifacts)  # the summary links the run
-    run = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}").get_run(run_id)
+    run = store(workspace).get_run(run_id)
     assert run.data.tags["prefect.flow_run_id"] == str(flow_run_id)  # lineage: the MLflow run names the flow run
     assert f"trained in <code>{flow_run_id}</code>" in (workspace / "reports/report.html").read_text()
 
