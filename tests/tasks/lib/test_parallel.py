@@ -3,6 +3,7 @@ size."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,20 @@ DATA = ("data/clean", "data/augmented", "data/normalized")
 
 
 STAGES_MAPPED = ("clean", "augment", "normalize")
+ASK = """import json, sys
+from distributed import Client
+with Client(sys.argv[1], timeout="10s") as client:
+    print(json.dumps(client.run(lambda dask_worker: dask_worker.state.executed_count)))
+"""
+
+
+def dask_workers(address: str) -> dict[str, int]:
+    """The cluster's workers and how many tasks each ran, asked by a client process of its own (a client in this
+    test process would share its event loops and state with whatever ran in it before)."""
+    done = subprocess.run([sys.executable, "-c", ASK, address], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-500:])
+    return json.loads(done.stdout)
 
 
 @contextmanager
@@ -111,27 +126,23 @@ def dask_cluster(tmp_path: Path, code: Path) -> Iterator[str]:
     dask = str(Path(sys.executable).parent / "dask")
     env = tool_env(DASK_LOGGING__DISTRIBUTED="warning")
     scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]
-    started = [subprocess.Popen(scheduler, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    logs = [tmp_path / "scheduler.log", tmp_path / "worker-0.log", tmp_path / "worker-1.log"]
+    with logs[0].open("wb") as log:
+        started = [subprocess.Popen(scheduler, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)]
     for i in range(2):
         folder = tmp_path / f"worker-{i}"
         folder.mkdir()
-        started.append(
-            subprocess.Popen(
-                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
-                cwd=folder,
-                env={**env, "PYTHONPATH": str(code)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        worker = [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"]
+        with logs[i + 1].open("wb") as log:
+            env_i = {**env, "PYTHONPATH": str(code)}
+            started.append(subprocess.Popen(worker, cwd=folder, env=env_i, stdout=log, stderr=subprocess.STDOUT))
     try:
-        from distributed import Client
-
-        def two_workers() -> bool:
-            with Client(address, timeout="5s") as client:
-                return len(client.scheduler_info()["workers"]) == 2
-
-        wait_for("a Dask scheduler with two workers", two_workers, timeout=120)
+        try:
+            wait_for("a Dask scheduler with two workers", lambda: len(dask_workers(address)) == 2, timeout=120)
+        except BaseException:
+            for path in logs:
+                print(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}")  # shown with the failure
+            raise
         yield address
     finally:
         for process in reversed(started):
@@ -155,10 +166,7 @@ def test_dvc_repro_maps_the_data_stages_on_a_dask_cluster_with_the_same_bytes(tm
     assert len([name for name in alone if name.startswith("data/clean/train/x-")]) == 5  # 1,257 images / 300
     with dask_cluster(tmp_path / "dask", root) as address:
         done = sh(root, "dvc", "repro", "--force", "--single-item", *STAGES_MAPPED, DASK_SCHEDULER_ADDRESS=address)
-        from distributed import Client
-
-        with Client(address) as client:
-            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        executed = dask_workers(address)
     log = done.stdout + done.stderr
     assert all(f"Running stage '{stage}'" in log for stage in STAGES_MAPPED)
     assert f"clean-inspect: 7 calls on the Dask cluster at {address}" in log  # 5 + 1 + 1 shards
