@@ -200,11 +200,6 @@ def run(params: Params) -> dict:
     return report
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: train images before and added."""
-    return f"train {report['train_original']} + {report['train_added']} augmented"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

@@ -125,11 +125,6 @@ def run(params: Params) -> dict:
     return report
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: what was removed."""
-    return f"removed {report['removed_total']} of {report['input_total']}"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

@@ -391,15 +391,6 @@ def run(params: Params) -> dict:
     return report
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: the serving check and the gate's decision."""
-    if report["serving"] is None:
-        return f"v{report['registry']['version']} unchanged: identical model, nothing registered"
-    verdict = "champion" if report["gate"]["promote"] else "challenger"
-    served = f"served {report['serving']['checked']} images, p50 {report['serving']['latency_ms']['p50']:.0f} ms"
-    return f"{served}; v{report['registry']['version']} {verdict}"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

@@ -178,11 +178,6 @@ def headline(report: dict) -> dict[str, dict[str, float]]:
     return {split: {k: report[split][k] for k in HEADLINE} for split in EVAL_SPLITS}
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: test accuracy."""
-    return f"test accuracy {report['test']['accuracy']:.4f}"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

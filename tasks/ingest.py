@@ -122,11 +122,6 @@ def run(params: Params) -> dict:
     return manifest
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: images per split."""
-    return " / ".join(f"{name} {split['count']}" for name, split in report["splits"].items())
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

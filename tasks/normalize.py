@@ -152,13 +152,6 @@ def run(params: Params) -> dict:
     return stats
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: the method (text: vocabulary and sequence length)."""
-    if report["method"] == "vocabulary":
-        return f"{report['vocabulary_size']} words, sequences of {report['sequence_length']}"
-    return str(report["method"])
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

@@ -489,11 +489,6 @@ def run(params: Params) -> dict:
     return {"path": str(target), "bytes": len(page), "mlflow": uri, "version": registry["version"]}
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: where the report is."""
-    return f"{report['path']} ({report['bytes'] / 1024:.0f} KB), MLflow {report['mlflow']}"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 

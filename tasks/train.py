@@ -521,11 +521,6 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
     return report
 
 
-def describe(report: dict) -> str:
-    """One line for the flow-run summary: epochs and device."""
-    return f"{report['epochs_run']} epochs on {report['device']} ({report['backend']})"
-
-
 if __name__ == "__main__":
     from tasks.lib.cli import main
 
