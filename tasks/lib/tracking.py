@@ -111,14 +111,15 @@ def experiment_id(tracker: Any, settings: TrackingParams) -> str:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """A params mapping as ``section.key`` → value text (as MLflow logs params), secret-looking names left out."""
+    """A params mapping as ``section.key`` → value text (as MLflow logs params), secret-looking names left out and
+    credentials in URL-shaped values (``user:password@``, ``?password=``) redacted."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             out |= flatten(value, name)
-        elif not SECRET.search(str(key)):
-            out[name] = str(list(value) if isinstance(value, tuple) else value)
+        elif not SECRET.search(str(key)):  # a secret-looking name: left out; a credential inside a URL: redacted
+            out[name] = redact(str(list(value) if isinstance(value, tuple) else value))
     return out
 
 

@@ -134,6 +134,19 @@ def test_lineage_from_the_champion_to_the_data_hashes(runs: dict, workspace: Pat
         assert digests[f"{data_dir}/{split}"] == manifest["splits"][split]["sha256"][: tracking.DIGEST_CHARS]
 
 
+def test_flat_params_redact_credentials_by_value_and_leave_out_secret_names() -> None:
+    tree = {
+        "tracking": {"uri": "http://alice:s3cret@mlflow.example:5000", "experiment": "trainflow"},
+        "tune": {"storage": "postgresql://bob:hunter2@db.example/optuna?sslpassword=p4ss&x=1"},
+        "remote": {"api_token": "t0ken", "url": "https://host/x?access_key=k3y"},
+    }
+    flat = tracking.flatten(tree)
+    text = json.dumps(flat)
+    assert not any(secret in text for secret in ("s3cret", "hunter2", "p4ss", "t0ken", "k3y")), flat
+    assert flat["tracking.uri"] == "http://***@mlflow.example:5000" and flat["tracking.experiment"] == "trainflow"
+    assert "remote.api_token" not in flat  # a secret-looking name: not logged at all
+
+
 def test_flat_params_never_log_secrets(workspace: Path) -> None:
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     params = load_params(workspace / "params.yaml")
