@@ -33,7 +33,7 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientError)
 
 
-@task(cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(cache_policy=NO_CACHE)
 def run_stage(stage: str, root: str) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`; its lines go to the run log. Whether DVC ran it, and how long it took."""
     logger, started = get_run_logger(), time.perf_counter()
@@ -87,7 +87,8 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
         dvc_repo.write_params(path, overrides)
     states: dict[str, Any] = {}
     for name, upstream in dvc_repo.stage_graph(root).items():  # dvc.yaml: the one list of stages and edges
-        future = run_stage.with_options(name=name, task_run_name=name, retry_condition_fn=_retry_transient)
+        retry = dict(retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_transient)
+        future = run_stage.with_options(name=name, task_run_name=name, **retry)
         states[name] = future(name, str(root), wait_for=[states[u] for u in upstream], return_state=True)
         states[name].result()  # re-raises the stage's own error: the flow fails, no later stage runs
     results = [s.result() for s in states.values()]
