@@ -12,7 +12,7 @@ import yaml
 
 from tasks.lib.cli import main
 from tasks.lib.config import Params
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError
 from tests.conftest import REPO
 from tests.helpers import committed_params_file
 
@@ -66,6 +66,22 @@ def test_main_turns_trainflow_error_into_exit_1(
     assert exited.value.code == 1
     assert capsys.readouterr().err == "error: clean: data/raw: not found\n"
     assert seen and seen[0].data.source == "digits"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TransientError("keras:mnist: download failed"), ConnectionError("mlflow:5000 refused"), TimeoutError("x")],
+)
+def test_a_transient_failure_exits_with_exit_transient_in_one_line(
+    error: Exception, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing(params: Params) -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as exited:
+        main("ingest", failing, ["--params", str(committed_params_file())])
+    assert exited.value.code == EXIT_TRANSIENT  # the flow retries only these
+    assert capsys.readouterr().err == f"error: ingest: {error}\n"
 
 
 def test_a_value_the_user_set_for_tensorflow_logging_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
