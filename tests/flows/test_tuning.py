@@ -155,7 +155,9 @@ def test_a_trial_that_fails_in_its_process_is_one_line_and_leaves_no_process(
 ) -> None:
     monkeypatch.chdir(REPO)  # where `python -m flows.tuning` runs
     changed = copy.deepcopy(raw)
-    changed["paths"].update(normalized=str(tmp_path / "no-data"), clean=str(tmp_path / "no-clean"))
+    changed["paths"].update(
+        augmented=str(tmp_path / "no-data"), normalized=str(tmp_path / "no-data"), clean=str(tmp_path / "no-clean")
+    )  # none of the inputs exist, also on a fresh checkout where `dvc repro` never ran
     request = {"raw": changed, "values": {"train.learning_rate": 0.002}, "folder": str(tmp_path / "0"), "number": 0}
     began: list[bool] = []
     before = set(psutil.Process().children(recursive=True))  # e.g. a process pool's forkserver of an earlier test
