@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -66,18 +67,30 @@ def tiny_texts(counts: dict[str, int] | None = None, seed: int = 0) -> Dataset:
     return Dataset(splits=splits, classes=("spam", "ham"))
 
 
+class Repro(NamedTuple):
+    """A workspace and what its first `dvc repro` printed."""
+
+    root: Path
+    done: subprocess.CompletedProcess[str]
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_repro(tmp_path_factory: pytest.TempPathFactory) -> Repro:
     """A workspace after one real `dvc repro` of the TINY params (data, model, reports, a champion in the registry).
 
     Tests that need a finished run start from a copy (:func:`copy_run`) instead of running the pipeline again; the
-    workspace is self-contained (DVC cache, MLflow store and artifacts, GX context all inside it).
+    workspace is self-contained (DVC cache, MLflow store and artifacts, GX context all inside it). Never change it.
     """
     from tests.helpers import TINY, make_workspace, sh
 
     root = make_workspace(tmp_path_factory.mktemp("tiny-run"), TINY)
-    sh(root, "dvc", "repro")
-    return root
+    return Repro(root, sh(root, "dvc", "repro"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_repro: Repro) -> Path:
+    """The workspace of :func:`tiny_repro`, to copy."""
+    return tiny_repro.root
 
 
 def copy_run(run: Path, to: Path) -> Path:

@@ -8,20 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Repro, copy_run
 from tests.helpers import EXP_SHOW, STAGES, TINY, make_workspace, processes_in, ran, sh
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_workspace(tmp_path_factory.mktemp("pipeline"), TINY)
-
-
-def test_repro_runs_every_stage_then_skips_then_reruns_from_train(workspace: Path) -> None:
-    first = sh(workspace, "dvc", "repro")
+def test_repro_runs_every_stage_then_skips_then_reruns_from_train(tiny_repro: Repro, tmp_path: Path) -> None:
+    first = tiny_repro.done  # the session's one first `dvc repro` of a fresh workspace (tests/conftest.py)
     assert ran(first.stdout) == list(STAGES)
-    assert processes_in(workspace) == []  # no daemons: nothing the stages started outlives `dvc repro`
+    assert processes_in(tiny_repro.root) == []  # no daemons: nothing the stages started outlives `dvc repro`
+    workspace = copy_run(tiny_repro.root, tmp_path / "workspace")
     output = first.stdout + first.stderr
     assert "cuInit" not in output and "absl::InitializeLog" not in output  # quiet on a CPU machine
     manifest = json.loads((workspace / "data/raw/manifest.json").read_text())

@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.lib.config import load_params
+from tests.conftest import copy_run
 from tests.helpers import STAGES, TINY, free_port, make_workspace, ran, sh, tool_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -65,10 +66,9 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def test_nightly_deployment_is_scheduled_and_a_run_after_dvc_repro_runs_no_stage(
-    tmp_path: Path, prefect_server: dict[str, str]
+    tmp_path: Path, prefect_server: dict[str, str], tiny_run: Path
 ) -> None:
-    workspace = make_workspace(tmp_path / "workspace", TINY)
-    sh(workspace, "dvc", "repro")
+    workspace = copy_run(tiny_run, tmp_path / "workspace")  # after `dvc repro` (the session's run, tests/conftest.py)
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     registry = MlflowClient(tracking_uri=uri, registry_uri=uri)  # whatever registry URI an earlier test set
     name = load_params(workspace / "params.yaml").deploy.model_name

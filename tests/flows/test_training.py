@@ -30,6 +30,7 @@ from flows.dvc_repo import parse_overrides, stage_graph
 from flows.training import SUMMARY_KEY, summary_markdown, training
 from tasks.lib.config import load_params
 from tasks.lib.errors import TrainflowError, TransientError
+from tests.conftest import copy_run
 from tests.helpers import REPO, STAGES, TINY, committed_params_file, make_workspace, processes_in, ran, sh, wait_for
 
 
@@ -76,8 +77,8 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Path]:
-    root = make_workspace(tmp_path_factory.mktemp("flow"), TINY)
+def workspace(tmp_path_factory: pytest.TempPathFactory, prefect_api: None, tiny_run: Path) -> Iterator[Path]:
+    root = copy_run(tiny_run, tmp_path_factory.mktemp("flow") / "workspace")  # after `dvc repro`
     previous = Path.cwd()
     os.chdir(root)
     yield root
