@@ -186,6 +186,7 @@ def tune(
     params = load_params(path, overrides)
     raw = apply_overrides(read_params_file(path), overrides or {})
     space = tuning.search_space(raw, params)  # a bad search space fails here, before any trial
+    tuning.storage_url(params.tune.storage, root)  # so does a relative study file outside the repository
     prepare_data(quote(str(root)))  # before the lock: `dvc repro` runs each stage with the lock held
     out = root / params.paths.tune
     with workspace_lock(root / params.paths.lock, "Prefect flow tune"):
