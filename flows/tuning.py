@@ -397,6 +397,7 @@ def trial_record(trial: Any) -> dict[str, Any]:
         "epochs": len(trial.intermediate_values),
         "seconds": round(seconds, 1) if seconds is not None else None,
         "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        "mlflow_store": trial.user_attrs.get("mlflow_store"),  # clones sharing a study: each has its own store
         **({"baseline": True} if trial.user_attrs.get("baseline") else {}),
         **({"retry_of": trial.user_attrs["retry_of"]} if "retry_of" in trial.user_attrs else {}),
     }
@@ -425,6 +426,7 @@ def summary(study: Any, params: Params, root: Path, wall_seconds: float, ran: li
             "value": best.value,
             "params": best.params,
             "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+            "mlflow_store": best.user_attrs.get("mlflow_store"),
         },
         "trials": counts(study),
         "wall_seconds": round(wall_seconds, 1),

@@ -396,16 +396,22 @@ def start_parent_run(settings: TrackingParams, name: str, params: Mapping[str, A
     return run.info.run_id
 
 
-def reopen_run(settings: TrackingParams, run_id: str) -> bool:
-    """Mark an existing run RUNNING again (a resumed study); False when this store has no such run."""
+def has_run(settings: TrackingParams, run_id: str) -> bool:
+    """Whether this store holds the run (a study shared by clones names runs of every clone's store)."""
     from mlflow.exceptions import MlflowException
 
-    tracker = client(settings)
     try:
-        tracker.get_run(run_id)
+        client(settings).get_run(run_id)
     except MlflowException:
         return False
-    tracker.update_run(run_id, status="RUNNING")
+    return True
+
+
+def reopen_run(settings: TrackingParams, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (a resumed study); False when this store has no such run."""
+    if not has_run(settings, run_id):
+        return False
+    client(settings).update_run(run_id, status="RUNNING")
     return True
 
 
