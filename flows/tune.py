@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 from flows import dvc_repo, prefect_api, tuning
 from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import TrainflowError, redact
 from tasks.lib.lock import workspace_lock
 
 SUMMARY_KEY = "tune-summary"
@@ -47,6 +47,23 @@ def prepare_data(root: str) -> list[str]:
 
 def trial_tags(params: Params, number: int) -> dict[str, Any]:
     return {"tune.study": params.tune.study, "tune.trial": number}
+
+
+def store(params: Params) -> str:
+    """This workspace's MLflow store (its URI, credentials redacted): clones sharing a study each have their own."""
+    return redact(tracking.tracking_uri(params.tracking))
+
+
+def remember_run(trial: Any, params: Params, run_id: str) -> None:
+    """Record in the study a trial's MLflow run and the store that holds it (another clone's trials hold theirs)."""
+    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("mlflow_store", store(params))
+
+
+def run_here(params: Params, trial: Any) -> str | None:
+    """The trial's MLflow run when this workspace's store holds it; None for a trial of another store."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    return run_id if run_id and tracking.has_run(params.tracking, run_id) else None
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -72,7 +89,7 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     def opened() -> None:  # train has opened its MLflow run (the trial's run_info): nest it under the study's
         child["id"] = tracking.current_run(Path(trial_params.paths.run_info))
         tracking.nest_run(settings, child["id"], parent_run_id, name, tags)
-        trial.set_user_attr("mlflow_run_id", child["id"])
+        remember_run(trial, params, child["id"])
 
     started, value, error = time.perf_counter(), None, None
     try:
@@ -89,7 +106,7 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     seconds = time.perf_counter() - started
     if "id" not in child:  # it failed before train opened a run
         child["id"] = tracking.start_child_run(settings, parent_run_id, name, tags)
-        trial.set_user_attr("mlflow_run_id", child["id"])
+        remember_run(trial, params, child["id"])
     outcome = {"tune.state": state, **({"tune.error": str(error)[:500]} if state == "failed" else {})}
     tracking.set_tags(settings, child["id"], outcome)
     tracking.end_run(settings, child["id"], RUN_STATUS[state])
@@ -105,12 +122,20 @@ def run_trial(trial: Any, raw: dict[str, Any], parent_run_id: str) -> Any:
     return result
 
 
+def parent_key(params: Params) -> str:
+    """The study's attribute naming its MLflow run in this store: one per store, as clones sharing a study each
+    have their own (Optuna keeps attribute names up to 512 characters)."""
+    return f"mlflow_run_id@{store(params)}"[:512]
+
+
 def parent_run(study: Any, params: Params, root: Path) -> str:
-    """The study's MLflow run: the one a previous run of this study opened (reopened), else a new one."""
+    """The study's MLflow run in this store: the one a previous run of this study opened here (reopened), else a
+    new one."""
     settings, cfg = params.tracking, params.tune
-    known = study.user_attrs.get("mlflow_run_id")
-    if known and tracking.reopen_run(settings, known):
-        return known
+    for known in (study.user_attrs.get(parent_key(params)), study.user_attrs.get("mlflow_run_id")):  # or as before
+        if known and tracking.reopen_run(settings, known):
+            study.set_user_attr(parent_key(params), known)
+            return known
     values = {
         "tune.study": cfg.study,
         "tune.metric": f"val.{cfg.metric}",
@@ -121,20 +146,29 @@ def parent_run(study: Any, params: Params, root: Path) -> str:
     }
     tags = {"tune.study": cfg.study, "tune.role": "study", "data.source": params.data.source}
     run_id = tracking.start_parent_run(settings, f"tune {cfg.study}", {k: str(v) for k, v in values.items()}, tags)
-    study.set_user_attr("mlflow_run_id", run_id)
+    study.set_user_attr(parent_key(params), run_id)
     return run_id
 
 
 def record_best(study: Any, params: Params, parent_id: str, out: Path) -> None:
-    """Tag the best trial's run (``tune.best``, moved from the previous best), and log the summary to the parent."""
+    """Tag the best trial's run (``tune.best``, moved from the previous best), and log the summary to the parent.
+
+    A best trial another clone ran (a shared study) has its run in that clone's store: the parent names it
+    (``tune.best_store``) and no run is tagged here.
+    """
     settings = params.tracking
     best = tuning.best_trial(study)
     if best is not None and (run_id := best.user_attrs.get("mlflow_run_id")):
         previous = tracking.run_record(settings, parent_id)["tags"].get("tune.best_run_id")
         if previous and previous != run_id:
-            tracking.delete_tag(settings, previous, "tune.best")
-        tracking.set_tags(settings, run_id, {"tune.best": "true"})
+            tracking.delete_tag(settings, previous, "tune.best")  # none here when another store held it
         best_tags = {f"tune.best.{k}": v for k, v in best.params.items()}
+        if run_here(params, best):
+            tracking.set_tags(settings, run_id, {"tune.best": "true"})
+            tracking.delete_tag(settings, parent_id, "tune.best_store")  # a previous best of another store's
+        else:
+            best_tags["tune.best_store"] = where = best.user_attrs.get("mlflow_store", "another MLflow store")
+            log.warning("the best trial, %d, ran in %s: its run %s is not in this store", best.number, where, run_id)
         tracking.set_tags(
             settings, parent_id, {"tune.best_run_id": run_id, "tune.best_trial": best.number, **best_tags}
         )
@@ -186,6 +220,7 @@ def tune(
     params = load_params(path, overrides)
     raw = apply_overrides(read_params_file(path), overrides or {})
     space = tuning.search_space(raw, params)  # a bad search space fails here, before any trial
+    tuning.storage_url(params.tune.storage, root)  # so does a relative study file outside the repository
     prepare_data(quote(str(root)))  # before the lock: `dvc repro` runs each stage with the lock held
     out = root / params.paths.tune
     with workspace_lock(root / params.paths.lock, "Prefect flow tune"):
@@ -201,7 +236,7 @@ def tune(
             logger.warning(
                 "trial %d was interrupted (its run was killed): failed, its values queued again", stale.number
             )
-            run_id = stale.user_attrs.get("mlflow_run_id") or tracking.start_child_run(
+            run_id = run_here(params, stale) or tracking.start_child_run(
                 params.tracking, parent, f"{params.tune.study} trial {stale.number}", trial_tags(params, stale.number)
             )
             tracking.set_tags(params.tracking, run_id, {"tune.state": "failed", "tune.error": "interrupted"})

@@ -99,10 +99,27 @@ def trial_params(
 
 
 def storage_url(storage: str, root: Path) -> str:
-    """``tune.storage`` as a SQLAlchemy URL: a database URL as it is, a file path as SQLite (relative to ``root``)."""
-    if "://" in storage:
-        return storage
-    return f"sqlite:///{(root / storage).resolve()}"
+    """``tune.storage`` as a SQLAlchemy URL: a database URL as it is, a file path as SQLite; a relative SQLite file
+    (``optuna.db``, ``sqlite:///optuna.db``) resolves inside the repository ``root``, like every ``paths.*``, not in
+    the working folder of whoever opens it.
+
+    Raises:
+        TrainflowError: a relative SQLite file that resolves outside ``root`` (an absolute path says so on purpose).
+    """
+    if "://" not in storage:
+        file, query = storage, ""
+    else:
+        scheme, _, rest = storage.partition(":///")
+        if scheme.partition("+")[0] != "sqlite" or not rest or rest.startswith(("/", ":memory:")):
+            return storage  # a database server, an absolute SQLite file, or SQLite in memory
+        file, query = rest.partition("?")[::2]
+    path, inside = (root / file).resolve(), root.resolve()
+    if not Path(file).is_absolute() and inside not in path.parents:
+        raise TrainflowError(
+            f"tune.storage={storage}: a relative file resolves inside the repository, and {path} is outside "
+            f"{inside}; give an absolute path (or a database URL) for a study kept elsewhere"
+        )
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
 def open_study(params: Params, root: Path) -> Any:
@@ -380,6 +397,7 @@ def trial_record(trial: Any) -> dict[str, Any]:
         "epochs": len(trial.intermediate_values),
         "seconds": round(seconds, 1) if seconds is not None else None,
         "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        "mlflow_store": trial.user_attrs.get("mlflow_store"),  # clones sharing a study: each has its own store
         **({"baseline": True} if trial.user_attrs.get("baseline") else {}),
         **({"retry_of": trial.user_attrs["retry_of"]} if "retry_of" in trial.user_attrs else {}),
     }
@@ -408,6 +426,7 @@ def summary(study: Any, params: Params, root: Path, wall_seconds: float, ran: li
             "value": best.value,
             "params": best.params,
             "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+            "mlflow_store": best.user_attrs.get("mlflow_store"),
         },
         "trials": counts(study),
         "wall_seconds": round(wall_seconds, 1),

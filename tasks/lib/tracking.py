@@ -8,6 +8,7 @@ takes the params whose values it logs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 from tasks.lib import artifacts
 from tasks.lib.config import DataParams, Params, TrackingParams, TrainParams
 from tasks.lib.errors import TrainflowError, TransientError, redact
+from tasks.lib.lock import waiting_lock
 from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,28 @@ def _use(uri: str) -> None:
             os.environ[name] = value
 
 
+def sqlite_lock(uri: str) -> Path | None:
+    """The lock file beside a SQLite store's database (``mlflow.db`` → ``mlflow.db.lock``); None for another store,
+    or where the database's folder does not exist (MLflow's own error says so)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    return database.with_name(f"{database.name}.lock") if database.name and database.parent.is_dir() else None
+
+
 @functools.cache
 def _checked_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
+    lock = sqlite_lock(uri)
     try:
-        tracker = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        tracker.search_experiments(max_results=1)
+        # MLflow creates and migrates a new SQLite store on first use, unlocked: two processes opening it at once
+        # failed one on a half-made schema ("table ... already exists", alembic_version). One opens it at a time.
+        with waiting_lock(lock, f"opening MLflow store {redact(uri)}") if lock else contextlib.nullcontext():
+            tracker = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            tracker.search_experiments(max_results=1)
+    except TrainflowError:
+        raise
     except Exception as exc:  # an unreachable server or a bad database raise many types
         raise TransientError(f"MLflow tracking store {uri} is unreachable ({str(exc).splitlines()[0][:200]})") from None
     return tracker
@@ -107,7 +124,15 @@ def experiment_id(tracker: Any, settings: TrackingParams) -> str:
         location = f"{ARTIFACT_SCHEME}:{settings.artifacts}"
     elif not uri.startswith(REMOTE_SCHEMES):
         location = Path(settings.artifacts).resolve().as_uri()
-    return tracker.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracker.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+    except MlflowException:  # another first run created it meanwhile: use theirs (anything else raises again here)
+        found = tracker.get_experiment_by_name(settings.experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -371,16 +396,22 @@ def start_parent_run(settings: TrackingParams, name: str, params: Mapping[str, A
     return run.info.run_id
 
 
-def reopen_run(settings: TrackingParams, run_id: str) -> bool:
-    """Mark an existing run RUNNING again (a resumed study); False when this store has no such run."""
+def has_run(settings: TrackingParams, run_id: str) -> bool:
+    """Whether this store holds the run (a study shared by clones names runs of every clone's store)."""
     from mlflow.exceptions import MlflowException
 
-    tracker = client(settings)
     try:
-        tracker.get_run(run_id)
+        client(settings).get_run(run_id)
     except MlflowException:
         return False
-    tracker.update_run(run_id, status="RUNNING")
+    return True
+
+
+def reopen_run(settings: TrackingParams, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (a resumed study); False when this store has no such run."""
+    if not has_run(settings, run_id):
+        return False
+    client(settings).update_run(run_id, status="RUNNING")
     return True
 
 

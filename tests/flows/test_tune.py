@@ -222,3 +222,57 @@ def test_a_killed_study_resumes_without_running_a_finished_trial_twice_and_two_w
     best = [n for n, run in children.items() if run.data.tags.get("tune.best") == "true"]
     assert best == [summary["best"]["trial"]]  # one best, whichever run of the study found it
     assert processes_in(workspace) == []  # the Prefect server and the trials ended with the command
+
+
+@pytest.mark.slow
+def test_two_clones_sharing_one_study_each_keep_their_own_mlflow_runs(
+    prepared: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One study (an absolute SQLite file outside both clones), two clones, each with its own MLflow store: each
+    clone's trials are knowledge for the other's, never a run this store must hold (issue 26: the second clone
+    crashed tagging the first clone's best trial, a run its store does not have)."""
+    clones = {name: tmp_path / name for name in ("a", "b")}
+    for clone in clones.values():
+        shutil.copytree(prepared, clone, symlinks=True)
+    shared = tmp_path / "shared" / "optuna.db"
+    shared.parent.mkdir()
+    monkeypatch.setenv("PATH", tool_env()["PATH"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = {"train.learning_rate": {"choices": [0.005, 0.00001]}}  # params.yaml's 0.005 learns, 0.00001 does not
+    overrides = {
+        "tune.study": "shared",
+        "tune.storage": str(shared),
+        "tune.space": space,
+        "tune.epochs": 1,
+        "tune.pruner": "none",
+    }
+
+    def run(clone: str, trials: int, queue: float | None = None) -> dict[str, Any]:
+        if queue is not None:  # Optuna's own way to choose the next trial's values: a weak one
+            optuna.load_study(study_name="shared", storage=f"sqlite:///{shared}").enqueue_trial(
+                {"train.learning_rate": queue}
+            )
+        monkeypatch.chdir(clones[clone])
+        return tune(trials=trials, overrides=overrides)
+
+    first = run("a", 1)  # trial 0: params.yaml's own values, the best, its run in a's store
+    second = run("b", 2, queue=0.00001)  # trial 1 in b: weaker; the best stays a's trial 0
+    again = run("a", 3, queue=0.00001)  # trial 2 in a again: a's parent run is reopened
+
+    trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{shared}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and trials[0].value > trials[1].value
+    assert second["best"]["trial"] == again["best"]["trial"] == 0
+    stores = {name: f"sqlite:///{clones[name] / 'mlflow.db'}" for name in clones}
+    assert [t.user_attrs["mlflow_store"] for t in trials] == [stores["a"], stores["b"], stores["a"]]
+    assert second["best"]["mlflow_store"] == stores["a"]  # summary.json says where the best trial's run is
+    assert again["mlflow_parent_run_id"] == first["mlflow_parent_run_id"]  # one parent per study and store
+
+    # each store holds its own trials' runs under its own parent; b's parent names a's best without tagging a run
+    for name, parent, numbers in (("a", again, [0, 2]), ("b", second, [1])):
+        assert sorted(child_runs(clones[name], parent["mlflow_parent_run_id"])) == numbers
+    tracker = {name: MlflowClient(stores[name]) for name in clones}
+    b_parent = tracker["b"].get_run(second["mlflow_parent_run_id"])
+    assert b_parent.info.status == "FINISHED"
+    assert b_parent.data.tags["tune.best_trial"] == "0" and b_parent.data.tags["tune.best_store"] == stores["a"]
+    assert child_runs(clones["a"], first["mlflow_parent_run_id"])[0].data.tags["tune.best"] == "true"
+    assert "tune.best" not in child_runs(clones["b"], second["mlflow_parent_run_id"])[1].data.tags

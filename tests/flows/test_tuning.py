@@ -129,6 +129,31 @@ def test_a_killed_runs_trials_fail_and_are_queued_once_more_but_others_machines_
     assert retry.params == mine.params and retry.user_attrs["retry_of"] == mine.number
 
 
+@pytest.mark.parametrize("storage", ["sqlite:///tune.db", "tune.db", "sqlite:///./studies/../tune.db"])
+def test_a_relative_storage_lands_in_the_repository_whatever_the_working_folder(
+    raw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: str
+) -> None:
+    root, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    root.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # whoever opens the study runs somewhere else
+    params = parse_params({**raw, "tune": {**raw["tune"], "storage": storage}})
+    study = tuning.open_study(params, root)
+    study.tell(study.ask(), 0.5)
+    assert (root / "tune.db").is_file() and list(elsewhere.iterdir()) == []
+    assert tuning.storage_url(storage, root) == f"sqlite:///{(root / 'tune.db').resolve()}"
+
+
+def test_a_relative_storage_outside_the_repository_is_refused_and_absolute_urls_are_kept(tmp_path: Path) -> None:
+    with pytest.raises(TrainflowError, match=r"tune\.storage=sqlite:///\.\./tune\.db: a relative file .* outside"):
+        tuning.storage_url("sqlite:///../tune.db", tmp_path)
+    with pytest.raises(TrainflowError, match=r"tune\.storage=\.\./tune\.db: a relative file"):
+        tuning.storage_url("../tune.db", tmp_path)
+    for kept in (f"sqlite:///{tmp_path}/shared.db", "sqlite://", "postgresql://u@h/optuna", "postgresql:///optuna"):
+        assert tuning.storage_url(kept, tmp_path / "repo") == kept
+    assert tuning.storage_url(str(tmp_path / "s.db"), tmp_path / "repo") == f"sqlite:///{tmp_path / 's.db'}"
+    assert tuning.storage_url("sqlite:///t.db?timeout=9", tmp_path) == f"sqlite:///{tmp_path.resolve()}/t.db?timeout=9"
+
+
 def test_a_study_keeps_its_metric(raw: dict[str, Any], tmp_path: Path) -> None:
     params = parse_params({**raw, "tune": {**raw["tune"], "storage": "s.db"}})
     tuning.open_study(params, tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.errors import TrainflowError
-from tasks.lib.lock import workspace_lock
+from tasks.lib.lock import waiting_lock, workspace_lock
 from tests.helpers import REPO, committed_params_file, tool_env
 
 HOLD = (
@@ -30,6 +30,20 @@ def test_a_second_holder_fails_naming_the_first(tmp_path: Path) -> None:
     ):
         pass
     with workspace_lock(lock, "stage clean"):  # released on exit
+        pass
+
+
+def test_a_waiting_lock_waits_for_its_holder_then_gives_up_in_one_line(tmp_path: Path) -> None:
+    lock = tmp_path / "mlflow.db.lock"
+    with waiting_lock(lock, "opening MLflow store x"):
+        started = time.monotonic()
+        with (
+            pytest.raises(TrainflowError, match=r"mlflow.db.lock: another process held this lock for 0 s \(opening"),
+            waiting_lock(lock, "opening MLflow store x", timeout=0.3),
+        ):
+            pass
+        assert time.monotonic() - started >= 0.3  # it waited before giving up
+    with waiting_lock(lock, "opening MLflow store x", timeout=0.3):  # released on exit
         pass
 
 
