@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 from flows import dvc_repo, prefect_api, tuning
 from tasks.lib import artifacts, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import TrainflowError, redact
 from tasks.lib.lock import workspace_lock
 
 SUMMARY_KEY = "tune-summary"
@@ -143,7 +143,7 @@ def record_best(study: Any, params: Params, parent_id: str, out: Path) -> None:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The flow-run summary: the best trial and one row per trial."""
+    """The flow-run summary: the best trial and one row per trial (credentials redacted)."""
     lines = [f"# tune: study `{summary['study']}`", ""]
     best = summary["best"]
     if best:
@@ -154,7 +154,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for t in summary["all_trials"]:
         value = f"{t['value']:.4f}" if t["value"] is not None else "-"
         lines.append(f"| {t['number']} | {t['state']} | {value} | {t['seconds'] or '-'} | `{t['params']}` |")
-    return "\n".join(lines) + "\n"
+    return redact("\n".join(lines) + "\n")
 
 
 @flow(name="tune", log_prints=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import subprocess
 import time
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 
 from tasks.lib import artifacts
 from tasks.lib.config import DataParams, Params, TrackingParams, TrainParams
+from tasks.lib.errors import SECRET_NAME as SECRET
 from tasks.lib.errors import TrainflowError, TransientError, redact
 from tasks.lib.sources import FILE_SOURCES
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # ... and MLflow 3.17's UI reads its GenAI / Model training switch from the address (else the browser's last choice)
 UI_TRAINING_VIEW = "workflowType=machine_learning"
-SECRET = re.compile(r"(token|password|passwd|secret|credential|(^|_)key)$", re.IGNORECASE)
 DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of the SHA-256
 
 
@@ -162,7 +161,7 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
     }
     if (flow_run_id := prefect_flow_run_id()) is not None:
         tags["prefect.flow_run_id"] = str(flow_run_id)
-    run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data))
+    run = tracker.create_run(experiment_id(tracker, settings), tags=texts(tags), run_name=run_name(params.data))
     run_id = run.info.run_id
     from mlflow.entities import Param
 
@@ -220,10 +219,15 @@ def log_metrics(settings: TrackingParams, run_id: str, metrics: Mapping[str, flo
     client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
+def texts(values: Mapping[str, Any]) -> dict[str, str]:
+    """Param or tag values as MLflow stores them: text, credentials redacted (every param and tag goes through it)."""
+    return {key: redact(str(value)) for key, value in values.items()}
+
+
 def set_tags(settings: TrackingParams, run_id: str, tags: Mapping[str, Any]) -> None:
     tracker = client(settings)
-    for key, value in tags.items():
-        tracker.set_tag(run_id, key, str(value))
+    for key, value in texts(tags).items():
+        tracker.set_tag(run_id, key, value)
 
 
 def run_record(settings: TrackingParams, run_id: str) -> dict[str, Any]:
@@ -366,8 +370,8 @@ def start_parent_run(settings: TrackingParams, name: str, params: Mapping[str, A
     from mlflow.entities import Param
 
     tracker = client(settings)
-    run = tracker.create_run(experiment_id(tracker, settings), tags={k: str(v) for k, v in tags.items()}, run_name=name)
-    tracker.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    run = tracker.create_run(experiment_id(tracker, settings), tags=texts(tags), run_name=name)
+    tracker.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in texts(params).items()])
     return run.info.run_id
 
 
@@ -393,7 +397,7 @@ def start_child_run(settings: TrackingParams, parent_id: str, name: str, tags: M
     """A child run of ``parent_id`` (for a trial that failed before train opened its own)."""
     tracker = client(settings)
     parent = tracker.get_run(parent_id)
-    all_tags = {PARENT_TAG: parent_id, **{k: str(v) for k, v in tags.items()}}
+    all_tags = texts({PARENT_TAG: parent_id, **tags})
     return tracker.create_run(parent.info.experiment_id, tags=all_tags, run_name=name).info.run_id
 
 
