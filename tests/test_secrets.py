@@ -28,8 +28,10 @@ TUNE = {"tune.epochs": 1, "tune.space": {"train.learning_rate": {"low": 0.001, "
 
 
 def found_in_files(root: Path) -> dict[str, list[str]]:
-    """Each secret's files under ``root`` (the user's own copies of params.yaml left out), bytes as they are."""
-    skip = [root / name for name in USERS_OWN]
+    """Each secret's files under ``root``, bytes as they are: every file the runs wrote (the project's committed
+    files, this test among them, and the records of params.yaml left out)."""
+    tracked = sh(root, "git", "ls-files", "-z").stdout.split("\0")
+    skip = [root / name for name in (*USERS_OWN, *filter(None, tracked))]
     found: dict[str, list[str]] = {}
     for path in root.rglob("*"):
         if not path.is_file() or path.is_symlink() or any(path.is_relative_to(s) for s in skip):

@@ -8,13 +8,15 @@ takes the params whose values it logs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -265,14 +267,33 @@ def log_report(settings: TrackingParams, run_id: str, report: Path) -> str:
 def log_artifacts(
     settings: TrackingParams, run_id: str, paths: Iterable[Path | str], folder: str | None = None
 ) -> None:
-    """Upload files and folders (folders keep their name) that exist; missing ones are skipped."""
+    """Upload files and folders (folders keep their name) that exist; missing ones are skipped. A text file goes up
+    with its credentials redacted (dvc.lock records params.yaml's values as they are written)."""
     tracker = client(settings)
     for path in map(Path, paths):
         if path.is_dir():
             target = f"{folder}/{path.name}" if folder else path.name
             tracker.log_artifacts(run_id, str(path), target)
         elif path.is_file():
-            tracker.log_artifact(run_id, str(path), folder)
+            with redacted_copy(path) as upload:
+                tracker.log_artifact(run_id, str(upload), folder)
+
+
+@contextlib.contextmanager
+def redacted_copy(path: Path) -> Iterator[Path]:
+    """``path`` itself, or where its text holds a credential, a redacted copy of the same name (a temporary file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, ValueError):  # not text (an image, a model): as it is
+        yield path
+        return
+    if (clean := redact(text)) == text:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / path.name
+        copy.write_text(clean, encoding="utf-8")
+        yield copy
 
 
 def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: Iterable[str]) -> None:
