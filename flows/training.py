@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from flows import dvc_repo, prefect_api
 from tasks.lib.config import DEFAULT_PARAMS, PathsParams, load_params
-from tasks.lib.errors import TrainflowError, TransientError
+from tasks.lib.errors import TrainflowError, TransientError, redact
 
 SUMMARY_KEY = "training-summary"
 RETRY_DELAYS = [2, 10]  # seconds before the first and second retry
@@ -45,7 +45,8 @@ def run_stage(stage: str, root: str) -> dict[str, Any]:
 
 
 def summary_markdown(results: list[dict[str, Any]], paths: PathsParams) -> str:
-    """The flow-run summary: one row per stage, the headline metrics, the deploy decision and the run report."""
+    """The flow-run summary: one row per stage, the headline metrics, the deploy decision and the run report
+    (credentials redacted: a run file written by an older version may hold them)."""
     lines = ["# training flow run", "", "| stage | DVC | seconds |", "| --- | --- | --- |"]
     lines += [f"| {r['stage']} | {r['state']} | {r['seconds']:.1f} |" for r in results]
     if metrics := read(paths.metrics):
@@ -58,7 +59,7 @@ def summary_markdown(results: list[dict[str, Any]], paths: PathsParams) -> str:
         lines += ["", f"MLflow run `{run['run_id']}` in {run['tracking_uri']}: {run['ui_path']}"]
     if (report := Path(paths.report)).is_file():
         lines += ["", f"Run report (one self-contained page): [{report.name}]({report.resolve().as_uri()})"]
-    return "\n".join(lines) + "\n"
+    return redact("\n".join(lines) + "\n")
 
 
 def read(path: str) -> Any:

@@ -177,7 +177,7 @@ def record_best(study: Any, params: Params, parent_id: str, out: Path) -> None:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The flow-run summary: the best trial and one row per trial."""
+    """The flow-run summary: the best trial and one row per trial (credentials redacted)."""
     lines = [f"# tune: study `{summary['study']}`", ""]
     best = summary["best"]
     if best:
@@ -188,7 +188,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for t in summary["all_trials"]:
         value = f"{t['value']:.4f}" if t["value"] is not None else "-"
         lines.append(f"| {t['number']} | {t['state']} | {value} | {t['seconds'] or '-'} | `{t['params']}` |")
-    return "\n".join(lines) + "\n"
+    return redact("\n".join(lines) + "\n")
 
 
 @flow(name="tune", log_prints=True)

@@ -27,7 +27,7 @@ import yaml
 
 from tasks.lib import artifacts, tracking, validation
 from tasks.lib.config import Params, TrainParams
-from tasks.lib.errors import TrainflowError
+from tasks.lib.errors import TrainflowError, redact_tree
 from tasks.lib.sources import FILE_SOURCES
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def data_uri(png: bytes | None) -> str:
 
 
 def render(facts: Mapping[str, Any]) -> str:
-    """The report page for :func:`gather`'s facts (a missing fact is an error, not a blank)."""
+    """The report page for :func:`gather`'s facts (a missing fact is an error, not a blank); credentials in any of
+    them (a champion's params logged by an older version, a tracking URI) redacted."""
     import jinja2
 
     environment = jinja2.Environment(
@@ -215,7 +216,7 @@ def render(facts: Mapping[str, Any]) -> str:
     environment.filters["data_uri"] = data_uri
     environment.filters["pct"] = lambda v, d=1: "—" if v is None else f"{100 * float(v):.{d}f} %"
     environment.filters["num"] = lambda v, d=4: "—" if v is None else f"{float(v):.{d}f}"
-    return environment.get_template(TEMPLATE.name).render(sections=SECTIONS, **facts)
+    return environment.get_template(TEMPLATE.name).render(sections=SECTIONS, **redact_tree(facts))
 
 
 # ---- I/O: what the stages wrote, the MLflow run and the registry ----

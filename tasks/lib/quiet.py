@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tasks.lib.errors import redact_logs
+
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|I\d{4} [\d:.]+ +\d+ \S+\] "  # absl INFO lines
@@ -52,7 +54,8 @@ def _not_an_mlflow_type_hint_warning(record: logging.LogRecord) -> bool:
 def quiet_libraries() -> None:
     """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, no MLflow progress bars or repeated
     warnings, and the libraries' INFO chatter (HTTP clients, migrations, MLflow, TensorFlow). A value the user set in
-    the environment is kept."""
+    the environment is kept. Every log line and traceback of the process is redacted from here on."""
+    redact_logs()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.lib.config import TrackingParams
 from tasks.lib.errors import TrainflowError
-from tasks.lib.tracking import REPORT_TAG, client, tracking_uri
+from tasks.lib.tracking import REPORT_TAG, client, texts, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 CONTRACT_TAG = "trainflow.contract"  # a registered version's input shape, dtype and classes (JSON)
@@ -114,7 +114,7 @@ def register(
     import mlflow
 
     tracker = client(settings)
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    version = mlflow.register_model(model_uri, name, tags=texts(tags))
     if promote:
         current = champion_version(settings, name)
         now = int(current.version) if current is not None else None

@@ -12,11 +12,11 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import subprocess
+import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from tasks.lib import artifacts
 from tasks.lib.config import DataParams, Params, TrackingParams, TrainParams
+from tasks.lib.errors import SECRET_NAME as SECRET
 from tasks.lib.errors import TrainflowError, TransientError, redact
 from tasks.lib.lock import waiting_lock
 from tasks.lib.sources import FILE_SOURCES
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # ... and MLflow 3.17's UI reads its GenAI / Model training switch from the address (else the browser's last choice)
 UI_TRAINING_VIEW = "workflowType=machine_learning"
-SECRET = re.compile(r"(token|password|passwd|secret|credential|(^|_)key)$", re.IGNORECASE)
 DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of the SHA-256
 
 
@@ -187,7 +187,7 @@ def start_run(settings: TrackingParams, run_info: Path, params: Params, device: 
     }
     if (flow_run_id := prefect_flow_run_id()) is not None:
         tags["prefect.flow_run_id"] = str(flow_run_id)
-    run = tracker.create_run(experiment_id(tracker, settings), tags=tags, run_name=run_name(params.data))
+    run = tracker.create_run(experiment_id(tracker, settings), tags=texts(tags), run_name=run_name(params.data))
     run_id = run.info.run_id
     from mlflow.entities import Param
 
@@ -245,10 +245,15 @@ def log_metrics(settings: TrackingParams, run_id: str, metrics: Mapping[str, flo
     client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
+def texts(values: Mapping[str, Any]) -> dict[str, str]:
+    """Param or tag values as MLflow stores them: text, credentials redacted (every param and tag goes through it)."""
+    return {key: redact(str(value)) for key, value in values.items()}
+
+
 def set_tags(settings: TrackingParams, run_id: str, tags: Mapping[str, Any]) -> None:
     tracker = client(settings)
-    for key, value in tags.items():
-        tracker.set_tag(run_id, key, str(value))
+    for key, value in texts(tags).items():
+        tracker.set_tag(run_id, key, value)
 
 
 def run_record(settings: TrackingParams, run_id: str) -> dict[str, Any]:
@@ -286,14 +291,33 @@ def log_report(settings: TrackingParams, run_id: str, report: Path) -> str:
 def log_artifacts(
     settings: TrackingParams, run_id: str, paths: Iterable[Path | str], folder: str | None = None
 ) -> None:
-    """Upload files and folders (folders keep their name) that exist; missing ones are skipped."""
+    """Upload files and folders (folders keep their name) that exist; missing ones are skipped. A text file goes up
+    with its credentials redacted (dvc.lock records params.yaml's values as they are written)."""
     tracker = client(settings)
     for path in map(Path, paths):
         if path.is_dir():
             target = f"{folder}/{path.name}" if folder else path.name
             tracker.log_artifacts(run_id, str(path), target)
         elif path.is_file():
-            tracker.log_artifact(run_id, str(path), folder)
+            with redacted_copy(path) as upload:
+                tracker.log_artifact(run_id, str(upload), folder)
+
+
+@contextlib.contextmanager
+def redacted_copy(path: Path) -> Iterator[Path]:
+    """``path`` itself, or where its text holds a credential, a redacted copy of the same name (a temporary file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, ValueError):  # not text (an image, a model): as it is
+        yield path
+        return
+    if (clean := redact(text)) == text:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / path.name
+        copy.write_text(clean, encoding="utf-8")
+        yield copy
 
 
 def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: Iterable[str]) -> None:
@@ -391,8 +415,8 @@ def start_parent_run(settings: TrackingParams, name: str, params: Mapping[str, A
     from mlflow.entities import Param
 
     tracker = client(settings)
-    run = tracker.create_run(experiment_id(tracker, settings), tags={k: str(v) for k, v in tags.items()}, run_name=name)
-    tracker.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    run = tracker.create_run(experiment_id(tracker, settings), tags=texts(tags), run_name=name)
+    tracker.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in texts(params).items()])
     return run.info.run_id
 
 
@@ -424,7 +448,7 @@ def start_child_run(settings: TrackingParams, parent_id: str, name: str, tags: M
     """A child run of ``parent_id`` (for a trial that failed before train opened its own)."""
     tracker = client(settings)
     parent = tracker.get_run(parent_id)
-    all_tags = {PARENT_TAG: parent_id, **{k: str(v) for k, v in tags.items()}}
+    all_tags = texts({PARENT_TAG: parent_id, **tags})
     return tracker.create_run(parent.info.experiment_id, tags=all_tags, run_name=name).info.run_id
 
 

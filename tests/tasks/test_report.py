@@ -315,6 +315,19 @@ def test_render_says_when_the_model_was_identical_to_a_registered_version() -> N
     assert "identical to<b>v1 @champion</b>" in text
 
 
+def test_render_shows_no_credential_of_any_fact() -> None:
+    """A champion logged by an older version may hold a tracking URI's password among its params: never on the page."""
+    leaky = facts()
+    leaky["training"]["changed"] = [
+        {"key": "tracking.uri", "value": "http://***@h", "committed": None, "champion": "http://a:pw-champion-1@h"},
+        {"key": "tune.storage", "value": "sqlite:///o.db?password=pw-query-2", "committed": None, "champion": None},
+    ]
+    leaky["lineage"]["mlflow"]["tracking_uri"] = "https://a:pw-lineage-3@mlflow.example"
+    text = render(leaky)
+    assert "tracking.uri" in text and "https://***@mlflow.example" in text
+    assert "pw-" not in text
+
+
 def test_render_refuses_a_missing_fact() -> None:
     import jinja2
 

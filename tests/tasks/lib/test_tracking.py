@@ -346,3 +346,32 @@ def test_an_unscorable_champion_is_never_replaced_silently(runs: dict, sandbox: 
     line = failed.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: deploy: {name} v{champion} (the champion) cannot be scored"), line
     assert registry_state(name) == before
+
+
+def test_tuning_runs_params_tags_and_uploaded_files_never_hold_a_credential(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tune flow's study run logs tune.storage as a param, and trials' runs get error tags: all redacted."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = params.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    storage = "postgresql://bob:pw-storage-1@db.example/optuna?sslpassword=pw-storage-2"
+    parent = tracking.start_parent_run(settings, "tune s", {"tune.storage": storage}, {"tune.source": storage})
+    child = tracking.start_child_run(settings, parent, "s trial 0", {"tune.note": "http://u:pw-child-3@h"})
+    tracking.set_tags(settings, child, {"tune.error": "OperationalError: sqlite:///x.db?token=pw-error-4 failed"})
+    store = MlflowClient(settings.uri)
+    held = json.dumps([(store.get_run(r).data.params, store.get_run(r).data.tags) for r in (parent, child)])
+    assert store.get_run(parent).data.params["tune.storage"] == ("postgresql://***@db.example/optuna?sslpassword=***")
+    assert "pw-" not in held, held
+    # deploy uploads dvc.lock, which records params.yaml's values as written: the copy in MLflow holds none
+    lock, image = tmp_path / "dvc.lock", tmp_path / "plot.png"
+    lock.write_text(f"params:\n  params.yaml:\n    tune.storage: {storage}\n")
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\xff" + storage.encode())  # not text: as it is
+    tracking.log_artifacts(settings, parent, [lock, image], "deploy")
+    got = Path(store.download_artifacts(parent, "deploy", str(tmp_path / "got")))
+    assert (got / "dvc.lock").read_text() == "params:\n  params.yaml:\n    tune.storage: " + (
+        "postgresql://***@db.example/optuna?sslpassword=***\n"
+    )
+    assert (got / "plot.png").read_bytes() == image.read_bytes() and lock.read_text().count("pw-storage") == 2
