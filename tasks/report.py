@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tasks.lib import artifacts, tracking, validation
+from tasks.lib import artifacts, dag, tracking, validation
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import FILE_SOURCES
@@ -225,7 +225,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise TrainflowError(f"{path}: not found (run the stage that writes it first)") from None
+        raise TrainflowError(f"{path}: not found; {dag.hint(path)}") from None
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -330,7 +330,7 @@ CASES = [
     Case("params_bad_cron", params_only(**{"schedule.cron": "61 * * * *"}), ("schedule", "cron", "61 * * * *")),
     Case("params_missing_key", params_only(**{"clean.max_removed_fraction": DELETE}), ("clean.max_removed_fraction",)),
     Case("params_file_missing", params_only(), ("no-such-params.yaml", "not found"), extra_args=("missing",)),
-    Case("clean_raw_missing", raw_missing, ("{tmp}/raw/manifest.json", "not found"), stage="clean"),
+    Case("clean_raw_missing", raw_missing, ("{tmp}/raw: not found; run `dvc repro ingest` first",), stage="clean"),
     Case("clean_raw_corrupt", raw_corrupt, ("{tmp}/raw/train", "cannot read shard 0"), stage="clean"),
 ]
 

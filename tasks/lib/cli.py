@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.lib import dag
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError, redact
 from tasks.lib.lock import workspace_lock
@@ -33,6 +34,9 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)
+        missing = dag.missing_input(stage, params.model_dump())  # before the stage imports anything heavy
+        if missing is not None:
+            raise TrainflowError(missing)
         with workspace_lock(Path(params.paths.lock), f"stage {stage}"):
             run(params)
     except TrainflowError as exc:
