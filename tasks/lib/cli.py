@@ -34,10 +34,10 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)
-        missing = dag.missing_input(stage, params.model_dump())  # before the stage imports anything heavy
-        if missing is not None:
-            raise TrainflowError(missing)
         with workspace_lock(Path(params.paths.lock), f"stage {stage}"):
+            missing = dag.missing_input(stage, params.model_dump())  # before the stage imports anything heavy
+            if missing is not None:
+                raise TrainflowError(missing)
             run(params)
     except TrainflowError as exc:
         print(f"error: {stage}: {exc}", file=sys.stderr)
