@@ -159,7 +159,7 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         picture = image[..., 0] if image.shape[-1] == 1 else image
         ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, parse_math=False)  # class names with `$` are names, not TeX
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
