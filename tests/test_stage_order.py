@@ -29,11 +29,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("fresh"), {})
 
 
-def test_every_stage_but_ingest_has_a_case() -> None:
-    assert set(FIRST_MISSING) == set(STAGES) - {"ingest"}
-
-
-@pytest.mark.parametrize("stage", list(FIRST_MISSING))
+@pytest.mark.parametrize("stage", [stage for stage in STAGES if stage != "ingest"])  # ingest needs nothing
 def test_a_stage_run_before_its_input_exists_names_it_and_the_command_in_one_line(fresh: Path, stage: str) -> None:
     path, made_by = FIRST_MISSING[stage]
     done = sh(fresh, "python", "-m", f"tasks.{stage}", check=False)

@@ -300,11 +300,3 @@ def test_text_folder_class_name_with_an_invisible_character_is_refused_by_name(t
     root = texts_folder(tmp_path / "texts", {"ham/1.txt": "see you", f"{name}/1.txt": "free cash"})
     with pytest.raises(TrainflowError, match=refused(root / name, name, char, what)):
         load_text_folder(root)
-
-
-def test_visible_class_names_of_any_characters_are_kept_as_they_are(tmp_path: Path) -> None:
-    names = ["don't", "C++", "(other)", "a,b", "<b>x</b>", "café", "日本", 'say "hi"', "$x$", "a b"]
-    body = "label,text\n" + "".join(f'"{n.replace(chr(34), chr(34) * 2)}",text {i}\n' for i, n in enumerate(names))
-    assert load_csv(write(tmp_path / "x.csv", body), "text", "label").classes == tuple(sorted(names))
-    tsv = "".join(f"{n}\ttext {i}\n" for i, n in enumerate(names))
-    assert load_tsv(write(tmp_path / "x.tsv", tsv)).classes == tuple(sorted(names))
