@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tasks.lib.errors import TrainflowError
+
 DVC_YAML = Path("dvc.yaml")
 _VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 UNKNOWN = "run the stage that writes it first"  # where dvc.yaml names no stage that writes the path
@@ -37,7 +39,7 @@ def _fill(text: str, params: Mapping[str, Any]) -> str | None:
 
 
 def _paths(entries: Any, params: Mapping[str, Any]) -> list[Path]:
-    """The paths of a dvc.yaml list (``- path`` or ``- path: {options}``), filled in, normalised."""
+    """The paths of a dvc.yaml list (``- path`` or ``- path: {options}``), their ``${…}`` filled in."""
     names = [next(iter(e)) if isinstance(e, Mapping) else e for e in entries or []]
     filled = [_fill(str(name), params) for name in names]
     return [Path(name) for name in filled if name]
@@ -65,11 +67,12 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def producer(path: Path, dag: Mapping[str, Mapping[str, list[Path]]]) -> str | None:
-    """The stage whose output is ``path`` or holds it, or None (a source file, or a path dvc.yaml does not name)."""
+def producer(path: Path, graph: Mapping[str, Mapping[str, list[Path]]]) -> str | None:
+    """The stage of ``graph`` (:func:`stages`) whose output is ``path`` or holds it, or None (a source file, or a
+    path dvc.yaml does not name)."""
     here = Path.cwd().resolve()
     target = Path(path).resolve()
-    for name, stage in dag.items():
+    for name, stage in graph.items():
         if any(_within(target, (here / out).resolve()) for out in stage["outs"]):
             return name
     return None
@@ -85,7 +88,6 @@ def hint(path: Path, params: Mapping[str, Any] | None = None) -> str:
     given), else the general advice."""
     if params is None:
         from tasks.lib.config import DEFAULT_PARAMS, read_params_file
-        from tasks.lib.errors import TrainflowError
 
         try:
             params = read_params_file(DEFAULT_PARAMS)
@@ -100,15 +102,15 @@ def missing_input(stage: str, params: Mapping[str, Any], dvc_yaml: Path = DVC_YA
     Of several missing inputs it names the one written furthest down the DAG (dvc.yaml lists the stages in order),
     so the command it gives makes them all.
     """
-    dag = stages(params, dvc_yaml)
-    if stage not in dag:
+    graph = stages(params, dvc_yaml)
+    if stage not in graph:
         return None
     missing: list[tuple[int, Path, str]] = []
-    order = list(dag)
-    for dep in dag[stage]["deps"]:
+    order = list(graph)
+    for dep in graph[stage]["deps"]:
         # a dep that is another stage's output (or inside one), or a folder holding several stages' outputs
-        wanted = [(dep, producer(dep, dag))]
-        wanted += [(out, name) for name, s in dag.items() for out in s["outs"] if dep in out.parents]
+        wanted = [(dep, producer(dep, graph))]
+        wanted += [(out, name) for name, s in graph.items() for out in s["outs"] if dep in out.parents]
         for path, made_by in wanted:
             if made_by is not None and made_by != stage and not path.exists():
                 missing.append((order.index(made_by), path, made_by))
