@@ -62,9 +62,13 @@ def predictions_csv(results: dict[str, tuple[np.ndarray, np.ndarray]], classes: 
 
 
 def confusion_csv(y: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> bytes:
-    """``actual,predicted`` pairs by class name: the input of DVC's confusion plot template."""
-    lines = ["actual,predicted", *(f"{classes[a]},{classes[p]}" for a, p in zip(y, predicted, strict=True))]
-    return ("\n".join(lines) + "\n").encode()
+    """``actual,predicted`` pairs by class name: the input of DVC's confusion plot template (a name holding a comma
+    or a quote is quoted, as CSV quotes it)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((classes[a], classes[p]) for a, p in zip(y, predicted, strict=True))
+    return buffer.getvalue().encode()
 
 
 def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...], out: Path) -> None:
@@ -91,8 +95,8 @@ def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...]
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
     ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=90)
-    ax.set_yticks(ticks, classes)
+    ax.set_xticks(ticks, classes, rotation=90, parse_math=False)  # a class name with `$` is a name, not TeX
+    ax.set_yticks(ticks, classes, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title("confusion matrix (test)")
@@ -152,7 +156,9 @@ def run(params: Params) -> dict:
     run_id = tracking.current_run(Path(params.paths.run_info))
     # Named as in metrics.json (`test.accuracy`), apart from Keras' per-epoch `val_accuracy` curves.
     scalars = {f"{split}.{k}": metrics[split][k] for split in EVAL_SPLITS for k in HEADLINE}
-    scalars |= {f"test.per_class.{name}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
+    # class names as MLflow takes them in metric names (per_class.json keeps them as they are)
+    part = tracking.metric_names(data.classes)
+    scalars |= {f"test.per_class.{part[name]}.f1": m["f1"] for name, m in metrics["test"]["per_class"].items()}
     tracking.log_metrics(params.tracking, run_id, scalars)
     tracking.log_datasets(params.tracking, run_id, params.paths.clean, ("test",))
     paths = params.paths

@@ -12,24 +12,36 @@ from tasks.lib import artifacts, drift, validation
 from tasks.lib.artifacts import Dataset, Split
 from tasks.lib.config import DataParams, IngestParams, Params
 from tasks.lib.errors import TrainflowError
+from tasks.lib.source_files import check_class_name
 from tasks.lib.sources import Loaded, label, load_source
 
 log = logging.getLogger(__name__)
 
 
 def _stratified(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, source: str
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, source: str, classes: tuple[str, ...]
 ) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     try:
         x_keep, x_out, y_keep, y_out = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as exc:
+        items = "texts" if x.dtype.kind == "U" else "images"
         raise TrainflowError(
-            f"{source}: cannot split {len(y)} images into a stratified {what} split of {fraction:.0%} "
-            f"(ingest.{what}_fraction): too few images per class ({exc})"
+            f"{source}: cannot split {len(y)} {items} into a stratified {what} split of {fraction:.0%} "
+            f"(ingest.{what}_fraction): {_too_few(y, classes, items) or f'too few {items} per class ({exc})'}"
         ) from None
     return Split(x_keep, y_keep), Split(x_out, y_out)
+
+
+def _too_few(y: np.ndarray, classes: tuple[str, ...], items: str) -> str | None:
+    """Which classes have a single item (a stratified split needs two of each), named, or None."""
+    values, counts = np.unique(y, return_counts=True)
+    names = [repr(classes[v]) if 0 <= v < len(classes) else str(v) for v in values[counts < 2].tolist()]
+    if not names:
+        return None
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"only one {items[:-1]} of class {', '.join(names[:5])}{more}: a stratified split needs two per class"
 
 
 def _ordered(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Split, Split]:
@@ -89,6 +101,8 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         raise TrainflowError(f"{label(data)}: only one class ({only}); a classifier needs at least two")
     if loaded.x.dtype.kind == "U" and data.classes and loaded.classes:
         loaded = _named_labels(loaded, data.classes, label(data))
+    for name in data.classes or ():
+        check_class_name(name, "data.classes")
     classes = data.classes or loaded.classes
     if classes is None:
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
@@ -97,7 +111,7 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
     def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
         if params.split == "ordered":
             return _ordered(x, y, fraction)
-        return _stratified(x, y, fraction, seed, what, label(data))
+        return _stratified(x, y, fraction, seed, what, label(data), classes)
 
     if loaded.x_test is None or loaded.y_test is None:
         pool, test = cut(loaded.x, loaded.y, params.test_fraction, "test")

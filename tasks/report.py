@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tasks.lib import artifacts, tracking, validation
+from tasks.lib import artifacts, dag, tracking, validation
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError, redact_tree
 from tasks.lib.sources import FILE_SOURCES
@@ -159,7 +159,7 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         picture = image[..., 0] if image.shape[-1] == 1 else image
         ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, parse_math=False)  # class names with `$` are names, not TeX
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -226,7 +226,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise TrainflowError(f"{path}: not found (run the stage that writes it first)") from None
+        raise TrainflowError(f"{path}: not found; {dag.hint(path)}") from None
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

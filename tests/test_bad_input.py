@@ -311,6 +311,16 @@ CASES = [
         text_file("sms.csv", b"category,text\nham,see you\nspam,free cash\n", "csv"),
         ("{tmp}/sms.csv:1:", "label", "data.label_column"),
     ),
+    Case(  # once reported as a split problem about "images", naming no label
+        "tsv_class_name_with_nul",
+        text_file("sms.tsv", SMS_LINES + b"sp\x00am\tfree cash\n"),
+        ("{tmp}/sms.tsv:41: class name 'sp\\x00am' holds '\\x00' (U+0000), an invisible or control character",),
+    ),
+    Case(
+        "tsv_class_name_with_zero_width_space",
+        text_file("sms.tsv", SMS_LINES + "sp\u200bam\tfree cash\n".encode()),
+        ("{tmp}/sms.tsv:41: class name 'sp\\u200bam' holds '\\u200b' (U+200B ZERO WIDTH SPACE)",),
+    ),
     Case("text_folder_not_utf8", text_folder_not_utf8, ("{tmp}/texts/spam/5.txt:2:", "not UTF-8")),
     Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
     Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
@@ -330,7 +340,7 @@ CASES = [
     Case("params_bad_cron", params_only(**{"schedule.cron": "61 * * * *"}), ("schedule", "cron", "61 * * * *")),
     Case("params_missing_key", params_only(**{"clean.max_removed_fraction": DELETE}), ("clean.max_removed_fraction",)),
     Case("params_file_missing", params_only(), ("no-such-params.yaml", "not found"), extra_args=("missing",)),
-    Case("clean_raw_missing", raw_missing, ("{tmp}/raw/manifest.json", "not found"), stage="clean"),
+    Case("clean_raw_missing", raw_missing, ("{tmp}/raw: not found; run `dvc repro ingest` first",), stage="clean"),
     Case("clean_raw_corrupt", raw_corrupt, ("{tmp}/raw/train", "cannot read shard 0"), stage="clean"),
 ]
 

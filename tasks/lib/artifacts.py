@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.lib import dag
 from tasks.lib.errors import TrainflowError
 
 SPLITS = ("train", "val", "test")
@@ -134,7 +135,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise TrainflowError(f"{path}: not found (run the stage that writes it first)") from None
+        raise TrainflowError(f"{path}: not found; {dag.hint(path)}") from None
     except json.JSONDecodeError as exc:
         raise TrainflowError(f"{path}: not valid JSON ({exc})") from None
 

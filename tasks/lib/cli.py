@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.lib import dag
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError, redact
 from tasks.lib.lock import workspace_lock
@@ -34,6 +35,9 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     try:
         params = load_params(args.params)
         with workspace_lock(Path(params.paths.lock), f"stage {stage}"):
+            missing = dag.missing_input(stage, params.model_dump())  # before the stage imports anything heavy
+            if missing is not None:
+                raise TrainflowError(missing)
             run(params)
     except TrainflowError as exc:
         print(f"error: {stage}: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ result, the size refusal and the checks on a data folder's files. Both import it
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,27 @@ def too_big(origin: str, declared: int, max_bytes: int) -> TrainflowError:
         f"{origin}: declares {declared:,} bytes of data, more than data.max_bytes ({max_bytes:,}); "
         "raise data.max_bytes if the machine has the memory"
     )
+
+
+# Unicode categories a class name may not hold: controls (NUL, tab, newline, …), format characters (zero-width space,
+# joiners, bidirectional marks, soft hyphen, byte-order mark), line and paragraph separators, and surrogates (the
+# undecodable bytes of a folder name). They are invisible, or break the files and pages that show the name.
+INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def check_class_name(name: str, origin: str) -> None:
+    """Refuse a class name holding an invisible or control character, naming it.
+
+    Raises:
+        TrainflowError: ``origin`` (the file and line, or the folder), the name as repr and the character.
+    """
+    for char in name:
+        if unicodedata.category(char) in INVISIBLE:
+            what = " ".join(filter(None, (f"U+{ord(char):04X}", unicodedata.name(char, ""))))
+            raise TrainflowError(
+                f"{origin}: class name {name!r} holds {char!r} ({what}), an invisible or control character; "
+                "rename the class"
+            )
 
 
 def unsafe(file: Path, real_root: Path, root: Path) -> str | None:

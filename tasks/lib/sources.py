@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks.lib.config import DataParams
 from tasks.lib.errors import TrainflowError, TransientError
-from tasks.lib.source_files import Loaded, too_big, unsafe, visible_files
+from tasks.lib.source_files import Loaded, check_class_name, too_big, unsafe, visible_files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IDX_IMAGES_MAGIC = 0x00000803
@@ -341,6 +341,8 @@ def load_folder(
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise TrainflowError(f"{root}: no class sub-folders")
+    for folder in class_dirs:
+        check_class_name(folder.name, str(folder))
     files = [visible_files(d) for d in class_dirs]
     x = read_images([f for group in files for f in group], root, image_size, color_mode, max_bytes)
     y = np.concatenate([np.full(len(group), label, dtype=np.int64) for label, group in enumerate(files)])

@@ -9,7 +9,8 @@ Three layouts, all UTF-8 (a leading byte-order mark is skipped):
 - ``text_folder``: one sub-folder per class, each holding ``.txt`` files of one text each (trailing whitespace
   stripped).
 
-Classes are the sorted distinct label names (sub-folder names); a text may be empty (clean drops and counts those).
+Classes are the sorted distinct label names (sub-folder names), any characters but invisible or control ones (refused,
+naming the label); a text may be empty (clean drops and counts those).
 Every problem is a TrainflowError naming the file and, where there is one, the line; ``max_bytes`` bounds the bytes
 read (a file, or a folder's files together) and the array built from them, both checked before they are allocated.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.lib.errors import TrainflowError
-from tasks.lib.source_files import Loaded, too_big, unsafe, visible_files
+from tasks.lib.source_files import Loaded, check_class_name, too_big, unsafe, visible_files
 
 TEXT_SUFFIX = ".txt"
 
@@ -76,6 +77,15 @@ def _loaded(texts: list[str], labels: list[str], origin: Path, max_bytes: int | 
     return Loaded(x=np.array(texts, dtype=str), y=y, classes=classes)
 
 
+def _class_name(label: str, origin: str, checked: set[str]) -> str:
+    """A label as read, its surrounding spaces stripped; refused if it holds an invisible or control character
+    (each distinct label is checked once)."""
+    if label not in checked:
+        check_class_name(label, origin)
+        checked.add(label)
+    return label.strip()
+
+
 def read_lines(path: Path, max_bytes: int | None = None) -> tuple[list[str], np.ndarray]:
     """Unlabelled texts for batch prediction: a UTF-8 file, one text per line (blank lines skipped); their line
     numbers as ids."""
@@ -90,6 +100,7 @@ def load_tsv(path: Path, max_bytes: int | None = None) -> Loaded:
     """``label<TAB>text`` lines (no header) → texts, labels and the sorted class names."""
     texts: list[str] = []
     labels: list[str] = []
+    checked: set[str] = set()
     for number, line in enumerate(_read_file(path, "tsv", max_bytes).split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line.strip():
@@ -97,7 +108,7 @@ def load_tsv(path: Path, max_bytes: int | None = None) -> Loaded:
         name, tab, text = line.partition("\t")
         if not tab or not name.strip():
             raise TrainflowError(f"{path}:{number}: no label (expected label<TAB>text)")
-        labels.append(name.strip())
+        labels.append(_class_name(name, f"{path}:{number}", checked))
         texts.append(text)
     return _loaded(texts, labels, path, max_bytes)
 
@@ -107,6 +118,7 @@ def load_csv(path: Path, text_column: str, label_column: str, max_bytes: int | N
     reader = csv.reader(io.StringIO(_read_file(path, "csv", max_bytes), newline=""))
     texts: list[str] = []
     labels: list[str] = []
+    checked: set[str] = set()
     columns: list[str] | None = None
     while True:
         start = reader.line_num + 1  # line_num counts the lines read so far: a quoted field can span several
@@ -130,7 +142,7 @@ def load_csv(path: Path, text_column: str, label_column: str, max_bytes: int | N
             raise TrainflowError(f"{path}:{start}: {len(row)} fields, the header names {len(columns)}")
         if not row[label_at].strip():
             raise TrainflowError(f"{path}:{start}: no label (column {label_column!r} is empty)")
-        labels.append(row[label_at].strip())
+        labels.append(_class_name(row[label_at], f"{path}:{start}", checked))
         texts.append(row[text_at])
     return _loaded(texts, labels, path, max_bytes)
 
@@ -146,6 +158,7 @@ def load_text_folder(root: Path, max_bytes: int | None = None) -> Loaded:
     files: list[tuple[Path, str]] = []
     total = 0
     for folder in class_dirs:  # every file is checked, and the sizes summed, before any is opened
+        check_class_name(folder.name, str(folder))
         found = visible_files(folder)
         if not found:
             raise TrainflowError(f"{folder}: no {TEXT_SUFFIX} files (one per text)")

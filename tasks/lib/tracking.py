@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -248,6 +249,39 @@ def log_metrics(settings: TrackingParams, run_id: str, metrics: Mapping[str, flo
 def texts(values: Mapping[str, Any]) -> dict[str, str]:
     """Param or tag values as MLflow stores them: text, credentials redacted (every param and tag goes through it)."""
     return {key: redact(str(value)) for key, value in values.items()}
+
+
+_NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_-]+")
+MAX_NAME_PART = 100  # characters of a class name kept in a metric name (MLflow allows 250 in all)
+
+
+def metric_names(classes: Iterable[str]) -> dict[str, str]:
+    """Each class name as it may appear in an MLflow metric name (``test.per_class.<part>.f1``): distinct parts, the
+    same for the same classes in the same order.
+
+    A name of ASCII letters, digits, ``_`` and ``-`` is kept as it is; in any other, each run of other characters
+    (quotes, ``+``, ``.``, ``/``, spaces, non-ASCII letters) becomes ``_``, and ``_2``, ``_3``, … is added where that
+    gives a part already taken (``a b`` and ``a,b``: ``a_b`` and ``a_b_2``). Kept names are placed first, so a class
+    named ``a_b`` is always ``a_b``. The class names themselves stay as they are in every file a user reads.
+    """
+    classes = list(classes)
+    parts = {name: name for name in classes if name and len(name) <= MAX_NAME_PART and name == _safe_part(name)}
+    taken = set(parts.values())
+    for name in classes:
+        if name in parts:
+            continue
+        base = _safe_part(name)
+        part, n = base, 1
+        while part in taken:
+            n += 1
+            part = f"{base}_{n}"
+        parts[name] = part
+        taken.add(part)
+    return {name: parts[name] for name in classes}
+
+
+def _safe_part(name: str) -> str:
+    return _NOT_IN_METRIC_NAMES.sub("_", name)[:MAX_NAME_PART] or "_"
 
 
 def set_tags(settings: TrackingParams, run_id: str, tags: Mapping[str, Any]) -> None:

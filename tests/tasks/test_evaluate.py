@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.evaluate import classification_metrics, confusion_csv, predictions_csv
+from tasks.evaluate import classification_metrics, confusion_csv, figures, predictions_csv
 
 CLASSES = ("cat", "dog", "fox")
 Y = np.array([0, 0, 1, 2, 2])
@@ -76,3 +77,20 @@ def test_predictions_csv_keeps_seven_significant_digits() -> None:
 def test_confusion_csv_format() -> None:
     text = confusion_csv(Y, P.argmax(axis=1), CLASSES).decode()
     assert text == "actual,predicted\ncat,cat\ncat,dog\ndog,dog\nfox,fox\nfox,cat\n"
+
+
+HOSTILE = ("a,b", 'say "hi"', "$x$")
+
+
+def test_class_names_with_commas_and_quotes_are_read_back_as_they_are_from_both_csvs() -> None:
+    matrix = list(csv.DictReader(io.StringIO(confusion_csv(Y, P.argmax(axis=1), HOSTILE).decode())))
+    assert [(r["actual"], r["predicted"]) for r in matrix][:2] == [("a,b", "a,b"), ("a,b", 'say "hi"')]
+    header = next(csv.reader(io.StringIO(predictions_csv({"test": (Y, P)}, HOSTILE).decode())))
+    assert header[4:] == ["p_a,b", 'p_say "hi"', "p_$x$"]
+
+
+def test_the_confusion_figure_shows_a_dollar_sign_as_a_character(tmp_path: Path) -> None:
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_loss,accuracy,val_accuracy\n0,1.0,1.1,0.5,0.4\n")
+    figures(history, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ("$\\frac{$", "a^b_c", "$x$"), tmp_path)  # bad TeX
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0

@@ -82,6 +82,23 @@ def test_class_names_from_params_then_source(params: Params) -> None:
     assert split(with_names, params.data, fractions(), seed=0).classes == ("a", "b")
 
 
+def test_class_names_in_params_with_an_invisible_character_are_refused_by_name(params: Params) -> None:
+    named = params.data.model_copy(update={"classes": ("cat", "dog\x00")})
+    with pytest.raises(TrainflowError, match=r"^data.classes: class name 'dog\\x00' holds '\\x00' \(U\+0000\)"):
+        split(loaded([10, 10]), named, fractions(), seed=0)
+
+
+def test_a_text_class_too_small_to_split_is_named(params: Params) -> None:
+    texts = np.array([f"message {i}" for i in range(41)], dtype=str)
+    data = Loaded(texts, np.r_[np.arange(40) % 2, 2].astype(np.int64), classes=("ham", "spam", "C++ (other)"))
+    with pytest.raises(TrainflowError) as caught:
+        split(data, params.data, fractions(), seed=0)
+    assert str(caught.value).endswith(
+        "cannot split 41 texts into a stratified test split of 20% (ingest.test_fraction): "
+        "only one text of class 'C++ (other)': a stratified split needs two per class"
+    )
+
+
 def test_text_labels_follow_the_order_of_data_classes(params: Params) -> None:
     texts = np.array([f"message {i}" for i in range(40)], dtype=str)
     data = Loaded(texts, np.arange(40, dtype=np.int64) % 2, classes=("ham", "spam"))  # the loader's sorted names

@@ -474,7 +474,7 @@ def test_a_missing_input_stops_the_stage_with_one_line_and_keeps_the_page(worksp
         deployed.write_bytes(kept)
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == (
-        "error: report: reports/deploy.json: not found (run the stage that writes it first)"
+        "error: report: reports/deploy.json: not found; run `dvc repro deploy` first"
     )
     assert (workspace / "reports/report.html").read_bytes() == before
     assert not list((workspace / "reports").glob(".report.html.*"))

@@ -55,6 +55,7 @@ def test_main_turns_trainflow_error_into_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml: main checks no stage's inputs (tests/test_stage_order.py does)
     seen: list[Params] = []
 
     def failing(params: Params) -> None:
@@ -84,8 +85,9 @@ def test_a_transient_failure_exits_with_exit_transient_in_one_line(
     assert capsys.readouterr().err == f"error: ingest: {error}\n"
 
 
-def test_a_value_the_user_set_for_tensorflow_logging_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_value_the_user_set_for_tensorflow_logging_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml: main checks no stage's inputs
     seen: list[str] = []
     main(
         "clean",
@@ -95,17 +97,19 @@ def test_a_value_the_user_set_for_tensorflow_logging_is_kept(monkeypatch: pytest
     assert seen == ["0"]
 
 
-def test_main_runs_the_stage_with_loaded_params(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_runs_the_stage_with_loaded_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml: main checks no stage's inputs
     seen: list[Params] = []
     main("clean", seen.append, ["--params", str(committed_params_file())])
     assert len(seen) == 1 and isinstance(seen[0], Params)
 
 
 def test_a_credential_in_a_uri_never_reaches_the_error_line(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://bob:s3cret-pass@127.0.0.1:9/mlflow?sslkey=abc123")
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml: main checks no stage's inputs
 
     def unreachable(params: Params) -> None:
         from tasks.lib import tracking

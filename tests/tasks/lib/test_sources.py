@@ -275,6 +275,15 @@ def test_folder_png_and_jpeg_classes_resized_grayscale(tmp_path: Path, params: P
     assert loaded.x_test is None
 
 
+def test_folder_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path) -> None:
+    write_image(tmp_path / "cat" / "a.png", rgb(5, 4, 0))
+    folder = tmp_path / "do\u200bg"
+    write_image(folder / "b.png", rgb(5, 4, 1))
+    message = f"{folder}: class name 'do\\u200bg' holds '\\u200b' (U+200B ZERO WIDTH SPACE), an invisible or control"
+    with pytest.raises(TrainflowError, match=f"^{re.escape(message)}"):
+        load_folder(tmp_path, None, "rgb")
+
+
 def test_folder_rgb_keeps_pixels(tmp_path: Path) -> None:
     first, second = rgb(5, 4, 3), rgb(5, 4, 4)
     write_image(tmp_path / "0" / "a.png", first)

@@ -244,3 +244,59 @@ def test_a_folder_where_a_file_is_expected(tmp_path: Path) -> None:
         load_tsv(tmp_path)
     with pytest.raises(TrainflowError, match=at(tmp_path) + ": a folder; data.source=csv"):
         load_csv(tmp_path, "text", "label")
+
+
+# --- class names: any characters but invisible or control ones ---
+
+INVISIBLE = {  # one of each kind: the message names the label (repr) and the character
+    "nul": ("\x00", "U+0000"),
+    "tab": ("\t", "U+0009"),
+    "newline": ("\n", "U+000A"),
+    "carriage_return": ("\r", "U+000D"),
+    "vertical_tab": ("\x0b", "U+000B"),  # whitespace to str.strip: never stripped silently
+    "escape": ("\x1b", "U+001B"),
+    "delete": ("\x7f", "U+007F"),
+    "c1_next_line": ("\x85", "U+0085"),
+    "zero_width_space": ("\u200b", "U+200B ZERO WIDTH SPACE"),
+    "zero_width_joiner": ("\u200d", "U+200D ZERO WIDTH JOINER"),
+    "right_to_left_override": ("\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    "soft_hyphen": ("\u00ad", "U+00AD SOFT HYPHEN"),
+    "byte_order_mark": ("\ufeff", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+    "line_separator": ("\u2028", "U+2028 LINE SEPARATOR"),
+    "paragraph_separator": ("\u2029", "U+2029 PARAGRAPH SEPARATOR"),
+}
+
+
+def refused(origin: Path | str, name: str, char: str, what: str) -> str:
+    return "^" + re.escape(
+        f"{origin}: class name {name!r} holds {char!r} ({what}), an invisible or control character; rename the class"
+    )
+
+
+@pytest.mark.parametrize("kind", list(INVISIBLE))
+def test_csv_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    char, what = INVISIBLE[kind]
+    name = f"sp{char}am"
+    body = 'label,text\nham,see you\n"{}",free cash\nham,later\n'.format(name.replace('"', '""'))
+    path = write(tmp_path / "x.csv", body)
+    line = 3
+    with pytest.raises(TrainflowError, match=refused(f"{path}:{line}", name, char, what)):
+        load_csv(path, "text", "label")
+
+
+@pytest.mark.parametrize("kind", [k for k in INVISIBLE if INVISIBLE[k][0] not in "\t\n"])  # a tsv label holds neither
+def test_tsv_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    char, what = INVISIBLE[kind]
+    for name in (f"sp{char}am", f"spam{char}"):  # inside, or at the end where stripping would have hidden it
+        path = write(tmp_path / "x.tsv", f"ham\tsee you\nham\tlater\n{name}\tfree cash\n")
+        with pytest.raises(TrainflowError, match=refused(f"{path}:3", name, char, what)):
+            load_tsv(path)
+
+
+@pytest.mark.parametrize("kind", [k for k in INVISIBLE if k != "nul"])  # a file name cannot hold a NUL
+def test_text_folder_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    char, what = INVISIBLE[kind]
+    name = f"sp{char}am"
+    root = texts_folder(tmp_path / "texts", {"ham/1.txt": "see you", f"{name}/1.txt": "free cash"})
+    with pytest.raises(TrainflowError, match=refused(root / name, name, char, what)):
+        load_text_folder(root)

@@ -288,9 +288,7 @@ def test_a_too_small_text_split(vparams: Params) -> None:
 def test_a_text_class_missing_from_a_split(vparams: Params) -> None:
     data = text_dataset()
     keep = data.splits["test"].y != 1
-    message = failure(
-        "raw", replace(data, "test", data.splits["test"].x[keep], data.splits["test"].y[keep]), vparams
-    )
+    message = failure("raw", replace(data, "test", data.splits["test"].x[keep], data.splits["test"].y[keep]), vparams)
     assert "expect_column_distinct_values_to_contain_set(split_label) missing ['test:1']" in message
 
 
