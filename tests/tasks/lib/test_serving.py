@@ -63,7 +63,7 @@ BAD = {
         json.dumps({"inputs": [[[[0]] * 8] * 7 + [[[0]] * 7 + [[254.5]]]]}).encode(),
         "pixel 254.5 is not a whole number",
     ),
-    "list_for_a_pixel": (image([1]), "pixel [1] is not a whole number"),
+    "list_for_a_pixel": (image([1]), "does not match expected shape"),
     # 20 MB of zeros in the wrong shape: parsed in full, then refused by the signature.
     "oversized_20mb": (b'{"inputs": [' + b",".join([b"0"] * 10_000_000) + b"]}", "does not match expected shape"),
     # well-formed but more images than deploy.max_request_images (4096) allows
