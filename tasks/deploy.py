@@ -316,9 +316,11 @@ def run(params: Params) -> dict:
         "classes": list(stored.classes),
         "max_request_images": params.deploy.max_request_images,
         "kind": stored.kind,
+        "max_request_chars": params.clean.max_chars,  # a text: longer ones are refused, as clean removed them
     }
-    # texts as an object tensor: MLflow would cast numbers to strings for a str signature, ours refuses them
-    example = evaluate.model_input(sample[:4])
+    # an object signature: MLflow's server hands the model the JSON values as sent (a uint8 or str signature would
+    # cast 0.9 to 0, numbers to strings), and the served model refuses what is not a pixel or a string
+    example = np.asarray(sample[:4]).astype(object)
     model_uri = tracking.log_model(settings, run_id, Path(params.paths.model), example, config)
     check = serving_check.check(
         model_uri,

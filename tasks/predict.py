@@ -61,7 +61,7 @@ def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
     """Predict every image (or text) of ``source`` with the registered model and write ``output``; the count."""
     model = registry.load_model(params.tracking, model_uri)
     (spec,) = model.metadata.get_input_schema().inputs
-    if spec.type.kind in "UO":  # a text model
+    if tracking.model_contract(model)["dtype"] == artifacts.TEXT:
         ids, x = read_lines(source, params.data.max_bytes)
     else:
         ids, x = load_inputs(source, tuple(spec.shape[1:]))

@@ -74,6 +74,11 @@ def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tm
         for malformed in ({"inputs": [[1, 2], [3, 4]]}, {"inputs": [7, 8]}, {"instances": {"a": 1}}):
             status, answer = post_json(url, json.dumps(malformed).encode())
             assert 400 <= status < 500, (malformed, status, answer)
+        # clean.max_chars (5000) bounds a served text too: refused before the vectoriser copies it into tensors
+        status, _ = post_json(url, json.dumps({"inputs": ["win " * 1250]}).encode())
+        assert status == 200
+        status, answer = post_json(url, json.dumps({"inputs": ["ok", "win " * 1250 + "!"]}).encode())
+        assert status == 400 and "a text of 5001 characters; at most 5000 (clean.max_chars)" in answer["message"]
 
     (workspace / "new.txt").write_text("WINNER! claim your free prize now\nsee you at home\n\nok lar\n")
     sh(workspace, "python", "-m", "tasks.predict", "new.txt", "--output", "new.csv")

@@ -379,6 +379,9 @@ def log_datasets(settings: TrackingParams, run_id: str, data_dir: str, splits: I
 
 def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities from a loaded model: the served DataFrame's column, or a bare array."""
+    (spec,) = model.metadata.get_input_schema().inputs
+    if spec.type == np.dtype(object):  # MLflow checks the dtype: pixels or texts as Python objects, as JSON sends them
+        x = np.asarray(x).astype(object)
     result = model.predict(x)
     if hasattr(result, "columns") and "probabilities" in result.columns:
         return np.stack(result["probabilities"].to_numpy()).astype(np.float32)
@@ -388,8 +391,11 @@ def predict_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
 def model_contract(model: Any) -> dict[str, Any]:
     """The contract of a loaded model: its signature's input shape and dtype, and its classes."""
     (spec,) = model.metadata.get_input_schema().inputs
-    classes = list((getattr(model, "model_config", None) or {}).get("classes") or [])
-    dtype = artifacts.TEXT if spec.type.kind in "UO" else str(spec.type)  # a text model: an object tensor of str
+    config = getattr(model, "model_config", None) or {}
+    classes = list(config.get("classes") or [])
+    text = config["kind"] == "text" if "kind" in config else spec.type.kind in "UO"  # older: text had an object tensor
+    # images with an object signature: the served model takes whole numbers 0-255 only (serving_model._pixels)
+    dtype = artifacts.TEXT if text else "uint8" if spec.type.kind == "O" else str(spec.type)
     return {"input_shape": list(spec.shape[1:]), "dtype": dtype, "classes": classes}
 
 
@@ -403,8 +409,9 @@ def log_model(
 ) -> str:
     """Log the served model (a pyfunc around the Keras model, ``config`` its model_config) to the run; its URI.
 
-    MLflow infers the signature by running the served model on ``example``: uint8 images in; label, class name,
-    probability and class probabilities out.
+    MLflow infers the signature by running the served model on ``example``: images or texts as an object tensor in
+    (so the server passes the JSON values on uncast, for the model to check); label, class name, probability and
+    class probabilities out.
     """
     import mlflow
 

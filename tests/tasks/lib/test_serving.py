@@ -38,15 +38,32 @@ def good_body(root: Path) -> bytes:
     return json.dumps({"inputs": test.x[:1].tolist()}).encode()
 
 
+def image(pixel: object) -> bytes:
+    """A request of one 8x8x1 image whose every pixel is ``pixel``, as JSON sends it."""
+    return json.dumps({"inputs": [[[[pixel]] * 8] * 8]}).encode()
+
+
 BAD = {
     "malformed_json": (b'{"inputs": [[[', "valid JSON"),
     "not_a_dict": (b"[1, 2, 3]", "JSON dictionary"),
     "no_inputs_field": (b'{"pixels": [1]}', "input fields"),
     "wrong_shape": (b'{"inputs": [[1, 2, 3]]}', "does not match expected shape"),
-    "strings": (json.dumps({"inputs": [[[["a"]] * 8] * 8]}).encode(), "invalid literal"),
-    "over_255": (json.dumps({"inputs": [[[[300]] * 8] * 8]}).encode(), "out of bounds for uint8"),
-    "negative": (json.dumps({"inputs": [[[[-1]] * 8] * 8]}).encode(), "out of bounds for uint8"),
-    "nan": (b'{"inputs": [[[[NaN]]]]}', "NaN"),
+    "strings": (image("a"), "pixel 'a' is not a whole number 0-255"),
+    "over_255": (image(300), "pixel 300 is outside 0-255"),
+    "negative": (image(-1), "pixel -1 is outside 0-255"),
+    "nan": (image(float("nan")), "pixel nan is not a whole number"),
+    "wrong_shape_nan": (b'{"inputs": [[[[NaN]]]]}', "does not match expected shape"),
+    # refused, never cast to uint8 (0.9 and 1.5 used to become 0 and 1, true 1)
+    "fraction": (image(0.9), "pixel 0.9 is not a whole number 0-255"),
+    "one_and_a_half": (image(1.5), "pixel 1.5 is not a whole number 0-255"),
+    "true": (image(True), "pixel True is not a whole number 0-255"),
+    "false": (image(False), "pixel False is not a whole number 0-255"),
+    "null": (image(None), "pixel None is not a whole number 0-255"),
+    "one_fraction_among_integers": (
+        json.dumps({"inputs": [[[[0]] * 8] * 7 + [[[0]] * 7 + [[254.5]]]]}).encode(),
+        "pixel 254.5 is not a whole number",
+    ),
+    "list_for_a_pixel": (image([1]), "does not match expected shape"),
     # 20 MB of zeros in the wrong shape: parsed in full, then refused by the signature.
     "oversized_20mb": (b'{"inputs": [' + b",".join([b"0"] * 10_000_000) + b"]}", "does not match expected shape"),
     # well-formed but more images than deploy.max_request_images (4096) allows
@@ -108,13 +125,14 @@ def test_the_registered_model_ships_no_private_name_and_no_pickle(served: tuple[
     assert "_decode_json_input" not in mlmodel and "scoring_server" not in mlmodel
 
 
-def test_fractional_floats_are_silently_truncated_to_uint8(served: tuple[str, Path]) -> None:
-    """Documented (docs/tracking-and-serving.md): MLflow casts floats to the uint8 signature; 0.9 becomes 0."""
+def test_whole_number_floats_are_pixels_and_fractions_are_refused(served: tuple[str, Path]) -> None:
+    """3.0 is the pixel 3 (a client that sends a float array); 2.5 is a client's bug: a 400, not the pixel 2."""
     url, _ = served
-    zeros = np.zeros((1, 8, 8, 1))
-    _, as_floats = post_json(url, json.dumps({"inputs": (zeros + 0.9).tolist()}).encode())
-    _, as_zeros = post_json(url, json.dumps({"inputs": zeros.astype(int).tolist()}).encode())
-    assert as_floats["predictions"] == as_zeros["predictions"]
+    threes = np.full((1, 8, 8, 1), 3)
+    status, as_floats = post_json(url, json.dumps({"inputs": threes.astype(float).tolist()}).encode())
+    assert status == 200 and as_floats == post_json(url, json.dumps({"inputs": threes.tolist()}).encode())[1]
+    status, answer = post_json(url, json.dumps({"inputs": (threes - 0.5).tolist()}).encode())
+    assert status == 400 and "pixel 2.5 is not a whole number 0-255" in answer["message"], answer
 
 
 def test_bounded_load_from_a_second_process_has_no_errors(served: tuple[str, Path]) -> None:
