@@ -44,13 +44,21 @@ def set_params(workspace: Path, section: str, **values: object) -> None:
 
 
 def kill_when(
-    process: subprocess.Popen[bytes], ready: object, timeout: float = 120, how: signal.Signals = signal.SIGKILL
+    process: subprocess.Popen[bytes],
+    ready: object,
+    timeout: float = 120,
+    how: signal.Signals = signal.SIGKILL,
+    group: bool = False,
 ) -> bool:
-    """Send ``how`` (SIGKILL) to ``process`` as soon as ``ready()`` holds; False if it finished first."""
+    """Send ``how`` (SIGKILL) to ``process`` (with ``group``: its process group) as soon as ``ready()`` holds; False
+    if it finished first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():  # type: ignore[operator]
-            process.send_signal(how)
+            if group:
+                os.killpg(process.pid, how)
+            else:
+                process.send_signal(how)
             process.wait(timeout=30)
             return True
         time.sleep(0.001)
@@ -193,23 +201,32 @@ def alive(processes: list[psutil.Process]) -> list[str]:
     return left
 
 
-# `dvc repro deploy` as a user runs it, and as the training flow's task runs it (flows/dvc_repo.py, in its own process)
+# `dvc repro deploy` as a user runs it, and as the training flow's task runs it (flows/dvc_repo.py, in its own process);
+# killed alone, as `kill -9 PID` does, or with its process group (`kill -9 -PGID`: dvc and the stage, not the server)
+FLOW_TASK = (
+    "from pathlib import Path; from flows import dvc_repo; "
+    "dvc_repo.repro(Path(), 'deploy', single_item=True, line=lambda text: None)"
+)
 KILLED = {
-    "dvc repro": ["dvc", "repro", "deploy"],
-    "flow task": [
-        sys.executable,
-        "-c",
-        "from pathlib import Path; from flows import dvc_repo; dvc_repo.repro(Path(), "
-        "'deploy', single_item=True, line=lambda text: None)",
-    ],
+    "dvc repro": (["dvc", "repro", "deploy"], False),
+    "dvc repro's process group": (["dvc", "repro", "deploy"], True),
+    "flow task": ([sys.executable, "-c", FLOW_TASK], False),
 }
 
 
-@pytest.mark.parametrize("command", KILLED.values(), ids=KILLED.keys())
-def test_kill_9_while_deploy_serves_its_check_leaves_no_process(evaluated: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(("command", "group"), KILLED.values(), ids=KILLED.keys())
+def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
+    evaluated: Path, command: list[str], group: bool
+) -> None:
     workspace = evaluated
-    env = tool_env(PYTHONPATH=str(workspace))
-    killed = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        command,
+        cwd=workspace,
+        env=tool_env(PYTHONPATH=str(workspace)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a shell's job
+    )
     port = None
 
     def serving() -> bool:
@@ -219,8 +236,11 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(evaluated: Path,
             time.sleep(0.2)  # a scan reads every process's environment: not in a tight loop
         return port is not None
 
-    assert kill_when(killed, serving, timeout=600), "deploy finished before its scoring server was seen"
+    assert kill_when(killed, serving, timeout=600, group=group), "deploy finished before its server was seen"
     deadline = time.monotonic() + 10
     while (alive(started_by(workspace)) or answers(port)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
+    # nothing went on after the kill: no model was registered, no deploy report written
+    assert MlflowClient(f"sqlite:///{workspace}/mlflow.db").search_model_versions() == []
+    assert not (workspace / "reports/deploy.json").exists()
