@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError
+from tasks.lib.lifetime import dies_with_this_process
 
 # DVC's own words (dvc/repo/reproduce.py, dvc/stage/run.py): a stage it runs, and the exit status of a failed command
 _RUNNING = re.compile(r"^Running stage '([^']+)'")
@@ -61,7 +62,14 @@ def repro(
     command = [sys.executable, "-m", "dvc", "repro", *(["--single-item"] if single_item else []), target]
     ran, lines = [], []
     with subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        preexec_fn=dies_with_this_process(),  # a killed flow takes `dvc repro` down, and DVC its stage
     ) as process:
         assert process.stdout is not None
         for text in process.stdout:

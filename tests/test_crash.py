@@ -1,17 +1,22 @@
 """Crashes: a stage killed mid-write (SIGKILL, SIGTERM) leaves the previous output intact and its leftovers go with
-the next good run; a killed training resumes after its last finished epoch."""
+the next good run; a killed training resumes after its last finished epoch; a killed `dvc repro` (or the flow's
+task running it) leaves no process behind, not even deploy's scoring server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -39,13 +44,21 @@ def set_params(workspace: Path, section: str, **values: object) -> None:
 
 
 def kill_when(
-    process: subprocess.Popen[bytes], ready: object, timeout: float = 120, how: signal.Signals = signal.SIGKILL
+    process: subprocess.Popen[bytes],
+    ready: object,
+    timeout: float = 120,
+    how: signal.Signals = signal.SIGKILL,
+    group: bool = False,
 ) -> bool:
-    """Send ``how`` (SIGKILL) to ``process`` as soon as ``ready()`` holds; False if it finished first."""
+    """Send ``how`` (SIGKILL) to ``process`` (with ``group``: its process group) as soon as ``ready()`` holds; False
+    if it finished first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():  # type: ignore[operator]
-            process.send_signal(how)
+            if group:
+                os.killpg(process.pid, how)
+            else:
+                process.send_signal(how)
             process.wait(timeout=30)
             return True
         time.sleep(0.001)
@@ -136,3 +149,98 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch_in_the_same_mlf
     assert sorted(m.step for m in history) == list(range(epochs))  # every epoch logged once: none lost, none twice
     assert (workspace / "models/model.keras").is_file()
     assert not list(checkpoints.iterdir())  # the checkpoint is gone once training finished
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where `dvc repro` ran every stage up to evaluate: the next `dvc repro deploy` runs deploy only."""
+    workspace = make_workspace(tmp_path_factory.mktemp("serving").resolve() / "workspace", TINY)
+    sh(workspace, "dvc", "repro", "evaluate")
+    return workspace
+
+
+def started_by(workspace: Path) -> list[psutil.Process]:
+    """Processes of ``workspace``: started under its `dvc repro` (DVC_ROOT, inherited by every descendant), run in it,
+    or naming it on their command line."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            env, cwd = process.environ(), process.info["cwd"] or "/"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        command = " ".join(process.info["cmdline"] or [])
+        if env.get("DVC_ROOT") == str(workspace) or Path(cwd).is_relative_to(workspace) or str(workspace) in command:
+            found.append(process)
+    return found
+
+
+def scoring_server_port(workspace: Path) -> int | None:
+    """The port deploy's scoring server (its uvicorn, started under this workspace's `dvc repro`) listens on."""
+    for process in started_by(workspace):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if "mlflow.pyfunc.scoring_server" in " ".join(process.cmdline()):
+                listening = [c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+                if listening:
+                    return listening[0]
+    return None
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+    return left
+
+
+# `dvc repro deploy` as a user runs it, and as the training flow's task runs it (flows/dvc_repo.py, in its own process);
+# killed alone, as `kill -9 PID` does, or with its process group (`kill -9 -PGID`: dvc and the stage, not the server)
+FLOW_TASK = (
+    "from pathlib import Path; from flows import dvc_repo; "
+    "dvc_repo.repro(Path(), 'deploy', single_item=True, line=lambda text: None)"
+)
+KILLED = {
+    "dvc repro": (["dvc", "repro", "deploy"], False),
+    "dvc repro's process group": (["dvc", "repro", "deploy"], True),
+    "flow task": ([sys.executable, "-c", FLOW_TASK], False),
+}
+
+
+@pytest.mark.parametrize(("command", "group"), KILLED.values(), ids=KILLED.keys())
+def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
+    evaluated: Path, command: list[str], group: bool
+) -> None:
+    workspace = evaluated
+    killed = subprocess.Popen(
+        command,
+        cwd=workspace,
+        env=tool_env(PYTHONPATH=str(workspace)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a shell's job
+    )
+    port = None
+
+    def serving() -> bool:
+        nonlocal port
+        port = scoring_server_port(workspace)
+        if port is None:
+            time.sleep(0.2)  # a scan reads every process's environment: not in a tight loop
+        return port is not None
+
+    assert kill_when(killed, serving, timeout=600, group=group), "deploy finished before its server was seen"
+    deadline = time.monotonic() + 10
+    while (alive(started_by(workspace)) or answers(port)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
+    # nothing went on after the kill: no model was registered, no deploy report written
+    assert MlflowClient(f"sqlite:///{workspace}/mlflow.db").search_model_versions() == []
+    assert not (workspace / "reports/deploy.json").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from tasks.lib import dag
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError, redact
+from tasks.lib.lifetime import die_with_parent
 from tasks.lib.lock import workspace_lock
 from tasks.lib.quiet import quiet_libraries
 
@@ -30,6 +32,8 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
+    if "DVC_STAGE" in os.environ:  # DVC runs this stage: a killed `dvc repro` takes it (and its server) down
+        die_with_parent()
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -3,14 +3,19 @@ through `dvc repro`, params written as `dvc exp run -S` writes them."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from flows import dvc_repo
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError
-from tests.helpers import REPO, STAGES, sh
+from tests.helpers import REPO, STAGES, committed_params_file, sh, tool_env
 
 
 def test_the_stage_graph_is_dvc_dag() -> None:
@@ -56,6 +61,39 @@ def test_a_failed_stage_raises_its_own_error_line_transient_only_for_exit_transi
     with pytest.raises(error, match=r"^copy: a\.txt is broken$") as raised:
         dvc_repo.repro(root, "fail", single_item=True, line=lambda line: None)
     assert isinstance(raised.value, TransientError) is (status == EXIT_TRANSIENT)
+
+
+# A stage that prints nothing while it works (a broken pipe to a killed flow would never reach it): pid, then sleep
+QUIET_STAGE = """
+import os, pathlib, sys, time
+from tasks.lib.cli import main
+main("quiet", lambda params: (pathlib.Path("started").write_text(str(os.getpid())), time.sleep(120)), sys.argv[1:])
+"""
+FLOW_TASK = "from pathlib import Path; from flows import dvc_repo; dvc_repo.repro(Path(), 'quiet', line=print)"
+
+
+def test_a_killed_flow_takes_its_dvc_repro_and_the_stage_down(tmp_path: Path) -> None:
+    root = tiny_repo(tmp_path)
+    (root / "quiet.py").write_text(QUIET_STAGE)
+    stage = {"cmd": f"python quiet.py --params {committed_params_file()}"}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"quiet": stage}}))
+    flow = subprocess.Popen(
+        [sys.executable, "-c", FLOW_TASK], cwd=root, env=tool_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (root / "started").exists() and flow.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (root / "started").exists(), "the stage did not start"
+    processes = [*psutil.Process(flow.pid).children(recursive=True)]  # dvc repro, and the stage it runs
+    assert int((root / "started").read_text()) in [p.pid for p in processes]
+    flow.send_signal(signal.SIGKILL)
+    flow.wait()
+    _, left = psutil.wait_procs(processes, timeout=5)
+    try:
+        assert left == [], [" ".join(p.cmdline()) for p in left]
+    finally:
+        for process in left:
+            process.kill()
 
 
 def test_write_params_sets_keys_and_keeps_comments(tmp_path: Path) -> None:

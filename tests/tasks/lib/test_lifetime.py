@@ -1,0 +1,97 @@
+"""tasks/lib/lifetime.py: a child started with a parent-death signal dies when its parent is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import REPO, committed_params_file, tool_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+
+# A parent that starts a child running ``code`` and prints the child's pid, then waits to be killed.
+PARENT = """
+import subprocess, sys, time
+from tasks.lib.lifetime import dies_with_this_process
+preexec = dies_with_this_process() if sys.argv[2] == "1" else None
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], preexec_fn=preexec)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_parent_of(code: str, tmp_path: Path, *, death_signal: bool, **env: str) -> int:
+    """Start :data:`PARENT` with a child running ``code``; SIGKILL the parent once the child is ready; its pid."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, code, "1" if death_signal else "0"],
+        cwd=tmp_path,
+        env=tool_env(PYTHONPATH=str(REPO), **env),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    ready = tmp_path / "ready"
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the child did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    return child
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(pid)
+
+
+SLEEPER = "import pathlib, time; pathlib.Path('ready').touch(); time.sleep(120)"
+
+
+def test_a_child_started_with_dies_with_this_process_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    child = kill_parent_of(SLEEPER, tmp_path, death_signal=True)
+    assert gone_within(child, 5)
+
+
+def test_without_it_the_child_outlives_its_killed_parent(tmp_path: Path) -> None:  # what the signal is for
+    child = kill_parent_of(SLEEPER, tmp_path, death_signal=False)
+    try:
+        assert not gone_within(child, 1)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+# A stage as DVC runs it: tasks.lib.cli.main with DVC_STAGE set, whose run() never returns.
+STAGE = (
+    "import pathlib, sys, time; from tasks.lib.cli import main; "
+    "main('x', lambda params: pathlib.Path('ready').touch() or time.sleep(120), ['--params', sys.argv[1]])"
+)
+
+
+@pytest.mark.parametrize("under_dvc", [True, False], ids=["DVC_STAGE set", "no DVC_STAGE"])
+def test_a_stage_run_by_dvc_dies_with_it_and_only_then(tmp_path: Path, under_dvc: bool) -> None:
+    code = f"import sys; sys.argv[1:] = [{str(committed_params_file())!r}]; exec({STAGE!r})"
+    env = {"DVC_STAGE": "x"} if under_dvc else {}
+    child = kill_parent_of(code, tmp_path, death_signal=False, **env)
+    try:
+        assert gone_within(child, 5) is under_dvc  # a stage started by hand (nohup) outlives its shell, as before
+    finally:
+        if running(child):
+            os.kill(child, signal.SIGKILL)
