@@ -8,14 +8,19 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tasks.lib.errors import TrainflowError, redact
+from tasks.lib.lifetime import owned_by_this_process, stop_leftovers
 from tasks.lib.quiet import quiet_libraries
 
 # Prefect's own setting: how long a command waits for its temporary API server (no PREFECT_API_URL). Prefect's 20 s
 # default is too short on a busy 2-core machine (37 s were seen at a load of 15); a user's value is kept.
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_DEFAULT = "180"
+# Prefect's temporary API server: `python -m uvicorn ... prefect.server.api.server:create_app`, started without a
+# parent-death signal; it inherits this process's environment, so the next flow command of the workspace finds it
+PREFECT_SERVER_COMMANDS = ("prefect.server.api.server:create_app",)
 
 
 @contextmanager
@@ -31,6 +36,9 @@ def one_line_errors(what: str) -> Iterator[None]:
     # No telemetry from the temporary API server (read when it starts): no phoning home, and its heartbeat raced
     # the server's own start-up for the SQLite database ("database is locked" in the log).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    workspace = str(Path.cwd().resolve())
+    stop_leftovers(workspace, PREFECT_SERVER_COMMANDS, "Prefect's temporary API server")  # a killed flow's
+    os.environ.update(owned_by_this_process(workspace))
     try:
         yield
     except TrainflowError as exc:

@@ -3,18 +3,29 @@
 The kernel sends the signal when the thread that started the process exits, killed (SIGKILL included) or not, so a
 `kill -9` of `dvc repro` or of a flow takes down the stage it runs and any server that stage started. The setting is
 per process and cleared on fork: each link of the chain sets its own (MLflow sets it for the uvicorn it starts). Off
-Linux these are no-ops; the next run's sweep (:mod:`tasks.lib.serving_check`) is the fallback there.
+Linux these are no-ops. A server a library starts without one (Prefect's temporary API server) or that escaped it
+carries its workspace and its starter in its environment (:func:`owned_by_this_process`), so the next run of that
+workspace stops it (:func:`stop_leftovers`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import psutil
+
+logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# In a server's environment (inherited by its children): the workspace it serves, and the process that started it
+WORKSPACE_VAR = "TRAINFLOW_WORKSPACE"
+OWNER_VAR = "TRAINFLOW_OWNER_PID"
 
 
 def _prctl() -> Callable[..., int] | None:
@@ -50,3 +61,48 @@ def dies_with_this_process(how: signal.Signals = signal.SIGKILL) -> Callable[[],
             os.kill(os.getpid(), how)
 
     return preexec
+
+
+def owned_by_this_process(workspace: str) -> dict[str, str]:
+    """Environment variables marking a process as started by this process for ``workspace`` (see :func:`leftovers`)."""
+    return {WORKSPACE_VAR: workspace, OWNER_VAR: str(os.getpid())}
+
+
+def _orphaned(process: psutil.Process, workspace: str) -> bool:
+    """Whether ``process`` was started for ``workspace`` by a process that no longer runs."""
+    try:
+        env = process.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False  # gone already, or another user's
+    owner = env.get(OWNER_VAR, "")
+    if env.get(WORKSPACE_VAR) != workspace or not owner.isdigit():
+        return False
+    try:  # a pid reused by a younger process is not the owner
+        return psutil.Process(int(owner)).create_time() > process.info["create_time"]
+    except psutil.NoSuchProcess:
+        return True
+
+
+def leftovers(workspace: str, commands: Iterable[str]) -> list[psutil.Process]:
+    """Processes whose command line holds one of ``commands``, started for ``workspace`` by a process now gone.
+
+    Only processes marked by :func:`owned_by_this_process` count: another user's, another workspace's and a running
+    command's servers are never touched.
+    """
+    commands = tuple(commands)
+    return [
+        process
+        for process in psutil.process_iter(["cmdline", "create_time"])
+        if any(name in " ".join(process.info["cmdline"] or []) for name in commands) and _orphaned(process, workspace)
+    ]
+
+
+def stop_leftovers(workspace: str, commands: Iterable[str], what: str) -> list[int]:
+    """Kill the :func:`leftovers` a killed run of ``workspace`` left (``what`` names them in the log); their pids."""
+    found = leftovers(workspace, commands)
+    for process in found:
+        logger.warning("%s: stopping pid %d, left by a killed run: %s", what, process.pid, process.info["cmdline"])
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(found, timeout=10)
+    return [process.pid for process in found]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -26,19 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from tasks.lib.errors import TrainflowError
-from tasks.lib.lifetime import dies_with_this_process
-
-logger = logging.getLogger(__name__)
+from tasks.lib.lifetime import dies_with_this_process, owned_by_this_process, stop_leftovers
 
 LATENCY_REQUESTS = 20  # one-image requests timed after the accuracy check
-# In the server's environment (inherited by its uvicorn): the workspace it checks for, and the process that started it
-WORKSPACE_VAR = "TRAINFLOW_SERVING_CHECK_WORKSPACE"
-OWNER_VAR = "TRAINFLOW_SERVING_CHECK_OWNER"
 # Its processes: `python -m mlflow models serve ...`, then `uvicorn ... mlflow.pyfunc.scoring_server.app:app`
-_SERVER_COMMANDS = ("mlflow models serve", "mlflow.pyfunc.scoring_server")
+SERVER_COMMANDS = ("mlflow models serve", "mlflow.pyfunc.scoring_server")
 
 
 def _free_port() -> int:
@@ -76,7 +69,7 @@ def check(
             with an error.
     """
     workspace = str(Path.cwd().resolve())
-    stop_leftovers(workspace)
+    stop_leftovers(workspace, SERVER_COMMANDS, "serving check")
     port = _free_port()
     # MLflow starts its server as `uvicorn` from PATH: this interpreter's scripts first, also when not activated
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -84,8 +77,7 @@ def check(
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": path,
-        WORKSPACE_VAR: workspace,
-        OWNER_VAR: str(os.getpid()),
+        **owned_by_this_process(workspace),
     }
     command = [
         sys.executable,
@@ -174,44 +166,3 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
             server.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)  # workers that outlived their parent
-
-
-def _orphaned(process: psutil.Process, workspace: str) -> bool:
-    """Whether ``process`` was started by a serving check of ``workspace`` whose deploy no longer runs."""
-    try:
-        env = process.environ()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False  # gone already, or another user's
-    owner = env.get(OWNER_VAR, "")
-    if env.get(WORKSPACE_VAR) != workspace or not owner.isdigit():
-        return False
-    try:  # a pid reused by a younger process is not the owner
-        return psutil.Process(int(owner)).create_time() > process.info["create_time"]
-    except psutil.NoSuchProcess:
-        return True
-
-
-def leftovers(workspace: str) -> list[psutil.Process]:
-    """Scoring-server processes a serving check of ``workspace`` started whose deploy is gone (killed).
-
-    A process counts only when its command line is MLflow's server or its uvicorn and its environment names this
-    workspace and a starter that no longer runs; another user's, another workspace's and a running check's servers
-    are never touched.
-    """
-    return [
-        process
-        for process in psutil.process_iter(["cmdline", "create_time"])
-        if any(name in " ".join(process.info["cmdline"] or []) for name in _SERVER_COMMANDS)
-        and _orphaned(process, workspace)
-    ]
-
-
-def stop_leftovers(workspace: str) -> list[int]:
-    """Kill the scoring servers (:func:`leftovers`) a killed run of ``workspace`` left; their pids."""
-    found = leftovers(workspace)
-    for process in found:
-        logger.warning("serving check: stopping pid %d, left by a killed run: %s", process.pid, process.info["cmdline"])
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(found, timeout=10)
-    return [process.pid for process in found]

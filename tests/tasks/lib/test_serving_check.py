@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from tasks.lib.errors import TrainflowError
-from tasks.lib.serving_check import OWNER_VAR, WORKSPACE_VAR, compare, stop_leftovers
+from tasks.lib.lifetime import OWNER_VAR, WORKSPACE_VAR, stop_leftovers
+from tasks.lib.serving_check import SERVER_COMMANDS, compare
 
 
 def probabilities(n: int, seed: int) -> np.ndarray:
@@ -83,7 +84,7 @@ def test_stop_leftovers_kills_only_this_workspaces_servers_whose_deploy_is_gone(
     ]
     assert psutil.wait_procs([psutil.Process(p.pid) for p in processes], timeout=0.5)[0] == []
 
-    assert sorted(stop_leftovers(workspace)) == sorted([server.pid, uvicorn.pid])
+    assert sorted(stop_leftovers(workspace, SERVER_COMMANDS, "serving check")) == sorted([server.pid, uvicorn.pid])
     assert server.poll() is not None and uvicorn.poll() is not None  # stop_leftovers waited (and here reaped)
     assert [p.poll() for p in kept] == [None, None, None]
-    assert stop_leftovers(workspace) == []
+    assert stop_leftovers(workspace, SERVER_COMMANDS, "serving check") == []
