@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.lib import artifacts
+from tests.conftest import copy_run
 from tests.helpers import TINY, make_workspace, sh, tool_env
 
 pytestmark = pytest.mark.slow
@@ -152,10 +153,10 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch_in_the_same_mlf
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace where `dvc repro` ran every stage up to evaluate: the next `dvc repro deploy` runs deploy only."""
-    workspace = make_workspace(tmp_path_factory.mktemp("serving").resolve() / "workspace", TINY)
-    sh(workspace, "dvc", "repro", "evaluate")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
+    """A finished run (v1 the champion) whose deploy params changed: the next `dvc repro deploy` runs deploy only."""
+    workspace = copy_run(tiny_run, tmp_path_factory.mktemp("serving").resolve() / "workspace")
+    set_params(workspace, "deploy", check_samples=TINY["deploy"]["check_samples"] + 1)
     return workspace
 
 
@@ -241,6 +242,7 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
     while (alive(started_by(workspace)) or answers(port)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
-    # nothing went on after the kill: no model was registered, no deploy report written
-    assert MlflowClient(f"sqlite:///{workspace}/mlflow.db").search_model_versions() == []
+    # nothing went on after the kill: no model was registered (v1 is the finished run's), no deploy report written
+    uri = f"sqlite:///{workspace}/mlflow.db"
+    assert [v.version for v in MlflowClient(uri, registry_uri=uri).search_model_versions()] == ["1"]
     assert not (workspace / "reports/deploy.json").exists()
