@@ -154,9 +154,11 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch_in_the_same_mlf
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
-    """A finished run (v1 the champion) whose deploy params changed: the next `dvc repro deploy` runs deploy only."""
+    """A finished run (v1 the champion), retrained and evaluated with one epoch: `dvc repro deploy` runs deploy only,
+    on a new model (an identical one would be neither served nor registered)."""
     workspace = copy_run(tiny_run, tmp_path_factory.mktemp("serving").resolve() / "workspace")
-    set_params(workspace, "deploy", check_samples=TINY["deploy"]["check_samples"] + 1)
+    set_params(workspace, "train", epochs=1)
+    sh(workspace, "dvc", "repro", "evaluate")
     return workspace
 
 
