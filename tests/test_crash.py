@@ -246,5 +246,5 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
     assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
     # nothing went on after the kill: no model was registered (v1 is the finished run's), no deploy report written
     uri = f"sqlite:///{workspace}/mlflow.db"
-    assert [v.version for v in MlflowClient(uri, registry_uri=uri).search_model_versions()] == ["1"]
+    assert [v.version for v in MlflowClient(uri, registry_uri=uri).search_model_versions()] == [1]
     assert not (workspace / "reports/deploy.json").exists()
