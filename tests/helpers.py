@@ -55,6 +55,15 @@ def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
+def needs(present: bool, what: str) -> None:
+    """Skip a test that lacks ``what`` locally; under ``CI=true`` fail instead, naming it (CI never skips silently)."""
+    if present:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"CI=true and this test needs {what}, which is missing (.ci/run provides it)")
+    pytest.skip(f"needs {what}")
+
+
 def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> object:
     """Poll ``check()`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

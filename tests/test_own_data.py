@@ -13,7 +13,7 @@ from PIL import Image
 
 from tasks.lib.sources import load_idx_dir
 from tests.conftest import copy_run
-from tests.helpers import REPO, ran, sh
+from tests.helpers import REPO, needs, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def report(workspace: Path, name: str) -> dict:
     return json.loads((workspace / "reports" / name).read_text())
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason="the MNIST test set is not beside the repo (../shared/data/mnist)")
 def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
+    needs(MNIST.is_dir(), f"the MNIST test set at {MNIST}")
     workspace = copy_run(tiny_run, tmp_path / "workspace")  # the registry's champion: a digits model (8×8, ten classes)
     assert report(workspace, "deploy.json")["registry"]["alias"] == "champion"
     sh(workspace, "git", "add", "-A")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, STAGES, make_workspace, mlflow_serve, post_json, processes_in, ran, sh
+from tests.helpers import REPO, STAGES, make_workspace, mlflow_serve, needs, post_json, processes_in, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def report(workspace: Path, name: str) -> dict:
     return json.loads((workspace / "reports" / name).read_text())
 
 
-@pytest.mark.skipif(not SMS.is_file(), reason="the SMS Spam Collection is not beside the repo (../shared/data)")
 def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tmp_path: Path) -> None:
+    needs(SMS.is_file(), f"the SMS Spam Collection at {SMS}")
     workspace = make_workspace(tmp_path, SMALL)
     lines = SMS.read_bytes().splitlines(keepends=True)[:900]
     (workspace / "data/input").mkdir(parents=True, exist_ok=True)

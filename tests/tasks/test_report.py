@@ -24,13 +24,12 @@ from tasks.lib.errors import TrainflowError
 from tasks.lib.tracking import flat_params, flatten
 from tasks.report import SECTIONS, changed_params, gather, image_grid, mistakes, render, stopping, wilson
 from tests.conftest import copy_run
-from tests.helpers import committed_params_file, processes_in, ran, sh
+from tests.helpers import committed_params_file, needs, processes_in, ran, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = next(
     (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
 )
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")
 
 
 # ---- the pure core ----
@@ -367,6 +366,7 @@ window.addEventListener("load", () => {
 
 def in_chromium(html: str, folder: Path) -> dict[str, Any]:
     """Load a page in headless Chromium with every request to the network sent to a dead proxy; the probe's result."""
+    needs(CHROMIUM is not None, "Chromium (the Debian package chromium)")
     page = folder / "page.html"
     page.write_text(html.replace("</body>", PROBE + "</body>"))
     args = [
@@ -400,13 +400,11 @@ def in_chromium(html: str, folder: Path) -> dict[str, Any]:
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
-@needs_chromium
 def test_the_page_renders_offline_in_chromium(tmp_path: Path) -> None:
     result = in_chromium(render(facts()), tmp_path)
     assert result == {"sections": list(SECTIONS), "images": 4, "broken": [], "requests": []}
 
 
-@needs_chromium
 def test_the_chromium_probe_sees_a_request_and_a_broken_image(tmp_path: Path) -> None:
     """The probe is not blind: a page that fetches an image from the network shows both."""
     text = render(facts()).replace("</section>", '<img alt="remote" src="http://example.com/x.png"></section>', 1)
@@ -481,7 +479,6 @@ def test_a_missing_input_stops_the_stage_with_one_line_and_keeps_the_page(worksp
 
 
 @pytest.mark.slow
-@needs_chromium
 def test_the_pipelines_report_renders_offline_in_chromium(workspace: Path, tmp_path: Path) -> None:
     result = in_chromium((workspace / "reports/report.html").read_text(), tmp_path)
     assert result["sections"] == list(SECTIONS) and result["broken"] == [] and result["requests"] == []

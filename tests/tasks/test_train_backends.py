@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import committed_params_file
+from tests.helpers import committed_params_file, needs
 
 EPOCHS = 3
 
@@ -85,8 +85,7 @@ def _python(backend: str, cwd: Path, code: str, *args: str, stdin: str | None = 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_stage_under_backend(tmp_path: Path, backend: str) -> None:
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
+    needs(importlib.util.find_spec(backend) is not None, f"the {backend} package (pip install -e '.[tests]')")
     overrides = {
         "train.epochs": EPOCHS,
         "train.filters": [4, 8],

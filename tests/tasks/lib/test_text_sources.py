@@ -13,6 +13,7 @@ from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import load_source
 from tasks.lib.text_sources import load_csv, load_text_folder, load_tsv
+from tests.helpers import needs
 
 REPO = Path(__file__).resolve().parents[3]
 SMS = REPO.parent / "shared" / "data" / "sms-spam" / "sms.tsv"
@@ -61,8 +62,7 @@ def test_tsv_skips_a_byte_order_mark(tmp_path: Path) -> None:
 
 
 def test_sms_file_loads_5574_texts_747_spam() -> None:
-    if not SMS.is_file():
-        pytest.skip(f"shared data not present: {SMS}")
+    needs(SMS.is_file(), f"the SMS Spam Collection at {SMS}")
     loaded = load_tsv(SMS)
     assert len(loaded.x) == 5574
     assert loaded.classes == ("ham", "spam")
