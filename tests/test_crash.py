@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.lib import artifacts
 from tests.conftest import copy_run
-from tests.helpers import TINY, make_workspace, sh, tool_env
+from tests.helpers import TINY, make_workspace, sh, tool_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -244,6 +244,11 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
     while (alive(started_by(workspace)) or answers(port)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
+    # DVC's lock names the killed `dvc repro`: the next one waits while that pid exists, even as a zombie that the
+    # machine's init has not reaped yet (seen in CI), so the next case starts once it is gone
+    lock = workspace / ".dvc/tmp/rwlock"
+    pids = {int(p) for p in re.findall(r'"pid": (\d+)', lock.read_text())} if lock.exists() else set()
+    wait_for("the killed processes to be reaped", lambda: not any(map(psutil.pid_exists, pids)), timeout=60, every=0.2)
     # nothing went on after the kill: no model was registered (v1 is the finished run's), no deploy report written
     uri = f"sqlite:///{workspace}/mlflow.db"
     assert [v.version for v in MlflowClient(uri, registry_uri=uri).search_model_versions()] == [1]

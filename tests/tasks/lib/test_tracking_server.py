@@ -45,7 +45,7 @@ def test_dvc_repro_tracks_and_registers_on_a_tracking_server(tmp_path: Path) -> 
         load = (
             "import json, sys, mlflow, numpy as np; "
             "model = mlflow.pyfunc.load_model('models:/trainflow-classifier@champion'); "
-            "answer = model.predict(np.load(sys.argv[1])[:3]); "
+            "answer = model.predict(np.load(sys.argv[1])[:3].astype(object)); "
             "print(json.dumps({'rows': len(answer), 'columns': sorted(answer.columns)}))"
         )
         done = sh(workspace, sys.executable, "-c", load, "data/clean/test/x-00000.npy", MLFLOW_TRACKING_URI=uri)
