@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from tasks.lib import artifacts
-from tests.helpers import REPO, TINY, make_workspace, mlflow_serve, post_json, sh
+from tests.conftest import copy_run
+from tests.helpers import REPO, mlflow_serve, post_json, sh
 from tests.tasks.lib.test_serving_model import private_names
 
 pytestmark = pytest.mark.slow
@@ -24,11 +25,10 @@ NAME = "trainflow-classifier"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A tiny pipeline run whose champion is served on a free loopback port; yields (invocations URL, workspace)."""
-    root = make_workspace(tmp_path_factory.mktemp("serving"), {**TINY, "deploy": {**TINY["deploy"], "min_metric": 0.0}})
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Iterator[tuple[str, Path]]:
+    """The session's tiny run, its champion served on a free loopback port; yields (invocations URL, workspace)."""
+    root = copy_run(tiny_run, tmp_path_factory.mktemp("serving") / "workspace")
     uri = f"sqlite:///{root}/mlflow.db"
-    sh(root, "dvc", "repro", MLFLOW_TRACKING_URI=uri)
     with mlflow_serve(root, f"models:/{NAME}@champion", uri) as url:
         yield url, root
 
