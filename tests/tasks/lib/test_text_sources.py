@@ -385,12 +385,16 @@ def test_max_text_bytes_bounds_a_line_its_break_left_out(tmp_path: Path, line_br
 
 
 PEAK = """
-import resource, sys, json
+import json, sys
 from pathlib import Path
-import psutil
 from tasks.lib import text_sources
 from tasks.lib.errors import TrainflowError
-before = psutil.Process().memory_info().rss  # now: the imports may have peaked higher for a moment
+
+def status(key):  # this process's memory in bytes: VmRSS now, VmHWM its peak (unlike ru_maxrss, not the parent's)
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+before = status("VmRSS")
 kind, path, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 try:
     if kind == "tsv":
@@ -402,8 +406,7 @@ try:
     nbytes, error = loaded.x.nbytes + loaded.y.nbytes if kind != "lines" else loaded[1].nbytes, ""
 except TrainflowError as exc:
     nbytes, error = 0, str(exc)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"grew": peak * 1024 - before, "nbytes": nbytes, "error": error}))
+print(json.dumps({"grew": status("VmHWM") - before, "nbytes": nbytes, "error": error}))
 """
 
 
