@@ -315,8 +315,8 @@ CASES = [
     ),
     Case("text_folder_not_utf8", text_folder_not_utf8, ("{tmp}/texts/spam/5.txt:2:", "not UTF-8")),
     Case(
-        "csv_stray_quote",  # 3,000 rows read as 1,500 texts before: the quote swallowed the rows after it
-        text_file("sms.csv", CSV_ROWS[:CSV_HALF] + b'"' + CSV_ROWS[CSV_HALF:], "csv"),
+        "csv_stray_quote",  # 3,001 rows read as 1,501 texts before, exit 0: the quote swallowed the rows after it
+        text_file("sms.csv", CSV_ROWS[:CSV_HALF] + b'"' + CSV_ROWS[CSV_HALF:] + b'bye",ham\n', "csv"),
         ("{tmp}/sms.csv:1502:", "unbalanced"),
     ),
     Case(
