@@ -62,7 +62,7 @@ def predict(params: Params, source: Path, output: Path, model_uri: str) -> int:
     model = registry.load_model(params.tracking, model_uri)
     (spec,) = model.metadata.get_input_schema().inputs
     if tracking.model_contract(model)["dtype"] == artifacts.TEXT:
-        ids, x = read_lines(source, params.data.max_bytes)
+        ids, x = read_lines(source, params.data.max_bytes, params.data.max_text_bytes)
     else:
         ids, x = load_inputs(source, tuple(spec.shape[1:]))
     probabilities = tracking.predict_probabilities(model, x)

@@ -229,6 +229,8 @@ def text_file(name: str, content: bytes, source: str = "tsv", **data: Any) -> Ca
 
 
 SMS_LINES = b"ham\tsee you later\nspam\tfree cash now\n" * 20
+CSV_ROWS = b"text,label\n" + b"see you later,ham\nfree cash now,spam\n" * 1500
+CSV_HALF = CSV_ROWS.index(b"\n", len(CSV_ROWS) // 2) + 1  # where line 1,502 starts, mid-file
 
 
 def text_folder_not_utf8(tmp: Path) -> dict[str, Any]:
@@ -322,6 +324,23 @@ CASES = [
         ("{tmp}/sms.tsv:41: class name 'sp\\u200bam' holds '\\u200b' (U+200B ZERO WIDTH SPACE)",),
     ),
     Case("text_folder_not_utf8", text_folder_not_utf8, ("{tmp}/texts/spam/5.txt:2:", "not UTF-8")),
+    Case(
+        "csv_stray_quote",  # 3,001 rows read as 1,501 texts before, exit 0: the quote swallowed the rows after it
+        text_file("sms.csv", CSV_ROWS[:CSV_HALF] + b'"' + CSV_ROWS[CSV_HALF:] + b'bye",ham\n', "csv"),
+        ("{tmp}/sms.csv:1502:", "unbalanced"),
+    ),
+    Case(
+        "csv_unterminated_quote",
+        text_file("sms.csv", CSV_ROWS + b'"ham', "csv"),
+        ("{tmp}/sms.csv:3002:", "never closed"),
+    ),
+    Case("tsv_lone_cr", text_file("sms.tsv", SMS_LINES.replace(b"\n", b"\r")), ("{tmp}/sms.tsv:1:", "carriage return")),
+    Case("tsv_nul", text_file("sms.tsv", SMS_LINES + b"spam\tfree\x00cash\n"), ("{tmp}/sms.tsv:41:", "NUL byte")),
+    Case(
+        "tsv_line_over_max_text_bytes",
+        text_file("sms.tsv", SMS_LINES + b"spam\t" + b"x" * 2000 + b"\n", max_text_bytes=1000),
+        ("{tmp}/sms.tsv:41:", "longer than data.max_text_bytes (1,000 bytes)"),
+    ),
     Case("paths_raw_is_models", params_only(**{"paths.raw": "models"}), ("paths.raw=models and paths.", "overlap")),
     Case("paths_raw_is_the_repository", params_only(**{"paths.raw": "."}), ("paths.raw=.: outside the repository",)),
     Case("paths_clean_is_git", params_only(**{"paths.clean": ".git"}), ("paths.clean=.git: overlaps .git",)),

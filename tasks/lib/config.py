@@ -31,6 +31,8 @@ class DataParams(Section):
     classes: tuple[str, ...] | None
     shard_size: PositiveInt
     max_bytes: PositiveInt
+    max_text_bytes: PositiveInt
+    max_text_lines: PositiveInt
     text_column: str = Field(min_length=1)
     label_column: str = Field(min_length=1)
 

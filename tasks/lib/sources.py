@@ -52,10 +52,12 @@ def load_source(data: DataParams) -> Loaded:
         from tasks.lib import text_sources
 
         if data.source == "tsv":
-            return text_sources.load_tsv(path, data.max_bytes)
+            return text_sources.load_tsv(path, data.max_bytes, data.max_text_bytes)
         if data.source == "csv":
-            return text_sources.load_csv(path, data.text_column, data.label_column, data.max_bytes)
-        return text_sources.load_text_folder(path, data.max_bytes)
+            return text_sources.load_csv(
+                path, data.text_column, data.label_column, data.max_bytes, data.max_text_bytes, data.max_text_lines
+            )
+        return text_sources.load_text_folder(path, data.max_bytes, data.max_text_bytes)
     return load_folder(path, data.image_size, data.color_mode, data.max_bytes)
 
 

@@ -275,8 +275,9 @@ def summary_table(summaries: list[ShardSummary]) -> pd.DataFrame:
         raise TrainflowError(f"a dataset of both images and texts ({sorted({s.dtype for s in summaries})})")
     items = "texts" if kinds == {"text"} else "images"
     train = [s.hashes for s in summaries if s.split == "train"]
-    train_hashes = np.concatenate(train) if train else np.zeros((0, 2), np.uint64)
-    train_first = np.sort(train_hashes[:, 0])
+    # distinct hashes, sorted: 5 million copies of one text would otherwise be gathered again for every shard
+    train_hashes = np.unique(np.concatenate(train), axis=0) if train else np.zeros((0, 2), np.uint64)
+    train_first = train_hashes[:, 0]
     split_rows: dict[str, int] = {}
     label_rows: dict[tuple[str, int], int] = {}
     for s in summaries:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +18,7 @@ import pytest
 from tasks.lib.config import Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.sources import load_source
-from tasks.lib.text_sources import load_csv, load_text_folder, load_tsv
+from tasks.lib.text_sources import load_csv, load_text_folder, load_tsv, read_lines
 from tests.helpers import needs
 
 REPO = Path(__file__).resolve().parents[3]
@@ -300,3 +306,267 @@ def test_text_folder_class_name_with_an_invisible_character_is_refused_by_name(t
     root = texts_folder(tmp_path / "texts", {"ham/1.txt": "see you", f"{name}/1.txt": "free cash"})
     with pytest.raises(TrainflowError, match=refused(root / name, name, char, what)):
         load_text_folder(root)
+
+
+# --- malformed files are refused, never merged into fewer texts ---
+
+
+def rows(n: int) -> list[str]:
+    """``n`` CSV rows ``text,label`` of short distinct texts and two labels."""
+    return [f"message number {i},{'spam' if i % 3 == 0 else 'ham'}\n" for i in range(n)]
+
+
+def test_csv_stray_quote_in_the_middle_is_refused_not_merged(tmp_path: Path) -> None:
+    body = rows(3000)
+    body[1499] = '"' + body[1499]  # a stray quote opens a field that runs on over the next 1,500 rows
+    f = write(tmp_path / "d.csv", "text,label\n" + "".join(body))
+    with pytest.raises(TrainflowError, match=at(f) + ':1501: a quoted field runs on past 100 lines .*unbalanced "'):
+        load_csv(f, "text", "label", max_text_lines=100)
+    with pytest.raises(TrainflowError, match=at(f) + ":1501: a quoted field opened in this record is never closed"):
+        load_csv(f, "text", "label")  # no line limit: it runs to the end of the file
+
+
+def test_csv_unterminated_quote_on_the_last_rows_is_refused(tmp_path: Path) -> None:
+    body = rows(300)
+    body[297] = '"' + body[297]
+    f = write(tmp_path / "d.csv", "text,label\n" + "".join(body))
+    with pytest.raises(TrainflowError, match=at(f) + ":299: a quoted field opened in this record is never closed"):
+        load_csv(f, "text", "label", max_text_lines=100)
+
+
+def test_csv_quoted_field_closed_rows_later_is_refused_past_the_line_limit(tmp_path: Path) -> None:
+    body = rows(40)
+    body[10] = '"' + body[10]
+    body[30] = body[30].replace(",", '",')  # a second stray quote closes the field: 20 rows would become one text
+    f = write(tmp_path / "d.csv", "text,label\n" + "".join(body))
+    with pytest.raises(TrainflowError, match=at(f) + ":12: a quoted field runs on past 5 lines"):
+        load_csv(f, "text", "label", max_text_lines=5)
+    assert len(load_csv(f, "text", "label", max_text_lines=21).x) == 20  # within a limit that allows it: a record
+
+
+@pytest.mark.parametrize(
+    ("row", "line", "message"),
+    [
+        ('say "hi" now,ham\n', 3, 'a " inside an unquoted field at column 5'),
+        ('5" screen,ham\n', 3, 'a " inside an unquoted field at column 2'),
+        ('fine,h"am\n', 3, 'a " inside an unquoted field at column 7'),
+        ('"quoted" then more,ham\n', 3, "malformed CSV \\(',' expected after '\"'\\)"),
+        ('"two\nlines" and more,ham\n', 3, "malformed CSV \\(',' expected after '\"' at line 4\\)"),
+        ("too,many,fields\n", 3, "3 fields, the header names 2"),
+        ("text only\n", 3, "1 fields, the header names 2"),
+        ("no label,\n", 3, "no label \\(column 'label' is empty\\)"),
+    ],
+)
+def test_csv_malformed_rows(tmp_path: Path, row: str, line: int, message: str) -> None:
+    f = write(tmp_path / "d.csv", "text,label\nfirst,spam\n" + row + "last,ham\n")
+    with pytest.raises(TrainflowError, match=at(f) + f":{line}: {message}"):
+        load_csv(f, "text", "label")
+
+
+def test_csv_quotes_by_the_rules_are_kept(tmp_path: Path) -> None:
+    f = write(tmp_path / "d.csv", 'text,label\n"say ""hi"", now",ham\n"",spam\n"a\n\nb",ham\n')
+    assert load_csv(f, "text", "label", max_text_lines=3).x.tolist() == ['say "hi", now', "", "a\n\nb"]
+
+
+@pytest.mark.parametrize("ending", ["\r", "mixed"])
+def test_tsv_lone_carriage_returns_are_refused_not_merged(tmp_path: Path, ending: str) -> None:
+    lines = [f"{'spam' if i % 3 == 0 else 'ham'}\tmessage {i}" for i in range(300)]
+    if ending == "\r":  # every line ends in a lone \r: one line of 300 texts for a reader that splits at \n
+        data, line = "\r".join(lines) + "\r", 1
+    else:  # every third line: 300 rows read as 201 texts
+        data, line = "".join(text + ("\r" if i % 3 == 2 else "\n") for i, text in enumerate(lines)), 3
+    f = write(tmp_path / "d.tsv", data)
+    with pytest.raises(TrainflowError, match=at(f) + f":{line}: a carriage return .* not followed by a line feed"):
+        load_tsv(f)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"a\tx\nb\tone\rtwo\n", ":2: a carriage return \\(\\\\r\\) not followed by a line feed at column 6"),
+        (b"a\tx\nb\ty\x00z\n", ":2: a NUL byte at column 4"),
+        (b"a\x00\tx\nb\ty\n", ":1: a NUL byte at column 2"),
+        (b"a\tx\n\t\nb\ty\n", ":2: no label"),  # a lone tab is a record without a label, not a blank line
+        (b"a\tx\nb\ty\r", ":2: a carriage return"),  # a file ending in a lone \r
+    ],
+)
+def test_tsv_malformed_lines(tmp_path: Path, body: bytes, message: str) -> None:
+    f = write(tmp_path / "d.tsv", body)
+    with pytest.raises(TrainflowError, match=at(f) + message):
+        load_tsv(f)
+
+
+def test_csv_nul_and_lone_carriage_return(tmp_path: Path) -> None:
+    f = write(tmp_path / "d.csv", b'text,label\nx,a\n"one\rtwo",b\n')
+    with pytest.raises(TrainflowError, match=at(f) + ":3: a carriage return"):
+        load_csv(f, "text", "label")
+    f = write(tmp_path / "d.csv", b"text,label\nx,a\ny\x00,b\n")
+    with pytest.raises(TrainflowError, match=at(f) + ":3: a NUL byte at column 2"):
+        load_csv(f, "text", "label")
+
+
+def test_read_lines_refuses_nul_and_lone_carriage_return(tmp_path: Path) -> None:
+    f = write(tmp_path / "in.txt", "one\ntwo\rthree\n")
+    with pytest.raises(TrainflowError, match=at(f) + ":2: a carriage return"):
+        read_lines(f)
+    f = write(tmp_path / "in.txt", b"one\ntwo\nthr\x00ee\n")
+    with pytest.raises(TrainflowError, match=at(f) + ":3: a NUL byte"):
+        read_lines(f)
+    f = write(tmp_path / "in.txt", "one\r\n\r\ntwo \u2028 still two\x0cand two\n")  # only \n ends a line
+    ids, texts = read_lines(f)
+    assert ids == ["1", "3"] and texts.tolist() == ["one", "two \u2028 still two\x0cand two"]
+
+
+def test_text_folder_refuses_a_nul_byte_and_a_file_over_max_text_bytes(tmp_path: Path) -> None:
+    root = texts_folder(tmp_path, {"a/1.txt": "x", "b/1.txt": "y\r\nz\rok"})
+    assert load_text_folder(root).x.tolist() == ["x", "y\r\nz\rok"]  # a file is one text: its \r are its own
+    bad = write(root / "b" / "2.txt", b"fine\nbad\x00\n")
+    with pytest.raises(TrainflowError, match=at(bad) + ":2: a NUL byte at column 4"):
+        load_text_folder(root)
+    bad.unlink()
+    big = write(root / "b" / "3.txt", "z" * 101)
+    with pytest.raises(TrainflowError, match=at(big) + ": 101 bytes, more than data.max_text_bytes \\(100\\)"):
+        load_text_folder(root, max_text_bytes=100)
+
+
+# --- limits checked while reading ---
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n"])
+def test_max_text_bytes_bounds_a_line_its_break_left_out(tmp_path: Path, line_break: str) -> None:
+    f = write(tmp_path / "d.tsv", f"a\t{'x' * 98}{line_break}b\ty{line_break}")
+    assert len(load_tsv(f, max_text_bytes=100).x) == 2
+    with pytest.raises(TrainflowError, match=at(f) + ":1: a line longer than data.max_text_bytes \\(99 bytes\\)"):
+        load_tsv(f, max_text_bytes=99)
+
+
+PEAK = """
+import json, sys
+from pathlib import Path
+from tasks.lib import text_sources
+from tasks.lib.errors import TrainflowError
+
+def status(key):  # this process's memory in bytes: VmRSS now, VmHWM its peak (unlike ru_maxrss, not the parent's)
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+before = status("VmRSS")
+kind, path, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+try:
+    if kind == "tsv":
+        loaded = text_sources.load_tsv(path, max_text_bytes=limit)
+    elif kind == "csv":
+        loaded = text_sources.load_csv(path, "text", "label", max_text_bytes=limit, max_text_lines=10**9)
+    else:
+        loaded = text_sources.read_lines(path, max_text_bytes=limit)
+    nbytes, error = loaded.x.nbytes + loaded.y.nbytes if kind != "lines" else loaded[1].nbytes, ""
+except TrainflowError as exc:
+    nbytes, error = 0, str(exc)
+print(json.dumps({"grew": status("VmHWM") - before, "nbytes": nbytes, "error": error}))
+"""
+
+
+def peak(kind: str, path: Path, max_text_bytes: int) -> dict:
+    """Load ``path`` in a fresh interpreter: how much its peak memory grew, the arrays' bytes, or the error."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, kind, str(path), str(max_text_bytes)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    return json.loads(done.stdout)
+
+
+def test_a_million_tiny_lines_cost_about_their_arrays(tmp_path: Path) -> None:
+    """5 million tiny lines took 57× their file (one Python string per line, and per label and text)."""
+    f = tmp_path / "d.tsv"
+    f.write_text("".join(f"{'ham' if i % 7 else 'spam'}\t{i % 1000}\n" for i in range(1_000_000)))
+    result = peak("tsv", f, 1 << 20)
+    assert result["nbytes"] == 1_000_000 * (3 * 4 + 8)  # texts of up to 3 characters, int64 labels
+    assert result["grew"] <= 3 * result["nbytes"], result  # measured 2.2×; 11× before
+
+
+@pytest.mark.parametrize(
+    ("kind", "head", "repeat", "message"),
+    [
+        ("tsv", b"a\tx\nb\t", b"y", ":2: a line longer than data.max_text_bytes"),
+        ("lines", b"one\n", b"y", ":2: a line longer than data.max_text_bytes"),
+        ("csv", b'text,label\nx,a\n"', b"y", ":3: a line longer than data.max_text_bytes"),
+        ("csv", b'text,label\nx,a\n"', b"many short lines of one quoted field\n", ":3: a CSV record longer than"),
+    ],
+)
+def test_an_overlong_line_or_field_is_refused_while_reading(
+    tmp_path: Path, kind: str, head: bytes, repeat: bytes, message: str
+) -> None:
+    """A 500 MB line and a 300 MB field were read in full before being refused (1.05 GB, 1.55 GB)."""
+    f = tmp_path / f"d.{kind}"
+    with f.open("wb") as out:
+        out.write(head + repeat * ((64 << 20) // len(repeat)))  # 64 MiB that the limit stops after 1 MiB
+    result = peak(kind, f, 1 << 20)
+    assert re.match(at(f) + message, result["error"]), result
+    assert result["grew"] < 16 << 20, result  # a block or two, never the 64 MiB
+
+
+# --- the texts read are the file's records, on realistic files ---
+
+
+def sms_records() -> list[tuple[str, str]]:
+    """The SMS Spam collection's (label, text) pairs, a few texts given line breaks, quotes and commas."""
+    if not SMS.is_file():
+        pytest.skip(f"shared data not present: {SMS}")
+    pairs = [tuple(line.split("\t", 1)) for line in SMS.read_text(encoding="utf-8").split("\n") if line]
+    return [(label, text.replace(". ", ".\r\n", 2) if i % 50 == 0 else text) for i, (label, text) in enumerate(pairs)]
+
+
+def as_csv(records: list[tuple[str, str]]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "text", "label"])
+    writer.writerows((i, text, label) for i, (label, text) in enumerate(records))
+    return buffer.getvalue().encode()
+
+
+def stray_quote(data: bytes) -> bytes:
+    """A ``"`` at the start of the middle line (of the file's start if it has one line)."""
+    at = data.find(b"\n", len(data) // 2) + 1
+    return data[:at] + b'"' + data[at:]
+
+
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
+    "as is": lambda data: data,
+    "stray quote": stray_quote,  # opens a quoted field in a CSV; an ordinary character in the others
+    "lone CR": lambda data: data.replace(b"\n", b"\r", 1),  # a .txt file's text keeps it
+    "NUL": lambda data: data.replace(b"e", b"\x00", 1),
+}
+REFUSED = {"stray quote": {"csv"}, "lone CR": {"tsv", "csv", "lines"}, "NUL": {"tsv", "csv", "lines", "text_folder"}}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+@pytest.mark.parametrize("kind", ["tsv", "csv", "text_folder", "lines"])
+def test_texts_read_are_the_records_of_the_file(tmp_path: Path, kind: str, corruption: str) -> None:
+    """Every source yields one text per record of a realistic file, or refuses it: never fewer, never merged."""
+    records = sms_records()
+    change = CORRUPTIONS[corruption]
+    if kind == "text_folder":  # a file per text (the first 600), one folder per label
+        records = sorted(records[:600], key=lambda r: r[0])
+        for i, (label, text) in enumerate(records):
+            write(tmp_path / "texts" / label / f"{i:04d}.txt", change(text.encode()) if i == 300 else text)
+        path, read = tmp_path / "texts", lambda: load_text_folder(tmp_path / "texts").x
+    elif kind == "csv":
+        path = write(tmp_path / "sms.csv", change(as_csv(records)))
+        read = lambda: load_csv(path, "text", "label", max_text_lines=3).x  # noqa: E731
+    else:
+        records = [r for r in records if "\r" not in r[1]]
+        data = "".join(f"{label}\t{text}\n" if kind == "tsv" else f"{text}\n" for label, text in records)
+        path = write(tmp_path / f"sms.{kind}", change(data.encode()))
+        read = (lambda: load_tsv(path).x) if kind == "tsv" else (lambda: read_lines(path)[1])
+    if kind in REFUSED.get(corruption, ()):
+        with pytest.raises(TrainflowError, match="^" + re.escape(str(path)) + r"\S*:\d+: "):
+            read()
+        return
+    texts = read()
+    assert len(texts) == len(records)
+    if corruption == "as is":
+        assert texts.tolist() == [text.rstrip() if kind == "text_folder" else text for _, text in records]
