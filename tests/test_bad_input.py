@@ -316,7 +316,7 @@ CASES = [
     Case(  # once reported as a split problem about "images", naming no label
         "tsv_class_name_with_nul",
         text_file("sms.tsv", SMS_LINES + b"sp\x00am\tfree cash\n"),
-        ("{tmp}/sms.tsv:41: class name 'sp\\x00am' holds '\\x00' (U+0000), an invisible or control character",),
+        ("{tmp}/sms.tsv:41: a NUL byte at column 3; not a text file",),  # in a label too: file and line named
     ),
     Case(
         "tsv_class_name_with_zero_width_space",

@@ -279,7 +279,11 @@ def refused(origin: Path | str, name: str, char: str, what: str) -> str:
     )
 
 
-@pytest.mark.parametrize("kind", list(INVISIBLE))
+# a NUL or a lone carriage return anywhere in a tsv or csv file is refused as a malformed file first (below)
+IN_LINES = [kind for kind in INVISIBLE if INVISIBLE[kind][0] not in "\x00\r"]
+
+
+@pytest.mark.parametrize("kind", IN_LINES)
 def test_csv_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path, kind: str) -> None:
     char, what = INVISIBLE[kind]
     name = f"sp{char}am"
@@ -290,7 +294,7 @@ def test_csv_class_name_with_an_invisible_character_is_refused_by_name(tmp_path:
         load_csv(path, "text", "label")
 
 
-@pytest.mark.parametrize("kind", [k for k in INVISIBLE if INVISIBLE[k][0] not in "\t\n"])  # a tsv label holds neither
+@pytest.mark.parametrize("kind", [k for k in IN_LINES if INVISIBLE[k][0] not in "\t\n"])  # a tsv label holds neither
 def test_tsv_class_name_with_an_invisible_character_is_refused_by_name(tmp_path: Path, kind: str) -> None:
     char, what = INVISIBLE[kind]
     for name in (f"sp{char}am", f"spam{char}"):  # inside, or at the end where stripping would have hidden it
