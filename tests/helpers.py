@@ -90,7 +90,9 @@ def processes_in(folder: Path) -> list[str]:
 
 def tool_env(**extra: str) -> dict[str, str]:
     """PATH with this interpreter's bin first, so `python -m tasks.x` in dvc.yaml runs in this environment."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_REGISTRY_URI", None)  # exported by mlflow.set_registry_uri in an earlier in-process test
+    env.update(extra)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 

