@@ -123,6 +123,7 @@ def test_first_run_champion_weaker_challenger_stronger_champion(runs: dict, work
 
 
 def test_lineage_from_the_champion_to_the_data_hashes(runs: dict, workspace: Path) -> None:
+    tracking._use(f"sqlite:///{workspace / 'mlflow.db'}")  # `models:/` URIs below: this store, whatever test ran last
     client = mlflow_client()
     version = client.get_model_version_by_alias(runs["stronger"]["registry"]["model_name"], "champion")
     import mlflow.pyfunc
