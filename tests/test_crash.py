@@ -225,7 +225,7 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
     killed = subprocess.Popen(
         command,
         cwd=workspace,
-        env=tool_env(PYTHONPATH=str(workspace)),
+        env=tool_env(PYTHONPATH=str(workspace), SHELL="/bin/sh"),  # dash, which stays between DVC and the stage
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, as a shell's job

@@ -14,7 +14,7 @@ from typing import Any
 from tasks.lib import dag
 from tasks.lib.config import DEFAULT_PARAMS, Params, load_params
 from tasks.lib.errors import EXIT_TRANSIENT, TrainflowError, TransientError, redact
-from tasks.lib.lifetime import die_with_parent
+from tasks.lib.lifetime import die_with_dvc
 from tasks.lib.lock import workspace_lock
 from tasks.lib.quiet import quiet_libraries
 
@@ -33,7 +33,7 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
     if "DVC_STAGE" in os.environ:  # DVC runs this stage: a killed `dvc repro` takes it (and its server) down
-        die_with_parent()
+        die_with_dvc()
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -2,8 +2,8 @@
 
 The kernel sends the signal when the thread that started the process exits, killed (SIGKILL included) or not, so a
 `kill -9` of `dvc repro` or of a flow takes down the stage it runs and any server that stage started. The setting is
-per process and cleared on fork: each link of the chain sets its own (MLflow sets it for the uvicorn it starts). Off
-Linux these are no-ops. A server a library starts without one (Prefect's temporary API server) or that escaped it
+per process and cleared on fork: each link of the chain sets its own (MLflow sets it for the uvicorn it starts), and a
+stage whose parent is DVC's shell rather than DVC watches DVC itself (:func:`die_with_dvc`). Off Linux these are no-ops. A server a library starts without one (Prefect's temporary API server) or that escaped it
 carries its workspace and its starter in its environment (:func:`owned_by_this_process`), so the next run of that
 workspace stops it (:func:`stop_leftovers`).
 """
@@ -14,8 +14,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 
 import psutil
@@ -42,6 +45,43 @@ def die_with_parent(how: signal.Signals = signal.SIGKILL) -> bool:
     """Have the kernel send ``how`` to this process when its parent exits; False where the platform cannot."""
     prctl = _prctl()
     return prctl is not None and prctl(_PR_SET_PDEATHSIG, int(how)) == 0
+
+
+def die_with_dvc(how: signal.Signals = signal.SIGKILL) -> bool:
+    """For a stage that DVC runs (``DVC_STAGE`` set): get ``how`` when the ``dvc`` process running it exits.
+
+    DVC starts a stage through ``$SHELL -c``: bash replaces itself with the command, so DVC is the parent and the
+    parent-death signal covers it; dash (``/bin/sh`` on Debian, used where ``SHELL`` is unset, as under cron or CI)
+    stays in between. Then a daemon thread waits on a pidfd of DVC's process, the nearest ancestor that DVC did not
+    start (no ``DVC_STAGE`` in its environment), and sends ``how`` to this process when it exits. False where the
+    platform can do neither.
+    """
+    if not die_with_parent(how):
+        return False
+    try:
+        runner = psutil.Process().parent()
+        while runner is not None and "DVC_STAGE" in runner.environ():
+            runner = runner.parent()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        runner = None
+    if runner is None or runner.pid == os.getppid():
+        return True  # DVC is the parent (or cannot be told apart from it): the signal is set
+    threading.Thread(target=_signal_self_when_gone, args=(runner, how), name="die-with-dvc", daemon=True).start()
+    return True
+
+
+def _signal_self_when_gone(process: psutil.Process, how: signal.Signals) -> None:
+    """Block until ``process`` exits, then send ``how`` to this process."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except OSError:  # no pidfd (Linux < 5.3), or gone already
+        while process.is_running():
+            time.sleep(1.0)
+    else:
+        if process.is_running():  # psutil compares start times: the pid still names the same process
+            select.select([fd], [], [])
+        os.close(fd)
+    os.kill(os.getpid(), how)
 
 
 def dies_with_this_process(how: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:

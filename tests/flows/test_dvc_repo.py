@@ -72,13 +72,18 @@ main("quiet", lambda params: (pathlib.Path("started").write_text(str(os.getpid()
 FLOW_TASK = "from pathlib import Path; from flows import dvc_repo; dvc_repo.repro(Path(), 'quiet', line=print)"
 
 
-def test_a_killed_flow_takes_its_dvc_repro_and_the_stage_down(tmp_path: Path) -> None:
+# DVC runs a stage through $SHELL -c: bash execs the command, dash (/bin/sh where SHELL is unset) stays its parent
+@pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
+def test_a_killed_flow_takes_its_dvc_repro_and_the_stage_down(tmp_path: Path, shell: str) -> None:
     root = tiny_repo(tmp_path)
     (root / "quiet.py").write_text(QUIET_STAGE)
     stage = {"cmd": f"python quiet.py --params {committed_params_file()}"}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"quiet": stage}}))
     flow = subprocess.Popen(
-        [sys.executable, "-c", FLOW_TASK], cwd=root, env=tool_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE
+        [sys.executable, "-c", FLOW_TASK],
+        cwd=root,
+        env=tool_env(PYTHONPATH=str(REPO), SHELL=shell),
+        stdout=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not (root / "started").exists() and flow.poll() is None and time.monotonic() < deadline:

@@ -16,12 +16,19 @@ from tests.helpers import REPO, committed_params_file, tool_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
-# A parent that starts a child running ``code`` and prints the child's pid, then waits to be killed.
+# A parent that starts a child running ``code`` and prints the child's pid, then waits to be killed. Started "by
+# DVC", the child gets DVC_STAGE, directly or through a shell that stays its parent (dash, DVC's shell where SHELL is
+# unset: it does not exec the command)
 PARENT = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 from tasks.lib.lifetime import dies_with_this_process
-preexec = dies_with_this_process() if sys.argv[2] == "1" else None
-child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], preexec_fn=preexec)
+code, death_signal, how = sys.argv[1:]
+command, env = [sys.executable, "-c", code], dict(os.environ)
+if how != "by hand":
+    env["DVC_STAGE"] = "x"
+if how == "through a shell":
+    command = ["/bin/sh", "-c", '"$0" -c "$1"; exit $?', sys.executable, code]
+child = subprocess.Popen(command, env=env, preexec_fn=dies_with_this_process() if death_signal == "1" else None)
 print(child.pid, flush=True)
 time.sleep(120)
 """
@@ -34,12 +41,12 @@ def running(pid: int) -> bool:
         return False
 
 
-def kill_parent_of(code: str, tmp_path: Path, *, death_signal: bool, **env: str) -> int:
+def kill_parent_of(code: str, tmp_path: Path, *, death_signal: bool, how: str = "by hand") -> int:
     """Start :data:`PARENT` with a child running ``code``; SIGKILL the parent once the child is ready; its pid."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, code, "1" if death_signal else "0"],
+        [sys.executable, "-c", PARENT, code, "1" if death_signal else "0", how],
         cwd=tmp_path,
-        env=tool_env(PYTHONPATH=str(REPO), **env),
+        env=tool_env(PYTHONPATH=str(REPO)),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -78,20 +85,24 @@ def test_without_it_the_child_outlives_its_killed_parent(tmp_path: Path) -> None
         os.kill(child, signal.SIGKILL)
 
 
-# A stage as DVC runs it: tasks.lib.cli.main with DVC_STAGE set, whose run() never returns.
+# A stage as DVC runs it: tasks.lib.cli.main, whose run() writes its pid, touches `ready` and never returns.
 STAGE = (
-    "import pathlib, sys, time; from tasks.lib.cli import main; "
-    "main('x', lambda params: pathlib.Path('ready').touch() or time.sleep(120), ['--params', sys.argv[1]])"
+    "import os, pathlib, sys, time; from tasks.lib.cli import main; "
+    "main('x', lambda params: (pathlib.Path('pid').write_text(str(os.getpid())), pathlib.Path('ready').touch(), "
+    "time.sleep(120)), ['--params', sys.argv[1]])"
 )
 
 
-@pytest.mark.parametrize("under_dvc", [True, False], ids=["DVC_STAGE set", "no DVC_STAGE"])
-def test_a_stage_run_by_dvc_dies_with_it_and_only_then(tmp_path: Path, under_dvc: bool) -> None:
+@pytest.mark.parametrize("how", ["directly", "through a shell", "by hand"])
+def test_a_stage_run_by_dvc_dies_with_it_and_only_then(tmp_path: Path, how: str) -> None:
     code = f"import sys; sys.argv[1:] = [{str(committed_params_file())!r}]; exec({STAGE!r})"
-    env = {"DVC_STAGE": "x"} if under_dvc else {}
-    child = kill_parent_of(code, tmp_path, death_signal=False, **env)
-    try:
-        assert gone_within(child, 5) is under_dvc  # a stage started by hand (nohup) outlives its shell, as before
+    child = kill_parent_of(code, tmp_path, death_signal=False, how=how)
+    stage = int((tmp_path / "pid").read_text())
+    assert (stage == child) is (how != "through a shell")
+    try:  # a stage started by hand (nohup) outlives its shell, as before
+        assert gone_within(stage, 5) is (how != "by hand")
+        assert gone_within(child, 5) is (how != "by hand")
     finally:
-        if running(child):
-            os.kill(child, signal.SIGKILL)
+        for pid in {stage, child}:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
