@@ -35,7 +35,13 @@ def main(stage: str, run: Callable[[Params], Any], argv: list[str] | None = None
     if "DVC_STAGE" in os.environ:  # DVC runs this stage: a killed `dvc repro` takes it (and its server) down
         die_with_dvc()
     quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # progress on stdout, warnings on stderr: bad input leaves exactly one line there, the `error:` line
+    progress, warnings = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    warnings.setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[progress, warnings]
+    )
     try:
         params = load_params(args.params)
         with workspace_lock(Path(params.paths.lock), f"stage {stage}"):

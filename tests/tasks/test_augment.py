@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.augment import affine, copy_rng, random_affine, sample_grid, sample_text, word_edits
+from tasks.augment import affine, augment_shard, copy_rng, random_affine, sample_grid, sample_text, word_edits
+from tasks.lib import artifacts, validation
 from tasks.lib.artifacts import Dataset, Split, content_hash
+from tasks.lib.errors import TrainflowError
 from tasks.lib.config import AugmentParams
 from tests.conftest import MakeDataset, load_params, run_stage_on, tiny_texts
 from tests.helpers import committed_params_file
@@ -180,3 +182,22 @@ def test_text_samples_are_a_png() -> None:
     rows = [np.array(["free cash now", "see you"]), np.array(["cash free", "you see"])]
     png = sample_text(rows, 12)
     assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+@pytest.mark.parametrize("kind", ["images", "texts"])
+def test_a_val_shard_augment_changed_is_reported_and_halts_the_boundary(
+    tmp_path: Path, make_dataset: MakeDataset, kind: str
+) -> None:
+    """The guard compares each val/test shard with the clean one it came from. Catches comparing it with itself
+    (``reference=x`` in augment_shard), which passed every augment and validation test before."""
+    dataset = make_dataset({"train": 6, "val": 6, "test": 3}) if kind == "images" else tiny_texts()
+    artifacts.write_dataset(tmp_path / "clean", dataset, PARAMS.data.shard_size)
+    (tmp_path / "out/val").mkdir(parents=True)
+    # what a plan that augmented val would do: copy 1 of val's first shard
+    _, summary = augment_shard(str(tmp_path / "clean"), str(tmp_path / "out"), "val", 0, 1, 0, augment_params(), 0)
+    assert int(np.sum(summary.groups["changed"])) > 0
+    relaxed = PARAMS.validation.model_copy(update={"min_images": 1, "min_class_fraction": 0.0})
+    paths = PARAMS.paths.model_copy(update={k: str(tmp_path / v) for k, v in PARAMS.paths.model_dump().items()})
+    params = PARAMS.model_copy(update={"validation": relaxed, "paths": paths})
+    with pytest.raises(TrainflowError, match=r"changed_by_augment"):
+        validation.validate_summaries("augmented", [summary], dataset.classes, params)
