@@ -79,6 +79,20 @@ def test_gate_never_promotes_a_tie_or_a_worse_candidate(params: Params) -> None:
         assert decision["promote"] is False and "does not beat" in decision["reason"]
 
 
+def test_the_gate_compares_the_metric_deploy_metric_names(params: Params) -> None:
+    """Catches a gate that compares accuracy whatever ``deploy.metric`` says (never exercised before)."""
+    champion = _champion(0.80, b=40, c=2)
+    champion["champion"]["metrics"]["f1_macro"] = 0.75
+    better_accuracy_worse_f1 = {"accuracy": 0.95, "f1_macro": 0.70}
+    on_f1 = _gate(params, metric="f1_macro")
+    decision = deploy.decide(better_accuracy_worse_f1, RECALL, champion, on_f1)
+    assert decision["promote"] is False and decision["reason"] == "f1_macro 0.7000 does not beat the champion's 0.7500"
+    assert decision["metric"] == "f1_macro" and decision["candidate"] == 0.70
+    assert deploy.decide(better_accuracy_worse_f1, RECALL, champion, _gate(params))["promote"] is True  # on accuracy
+    below = deploy.decide({"accuracy": 0.95, "f1_macro": 0.4}, RECALL, {"champion": None}, on_f1)
+    assert below["promote"] is False and below["reason"].startswith("f1_macro 0.4000 is below deploy.min_metric")
+
+
 def test_a_better_candidate_that_drops_a_class_is_not_promoted_and_the_reason_names_it(params: Params) -> None:
     worse_on_b = {"a": 0.99, "b": 0.70, "c": 0.95}  # b: 0.80 → 0.70
     decision = deploy.decide({"accuracy": 0.95}, worse_on_b, _champion(0.80, b=40, c=2), _gate(params))

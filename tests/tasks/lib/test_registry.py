@@ -1,11 +1,19 @@
-"""Only deploy touches the registry (DESIGN principle 1): every other stage is a pure function of its DVC deps."""
+"""Only deploy touches the registry (DESIGN principle 1): every other stage is a pure function of its DVC deps; the
+alias move is a compare-and-set."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
+import pytest
+
+from tasks.lib import registry
+from tasks.lib.config import load_params
+from tasks.lib.errors import TrainflowError
+from tests.conftest import copy_run
 from tests.helpers import REPO
 
 REGISTRY = "tasks.lib.registry"
@@ -60,3 +68,30 @@ def test_no_other_module_calls_the_registry_api() -> None:
     }
     assert {path: found for path, found in calls.items() if found} == {}
     assert REGISTRY_CALLS.search((REPO / "tasks/lib/registry.py").read_text())  # the pattern matches real calls
+
+
+@pytest.mark.slow
+def test_a_champion_moved_after_the_gate_is_never_overwritten(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias move is a compare-and-set: the gate compared with no champion, then another run made v1 champion.
+    Catches dropping the check in ``register`` (the new version would take the alias from v1)."""
+    from mlflow import MlflowClient
+
+    root = copy_run(tiny_run, tmp_path / "workspace")
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, uri)  # this store, and the environment restored afterwards
+    settings = load_params(root / "params.yaml").tracking
+    store = MlflowClient(uri, registry_uri=uri)
+    name = json.loads((root / "reports/deploy.json").read_text())["registry"]["model_name"]
+    champion = store.get_model_version_by_alias(name, registry.CHAMPION)
+    with pytest.raises(TrainflowError, match=rf"the champion is v{champion.version} now, the gate compared with vNone"):
+        registry.register(settings, name, champion.source, promote=True, tags={}, scored_champion=None)
+    assert sorted(int(v.version) for v in store.search_model_versions(f"name='{name}'")) == [1, 2]
+    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 1
+    assert store.get_model_version_by_alias(name, registry.CHALLENGER).version == 2  # registered, never promoted
+    registry.register(settings, name, champion.source, promote=True, tags={}, scored_champion=1)  # compared with v1
+    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 3
+    assert store.get_model_version_by_alias(name, registry.PREVIOUS).version == 1
