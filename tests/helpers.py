@@ -78,14 +78,36 @@ def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> ob
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def processes_in(folder: Path) -> list[str]:
-    """Processes (other than this one) whose working directory is ``folder`` or below it."""
+def workspace_processes(folder: Path) -> list[psutil.Process]:
+    """Processes (other than this one) of ``folder``: working in it, naming it on their command line, holding one of
+    its files open, or started for it (``DVC_ROOT``, which `dvc repro` passes to every descendant, or
+    ``TRAINFLOW_WORKSPACE``, which marks a server the pipeline starts). A process that `chdir`s away is still found."""
     found = []
-    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
-        cwd = process.info["cwd"]
-        if process.info["pid"] != os.getpid() and cwd and Path(cwd).is_relative_to(folder):
-            found.append(" ".join(process.info["cmdline"] or []))
+    for process in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        if process.info["pid"] == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            env = process.environ()
+            files = [f.path for f in process.open_files()]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        places = [process.info["cwd"] or "/", *files]
+        if (
+            any(Path(place).is_relative_to(folder) for place in places)
+            or str(folder) in " ".join(process.info["cmdline"] or [])
+            or str(folder) in (env.get("DVC_ROOT"), env.get("TRAINFLOW_WORKSPACE"))
+        ):
+            found.append(process)
     return found
+
+
+def processes_in(folder: Path) -> list[str]:
+    """The command lines of :func:`workspace_processes`: `[]` after a command means it left nothing running."""
+    described = []
+    for process in workspace_processes(folder):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            described.append(f"{process.pid}: {' '.join(process.cmdline())[:300]}")
+    return described
 
 
 def tool_env(**extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.lib import artifacts
 from tests.conftest import copy_run
-from tests.helpers import TINY, make_workspace, sh, tool_env, wait_for
+from tests.helpers import TINY, make_workspace, sh, tool_env, wait_for, workspace_processes
 
 pytestmark = pytest.mark.slow
 
@@ -162,26 +162,9 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     return workspace
 
 
-def started_by(workspace: Path) -> list[psutil.Process]:
-    """Processes of ``workspace``: started under its `dvc repro` (DVC_ROOT, inherited by every descendant), run in it,
-    or naming it on their command line."""
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        if process.pid == os.getpid():
-            continue
-        try:
-            env, cwd = process.environ(), process.info["cwd"] or "/"
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        command = " ".join(process.info["cmdline"] or [])
-        if env.get("DVC_ROOT") == str(workspace) or Path(cwd).is_relative_to(workspace) or str(workspace) in command:
-            found.append(process)
-    return found
-
-
 def scoring_server_port(workspace: Path) -> int | None:
     """The port deploy's scoring server (its uvicorn, started under this workspace's `dvc repro`) listens on."""
-    for process in started_by(workspace):
+    for process in workspace_processes(workspace):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             if "mlflow.pyfunc.scoring_server" in " ".join(process.cmdline()):
                 listening = [c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
@@ -241,9 +224,10 @@ def test_kill_9_while_deploy_serves_its_check_leaves_no_process(
 
     assert kill_when(killed, serving, timeout=600, group=group), "deploy finished before its server was seen"
     deadline = time.monotonic() + 10
-    while (alive(started_by(workspace)) or answers(port)) and time.monotonic() < deadline:
+    while (alive(workspace_processes(workspace)) or answers(port)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert alive(started_by(workspace)) == [] and not answers(port), (port, alive(started_by(workspace)))
+    left = alive(workspace_processes(workspace))
+    assert left == [] and not answers(port), (port, left)
     # DVC's lock names the killed `dvc repro`: the next one waits while that pid exists, even as a zombie that the
     # machine's init has not reaped yet (seen in CI), so the next case starts once it is gone
     lock = workspace / ".dvc/tmp/rwlock"

@@ -3,9 +3,10 @@
 The kernel sends the signal when the thread that started the process exits, killed (SIGKILL included) or not, so a
 `kill -9` of `dvc repro` or of a flow takes down the stage it runs and any server that stage started. The setting is
 per process and cleared on fork: each link of the chain sets its own (MLflow sets it for the uvicorn it starts), and a
-stage whose parent is DVC's shell rather than DVC watches DVC itself (:func:`die_with_dvc`). Off Linux these are no-ops. A server a library starts without one (Prefect's temporary API server) or that escaped it
-carries its workspace and its starter in its environment (:func:`owned_by_this_process`), so the next run of that
-workspace stops it (:func:`stop_leftovers`).
+stage whose parent is DVC's shell rather than DVC watches DVC itself (:func:`die_with_dvc`). Off Linux these are
+no-ops. A server a library starts without one (Prefect's temporary API server) or that escaped it carries its
+workspace and its starter in its environment (:func:`owned_by_this_process`), so the next run of that workspace stops
+it (:func:`stop_leftovers`).
 """
 
 from __future__ import annotations

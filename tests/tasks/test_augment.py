@@ -12,8 +12,8 @@ from PIL import Image
 from tasks.augment import affine, augment_shard, copy_rng, random_affine, sample_grid, sample_text, word_edits
 from tasks.lib import artifacts, validation
 from tasks.lib.artifacts import Dataset, Split, content_hash
-from tasks.lib.errors import TrainflowError
 from tasks.lib.config import AugmentParams
+from tasks.lib.errors import TrainflowError
 from tests.conftest import MakeDataset, load_params, run_stage_on, tiny_texts
 from tests.helpers import committed_params_file
 

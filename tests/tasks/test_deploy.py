@@ -14,7 +14,7 @@ from tasks.evaluate import predictions_csv
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import copy_run
-from tests.helpers import ran, sh
+from tests.helpers import processes_in, ran, sh
 
 CLASSES = ("a", "b", "c")
 
@@ -233,6 +233,7 @@ def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: P
     sh(root, "git", "commit", "-qm", "v1 is champion")
     done = sh(root, "dvc", "exp", "run", "-S", "train.epochs=1")
     assert ran(done.stdout) == ["train", "evaluate", "deploy", "report"]  # ingest cached: its output is v1's
+    assert processes_in(root) == []  # nothing `dvc exp run` started outlives it
     deployed = _read(root, "reports/deploy.json")
     name = deployed["registry"]["model_name"]
     assert deployed["registry"]["version"] == 2 and deployed["registry"]["registered"] is True

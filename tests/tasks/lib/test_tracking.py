@@ -19,7 +19,7 @@ import yaml
 from tasks import augment, clean, deploy, evaluate, ingest, normalize, train
 from tasks.lib import artifacts, registry, tracking
 from tasks.lib.config import Params, load_params
-from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, tool_env
+from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, processes_in, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -282,8 +282,10 @@ def test_a_model_failing_the_serving_check_is_not_registered_and_moves_no_alias(
     predictions.write_text("\n".join(",".join(row) for row in rows) + "\n")
     failed = stage(root, "deploy")
     assert failed.returncode == 1 and "served predictions differ from evaluate's" in failed.stderr
-    assert "nothing was registered and no alias moved" in failed.stderr.splitlines()[-1]
+    assert failed.stderr.splitlines() == [failed.stderr.strip()]  # exactly one line
+    assert "nothing was registered and no alias moved" in failed.stderr
     assert registry_state(params.deploy.model_name) == before
+    assert processes_in(root) == []  # the serving check's server stopped with the failed deploy
 
     (root / params.paths.model).write_bytes(b"not a keras model")  # a model that does not even load
     failed = stage(root, "deploy")
