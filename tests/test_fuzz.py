@@ -4,8 +4,8 @@ take seconds).
 
 For every case: exit status 1, exactly one line on stderr, ``error: ingest:`` naming the file (or the params key), no
 exception escaping, memory bounded (tracemalloc's peak: what a header claims is never allocated) and time bounded,
-and the workspace's artifacts and MLflow registry (a real pipeline run's champion) unchanged. ``tests/test_bad_input.py``
-runs the named cases through a real subprocess.
+and the workspace's artifacts and MLflow registry (a real pipeline run's champion) unchanged.
+``tests/test_bad_input.py`` runs the named cases through a real subprocess.
 """
 
 from __future__ import annotations
