@@ -7,9 +7,15 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup run test test-fast lint
 
+# what the pipeline needs
 $(BIN)/dvc: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $@
+
+# and what only the tests need (pytest, Hypothesis, ruff, the JAX and PyTorch Keras backends)
+$(BIN)/pytest: $(BIN)/dvc
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[tests]'
 	touch $@
 
@@ -18,11 +24,11 @@ setup: $(BIN)/dvc
 run: setup
 	dvc repro
 
-test: setup
+test: $(BIN)/pytest
 	pytest
 
-test-fast: setup
+test-fast: $(BIN)/pytest
 	pytest -m "not slow"
 
-lint: setup
+lint: $(BIN)/pytest
 	ruff check tasks flows tests benchmarks

@@ -33,9 +33,8 @@ def one_line_errors(what: str) -> Iterator[None]:
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault(STARTUP_TIMEOUT, STARTUP_DEFAULT)
-    # No telemetry from the temporary API server (read when it starts): no phoning home, and its heartbeat raced
-    # the server's own start-up for the SQLite database ("database is locked" in the log).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # No telemetry from the temporary API server: pyproject.toml's [tool.prefect.server] (its heartbeat also raced the
+    # server's own start-up for the SQLite database, "database is locked" in the log)
     workspace = str(Path.cwd().resolve())
     stop_leftovers(workspace, PREFECT_SERVER_COMMANDS, "Prefect's temporary API server")  # a killed flow's
     os.environ.update(owned_by_this_process(workspace))
