@@ -1,20 +1,25 @@
-"""The data stages on 1×, 10× and 60× the MNIST test set: wall time and peak memory → benchmarks/RESULTS.md.
+"""The data stages on 1×, 10× and 60× the MNIST test set, through stage processes and warm in-process → RESULTS.md.
 
 Usage: python benchmarks/scaling.py [--mnist DIR] [--factors 1 10 60] [--repeats 3] [--results]
 
 For each factor the MNIST t10k images are tiled (one pixel changed per copy, so no copy is a duplicate that clean
-would drop), ingested once with ``ingest.split: ordered``, then clean, augment and normalize each run as their own
-`python -m tasks.<stage>` process, as dvc.yaml runs them:
+would drop) and ingested once with ``ingest.split: ordered``. Then, ``--repeats`` times, alternating which comes
+first:
 
-- the process's wall time (it imports everything itself: one process per stage, nothing survives it) and its peak
-  resident memory (``wait4``'s ru_maxrss), the stage's own;
-- in-process (PROFILE below: median of 3 each, after a warm-up run that pays the imports and first-call set-up):
-  the stage's own work, and validation's share of it, (with − without) / with, where "without" skips the
-  per-shard summaries and the Great Expectations suite.
+- A, the stage processes: clean, augment and normalize each as its own `python -m tasks.<stage>` process, as
+  `dvc repro` runs them; the process's wall time (its imports included: nothing survives it) and its peak resident
+  memory (``wait4``'s ru_maxrss);
+- B, warm, in one fresh process per stage (PROFILE below): the stage's ``run`` with validation switched off (the
+  per-shard summaries and the Great Expectations suite: it pays the stage's own imports), then
+  ``import great_expectations`` timed (what only validation imports), then a first run with validation (what is
+  left is validation's first-call set-up: GX's context and checkpoint), then 3 runs with and 3 without, interleaved:
+  the stage's warm own work (the median with) and validation's part of it (with − without).
 
-Linear time means a flat cost per image as the data grows; bounded memory means the peak stays flat. Params as in
-params.yaml (``data.shard_size`` images per shard, ``augment.copies``), so the figures are those of the default
-pipeline.
+Validation's share of a stage process is (validation's warm work + GX's import + its first-call set-up) over the
+process's wall time, the repeat's A beside its B; its share of the warm work, (with − without) / with, leaves the
+import and set-up out. The headline ratios pair A and B of the same repeat. Linear time means a flat cost per image
+as the data grows; bounded memory means the peak stays flat. Params as in params.yaml (``data.shard_size`` images
+per shard, ``augment.copies``), so the figures are those of the default pipeline.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import machine, spread, today, write_section  # noqa: E402
+from results import headline_row, headline_table, machine, paired, spread, today, write_section  # noqa: E402
 from validation_speed import tiled  # noqa: E402
 
 from tests.helpers import make_workspace, tool_env  # noqa: E402
@@ -55,24 +60,36 @@ params = load_params(Path("params.yaml"))
 # a stage calls stats.summarize, or its own imported name for it (normalize), and validation.validate_summaries
 holders = [m for m in (stats, stage) if hasattr(m, "summarize")]
 real = [(m, m.summarize) for m in holders], validation.validate_summaries
+called = []
 def without():  # no per-shard summaries, no suite: the stage's own work only
     for m in holders:
         m.summarize = lambda *args, **kwargs: None
-    validation.validate_summaries = lambda *args, **kwargs: None
+    validation.validate_summaries = lambda *args, **kwargs: called.append(1)
 def with_():
     for m, f in real[0]:
         m.summarize = f
     validation.validate_summaries = real[1]
-stage.run(params)  # warm-up: imports, GX context
+def timed():
+    start = time.perf_counter()
+    stage.run(params)
+    return time.perf_counter() - start
+without()
+timed()  # the stage's own imports and first-call set-up, without validation's
+validates, gx_import = bool(called), 0.0  # normalize writes statistics only: no validation to import
+if validates:
+    start = time.perf_counter()
+    import great_expectations, great_expectations.checkpoint  # what only validation imports
+    gx_import = time.perf_counter() - start
+with_()
+first = timed()  # validation's first call: GX's context, suite and checkpoint set up
 times = {with_: [], without: []}
 for _ in range(3):
     for switch in times:
         switch()
-        start = time.perf_counter()
-        stage.run(params)
-        times[switch].append(time.perf_counter() - start)
+        times[switch].append(timed())
 full, bare = statistics.median(times[with_]), statistics.median(times[without])
-print(json.dumps({"run_s": full, "without_s": bare, "validate_s": full - bare}))
+print(json.dumps({"run_s": full, "without_s": bare, "validate_s": full - bare, "gx_import_s": gx_import,
+                  "validation_setup_s": max(first - full, 0.0) if validates else 0.0, "validates": validates}))
 """
 
 
@@ -84,12 +101,6 @@ def profile(root: Path, name: str) -> dict[str, float]:
     if done.returncode != 0:
         raise RuntimeError(f"profiling {name} failed in {root}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def validation_share(root: Path, name: str) -> float:
-    """Validation's share of a data stage's time in ``root``: (with − without) / with, in-process (PROFILE)."""
-    measured = profile(root, name)
-    return measured["validate_s"] / measured["run_s"]
 
 
 def stage(root: Path, name: str) -> tuple[float, float]:
@@ -128,6 +139,7 @@ def prepare(mnist: Path, factor: int, root: Path) -> int:
 
 
 def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """MNIST t10k ×``factor`` ingested in a workspace of its own, then :func:`paired_runs` on it."""
     # The data is made in a process of its own: a child's peak RSS counts its parent's pages from the moment it is
     # forked until it execs, so this process must stay small while it starts the stages it measures.
     root = tmp / f"x{factor}"
@@ -144,52 +156,145 @@ def measure(mnist: Path, factor: int, repeats: int, tmp: Path) -> dict[str, Any]
         check=True,
     )
     images = int(made.stdout.strip().splitlines()[-1])
-    found: dict[str, Any] = {"images": images, "cold": {}}
-    for _ in range(repeats):
-        for name in DATA_STAGES:
-            found["cold"].setdefault(name, []).append(stage(root, name))
-    found["profile"] = {name: profile(root, name) for name in DATA_STAGES}
-    print(f"x{factor}: {found}", flush=True)
+    found = {"images": images, **paired_runs(root, repeats)}
+    print(f"x{factor}: {json.dumps(found)}", flush=True)
     return found
+
+
+def paired_runs(root: Path, repeats: int) -> dict[str, Any]:
+    """``repeats`` times: the stage processes (A) and the warm profiles (B), alternating which goes first."""
+    cold: dict[str, list[tuple[float, float]]] = {name: [] for name in DATA_STAGES}
+    warm: dict[str, list[dict[str, float]]] = {name: [] for name in DATA_STAGES}
+    for i in range(repeats):
+        for part in ("process", "warm") if i % 2 == 0 else ("warm", "process"):
+            for name in DATA_STAGES:
+                if part == "process":
+                    cold[name].append(stage(root, name))
+                else:
+                    warm[name].append(profile(root, name))
+    return {"cold": cold, "profile": warm}
+
+
+def figures(found: dict[str, Any]) -> dict[str, Any]:
+    """Per repeat: images/s through stage processes and warm, their ratio, and validation's shares per stage."""
+    images, cold, warm = found["images"], found["cold"], found["profile"]
+    repeats = range(len(cold[DATA_STAGES[0]]))
+    walls = [sum(cold[name][i][0] for name in DATA_STAGES) for i in repeats]
+    work = [sum(warm[name][i]["run_s"] for name in DATA_STAGES) for i in repeats]
+    process_rate, warm_rate = [images / s for s in walls], [images / s for s in work]
+
+    def validation_s(p: dict[str, float]) -> float:
+        return p["validate_s"] + p["gx_import_s"] + p["validation_setup_s"]
+
+    return {
+        "walls": walls,
+        "work": work,
+        "process_rate": process_rate,
+        "warm_rate": warm_rate,
+        "ratio": paired(process_rate, warm_rate),
+        # only the stages that validate (normalize writes statistics and runs no suite)
+        "share_process": {
+            name: [validation_s(warm[name][i]) / cold[name][i][0] for i in repeats] for name in validating(found)
+        },
+        "share_warm": {
+            name: [warm[name][i]["validate_s"] / warm[name][i]["run_s"] for i in repeats] for name in validating(found)
+        },
+    }
+
+
+def validating(found: dict[str, Any]) -> list[str]:
+    """The data stages that called validation in their profiles."""
+    return [name for name in DATA_STAGES if all(p["validates"] for p in found["profile"][name])]
+
+
+def data_headlines(
+    found: dict[str, Any], label: str, work_target: int | None = None, share_target: float | None = None
+) -> list[str]:
+    """Headline rows: images/s through stage processes beside the warm figure, and validation's share of a process.
+
+    ``work_target``: images/s the warm figure should reach; ``share_target``: the largest share (a fraction).
+    """
+    got = figures(found)
+    shares = [v for values in got["share_process"].values() for v in values]
+    warm = statistics.median(got["warm_rate"])
+    return [
+        headline_row(
+            f"clean + augment + normalize, {label}: stage processes, as `dvc repro` runs them (images/s)",
+            got["process_rate"],
+            -1,
+        ),
+        headline_row(
+            "… the same stages' `run()` in a warm process (images/s)",
+            got["warm_rate"],
+            -1,
+            target="—" if work_target is None else f"≥ {work_target:,}",
+            met=None if work_target is None else warm >= work_target,
+        ),
+        headline_row(
+            "… validation's share of a stage process, GX's import and set-up included "
+            f"({', '.join(got['share_process'])} × repeats)",
+            [100 * v for v in shares],
+            0,
+            " %",
+            "—" if share_target is None else f"≤ {100 * share_target:.0f} %",
+            None if share_target is None else statistics.median(shares) <= share_target,
+        ),
+    ]
 
 
 def report(results: dict[int, dict[str, Any]], mnist: Path, repeats: int, shard_size: int) -> str:
     lines = [
-        f"`python benchmarks/scaling.py --repeats {repeats}` on `{mnist.name}/` (MNIST t10k, tiled). "
+        f"`python benchmarks/scaling.py --factors {' '.join(map(str, results))} --repeats {repeats}` on "
+        f"`{mnist.name}/` (MNIST t10k, tiled). "
         f"Date: {today()}. Machine: {machine()}, CPU only. `data.shard_size` {shard_size:,}; `augment.copies` as in "
-        "params.yaml. Stage process: `python -m tasks.<stage>`, as `dvc repro` runs it, median (min–max) of the "
-        "runs; own work: the stage's `run` in-process after a warm-up run, median of 3.",
+        "params.yaml. Stage process: `python -m tasks.<stage>`, as `dvc repro` runs it; warm: the stage's `run` in a "
+        "process that has run it before (see the script's docstring). Median (min–max) of the repeats, the stage "
+        "processes and the warm runs alternated in each. Validation's share of the process counts its warm work, "
+        "`import great_expectations` and its first-call set-up (GX's context and checkpoint), over the process's "
+        "wall time; of the warm work, only its warm work.",
         "",
-        "| data | images | stage | stage process wall (s) | own work (s) | peak memory (MiB) | validation's share "
-        "of the work |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| data | images | stage | stage process wall (s) | warm own work (s) | peak memory (MiB) | "
+        "`import great_expectations` (s) | validation's share of the process | of the warm work |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for factor, found in results.items():
+        got = figures(found)
         for name in DATA_STAGES:
             wall = spread([t for t, _ in found["cold"][name]], 2)
             memory = spread([m for _, m in found["cold"][name]], 0)
-            work = found["profile"][name]
+            work = spread([p["run_s"] for p in found["profile"][name]], 2)
+            gx = spread([p["gx_import_s"] for p in found["profile"][name]], 2)
+            shares = "— | — (no validation)"
+            if name in got["share_process"]:
+                process_share = spread([100 * v for v in got["share_process"][name]], 0)
+                warm_share = spread([100 * v for v in got["share_warm"][name]], 0)
+                shares = f"{process_share[0]} % ({process_share[1]}) | {warm_share[0]} % ({warm_share[1]})"
             lines.append(
-                f"| MNIST ×{factor} | {found['images']:,} | {name} | {wall[0]} ({wall[1]}) | {work['run_s']:.2f} "
-                f"| {memory[0]} ({memory[1]}) | {100 * work['validate_s'] / work['run_s']:.0f} % |"
+                f"| MNIST ×{factor} | {found['images']:,} | {name} | {wall[0]} ({wall[1]}) | {work[0]} ({work[1]}) "
+                f"| {memory[0]} ({memory[1]}) | {gx[0]} ({gx[1]}) | {shares} |"
             )
     lines += [
         "",
-        "| data | images | clean + augment + normalize, stage processes (s) | images/s | own work (s) | images/s "
-        "| µs per image (own work) | peak memory, largest stage (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| data | images | clean + augment + normalize, stage processes (s) | images/s | warm own work (s) | images/s "
+        "| processes ÷ warm (images/s) | µs per image (warm) | peak memory, largest stage (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    headlines = []
     for factor, found in results.items():
-        runs = len(found["cold"]["clean"])
-        total = statistics.median([sum(found["cold"][name][i][0] for name in DATA_STAGES) for i in range(runs)])
-        work = sum(found["profile"][name]["run_s"] for name in DATA_STAGES)
-        peak = max(statistics.median([m for _, m in found["cold"][name]]) for name in DATA_STAGES)
+        got = figures(found)
         images = found["images"]
+        peak = max(statistics.median([m for _, m in found["cold"][name]]) for name in DATA_STAGES)
+        walls, work = spread(got["walls"], 2), spread(got["work"], 2)
+        rate, warm_rate, ratio = spread(got["process_rate"], -1), spread(got["warm_rate"], -1), spread(got["ratio"], 2)
         lines.append(
-            f"| MNIST ×{factor} | {images:,} | {total:.2f} | {images / total:,.0f} | {work:.2f} | {images / work:,.0f} "
-            f"| {1e6 * work / images:.1f} | {peak:.0f} |"
+            f"| MNIST ×{factor} | {images:,} | {walls[0]} ({walls[1]}) | {rate[0]} ({rate[1]}) | {work[0]} ({work[1]}) "
+            f"| {warm_rate[0]} ({warm_rate[1]}) | {ratio[0]} ({ratio[1]}) "
+            f"| {1e6 * statistics.median(got['work']) / images:.1f} | {peak:.0f} |"
         )
-    return "\n".join(lines)
+        headlines += data_headlines(
+            found, f"{images:,} images (MNIST ×{factor})", share_target=0.10 if factor == 60 else None
+        )
+    return "\n".join([*lines, "", headline_table(headlines)])
 
 
 def main(argv: list[str] | None = None) -> None:
