@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline import Failed, flow_summary, run, survivors  # noqa: E402
-from results import machine, spread, today, write_section  # noqa: E402
+from results import headline_row, headline_table, machine, paired, spread, today, write_section  # noqa: E402
 
 from tests.helpers import STAGES, make_workspace, ran  # noqa: E402
 
@@ -67,7 +67,7 @@ def section(results: list[dict[str, float]]) -> str:
         median, span = spread([r[key] for r in results])
         return f"| {label} | {median} | {span} |"
 
-    ratios = [r["flow_cold_s"] / r["dvc_cold_s"] for r in results]
+    ratios = paired([r["flow_cold_s"] for r in results], [r["dvc_cold_s"] for r in results])
     extra = [r["flow_cold_s"] - r["dvc_cold_s"] for r in results]
     return "\n".join(
         [
@@ -84,6 +84,14 @@ def section(results: list[dict[str, float]]) -> str:
             f"{statistics.median(extra):+.1f} s: its temporary API server, Prefect's import and one DVC start-up per "
             "stage; it no longer runs the stages in its own process. Test accuracy: `dvc repro` "
             f"{results[0]['dvc_accuracy']:.4f}, the flow {results[0]['flow_accuracy']:.4f} (the same stages).",
+            "",
+            headline_table(
+                [
+                    headline_row("cold Prefect flow ÷ cold `dvc repro` (paired)", ratios, 2, "×"),
+                    headline_row("no-op `dvc repro` (s)", [r["dvc_noop_s"] for r in results], 1),
+                    headline_row("the flow when DVC skips every stage (s)", [r["flow_noop_s"] for r in results], 1),
+                ]
+            ),
         ]
     )
 
