@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         saved = ROOT / "benchmarks/pipeline.json"  # every step's raw results, saved as soon as it has them
         found: dict[str, Any] = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
         LOAD.extend(found.get("load", []))
+        if "data" in found and "profile" not in found["data"]:
+            del found["data"]  # saved by the old, unpaired data step: measure it again
         steps = {
             "pipeline": lambda: side_by_side(mnist, args.repeats, tmp),
             # each stage process runs once (train trains three times: under -X importtime, then twice in-process)
