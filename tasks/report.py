@@ -69,16 +69,33 @@ def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
+def model_card_text(card: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The model card's free text with ``{kind}`` (image, text) and ``{items}`` (images, texts) filled in, so that the
+    default card fits either kind of data."""
+    words = {"{kind}": kind, "{items}": f"{kind}s"}
+
+    def fill(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        for placeholder, word in words.items():
+            value = value.replace(placeholder, word)
+        return value
+
+    return {key: fill(value) for key, value in card.items()}
+
+
 def changed_params(
     current: Mapping[str, str], committed: Mapping[str, str] | None, champion: Mapping[str, str] | None
 ) -> list[dict[str, Any]]:
-    """The params of this run that differ from the committed params.yaml or from the champion's run (None: unknown).
+    """The params.yaml keys of this run that differ from the committed params.yaml or from the champion's run (None:
+    unknown); what else a run logs as a param (its classes, the kind of data) is not a params key and is left out.
 
     Returns:
         One row per differing key, sorted: ``{"key", "value", "committed", "champion"}`` (absent there: None).
     """
     rows = []
-    for key in sorted(set(current) | set(committed or {}) | set(champion or {})):
+    keys = set(current) | set(committed or {}) | set(champion or {})
+    for key in sorted(k for k in keys if k.split(".", 1)[0] in Params.model_fields and "." in k):  # params.yaml's
         value = current.get(key)
         theirs = [ref.get(key) for ref in (committed, champion) if ref is not None]
         if any(not _same(other, value) for other in theirs):
@@ -457,7 +474,7 @@ def gather(params: Params) -> dict[str, Any]:
             "platform": f"{platform.system()} {platform.machine()}",
         },
         "model_card": {
-            "card": params.model_card.model_dump(mode="json"),
+            "card": model_card_text(params.model_card.model_dump(mode="json"), clean.kind),
             "name": registry["model_name"],
             "version": version,
             "architecture": architecture(params, trained, clean.kind),

@@ -61,6 +61,7 @@ def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tm
     assert deployed["contract"] == {"input_shape": [], "dtype": "str", "classes": ["ham", "spam"]}
     page = (workspace / "reports/report.html").read_text()
     assert "Misclassified test texts" in page and "bidirectional LSTM 16" in page
+    assert "A small text classifier" in page and "Classifying texts like" in page  # the card follows the data
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     with mlflow_serve(workspace, "models:/trainflow-classifier@champion", uri) as url:

@@ -22,7 +22,17 @@ import yaml
 from tasks.lib.config import Params, read_params_file
 from tasks.lib.errors import TrainflowError
 from tasks.lib.tracking import flat_params, flatten
-from tasks.report import SECTIONS, changed_params, gather, image_grid, mistakes, render, stopping, wilson
+from tasks.report import (
+    SECTIONS,
+    changed_params,
+    gather,
+    image_grid,
+    mistakes,
+    model_card_text,
+    render,
+    stopping,
+    wilson,
+)
 from tests.conftest import copy_run
 from tests.helpers import committed_params_file, needs, processes_in, ran, sh
 
@@ -46,17 +56,25 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
     assert wilson(0, 0, 0.95) == (0.0, 1.0)
 
 
-def test_changed_params_compares_values_not_spellings() -> None:
-    current = {"train.epochs": "3", "deploy.serving_timeout": "120.0", "train.filters": "[8, 16]", "new.key": "1"}
+def test_changed_params_compares_values_not_spellings_and_only_params_keys() -> None:
+    current = {"train.epochs": "3", "deploy.serving_timeout": "120.0", "train.filters": "[8, 16]", "train.new": "1"}
+    current |= {"classes": "['a', 'b']", "kind": "text", "max_request_images": "100"}  # logged, but no params keys
     committed = {"train.epochs": "20", "deploy.serving_timeout": "120", "train.filters": "[8, 16]"}
     rows = changed_params(current, committed, None)
     assert rows == [
-        {"key": "new.key", "value": "1", "committed": None, "champion": None},
         {"key": "train.epochs", "value": "3", "committed": "20", "champion": None},
+        {"key": "train.new", "value": "1", "committed": None, "champion": None},
     ]
-    champion = {**current, "train.epochs": "3", "new.key": "2"}
-    assert [r["key"] for r in changed_params(current, None, champion)] == ["new.key"]
+    champion = {**current, "train.epochs": "3", "train.new": "2", "kind": "image"}
+    assert [r["key"] for r in changed_params(current, None, champion)] == ["train.new"]
     assert changed_params(current, None, None) == []
+
+
+def test_the_default_model_card_follows_the_kind_of_data(params: Params) -> None:
+    card = params.model_card.model_dump(mode="json")
+    for kind, other in (("text", "image"), ("image", "text")):
+        text = " ".join(str(v) for v in model_card_text(card, kind).values())
+        assert f"A small {kind} classifier" in text and other not in text and "{" not in text
 
 
 def test_params_as_logged_equal_params_yaml_as_written(params: Params) -> None:
