@@ -71,6 +71,30 @@ def confusion_csv(y: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]
     return buffer.getvalue().encode()
 
 
+def training_curves(rows: list[dict[str, str]]) -> Any:
+    """Loss and accuracy per epoch (train and val) from history.csv's rows: a matplotlib figure, whole-epoch ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=f"train {metric}")
+        ax.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], marker="o", label=f"val {metric}")
+        if len(epochs) <= 12:  # epoch 1, 2, never 1.2: each epoch, or whole numbers
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...], out: Path) -> None:
     """training_curves.png (loss and accuracy per epoch) and confusion_matrix.png (test split)."""
     import matplotlib
@@ -79,16 +103,7 @@ def figures(history_csv: Path, matrix: list[list[int]], classes: tuple[str, ...]
     import matplotlib.pyplot as plt
 
     with history_csv.open() as f:
-        rows = list(csv.DictReader(f))
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=f"train {metric}")
-        ax.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], marker="o", label=f"val {metric}")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend()
-    fig.tight_layout()
+        fig = training_curves(list(csv.DictReader(f)))
     fig.savefig(out / "training_curves.png", dpi=100)
     plt.close(fig)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.evaluate import classification_metrics, confusion_csv, figures, predictions_csv
+from tasks.evaluate import classification_metrics, confusion_csv, figures, predictions_csv, training_curves
 
 CLASSES = ("cat", "dog", "fox")
 Y = np.array([0, 0, 1, 2, 2])
@@ -94,3 +94,17 @@ def test_the_confusion_figure_shows_a_dollar_sign_as_a_character(tmp_path: Path)
     history.write_text("epoch,loss,val_loss,accuracy,val_accuracy\n0,1.0,1.1,0.5,0.4\n")
     figures(history, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ("$\\frac{$", "a^b_c", "$x$"), tmp_path)  # bad TeX
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 30])
+def test_training_curves_tick_whole_epochs(epochs: int) -> None:
+    rows = [
+        {"epoch": str(e), "loss": "0.5", "val_loss": "0.6", "accuracy": "0.8", "val_accuracy": "0.7"}
+        for e in range(epochs)
+    ]
+    fig = training_curves(rows)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert shown and all(float(t).is_integer() for t in shown), shown  # 1, 2 — never 1.2, 1.4, …
