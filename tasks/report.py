@@ -37,8 +37,8 @@ SECTIONS = {
     "training": "Training",
     "evaluation": "Evaluation",
     "decision": "Decision",
-    "lineage": "Lineage",
     "model-card": "Model card",
+    "lineage": "Lineage",  # last: the page's provenance, each stage's files folded
 }
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 PACKAGES = (

@@ -300,7 +300,8 @@ class _Page(HTMLParser):
 
 def check_self_contained(text: str) -> _Page:
     page = _Page(text)
-    assert page.sections == list(SECTIONS)
+    assert page.sections == list(SECTIONS) and page.sections[-2:] == ["model-card", "lineage"]  # provenance last
+    assert "<details open" not in text  # the lineage's per-stage file tables start folded
     assert not page.tags & {"script", "link", "iframe", "object", "embed"}  # nothing runs, nothing is fetched
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == PNG for src in page.images)
