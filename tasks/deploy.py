@@ -132,6 +132,14 @@ def fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
+def outcome(name: str, version: int, gate: dict[str, Any], champion: dict[str, Any] | None) -> str:
+    """What happened to the candidate, in one sentence for the log."""
+    if gate["promote"]:
+        return f"{name} version {version} is the new champion: {gate['reason']}"
+    stays = "there is no champion yet" if champion is None else f"the champion stays version {champion['version']}"
+    return f"{name} version {version} registered as challenger, NOT promoted: {gate['reason']}; {stays}"
+
+
 def decide(
     candidate: dict[str, Any],
     recall: dict[str, float],
@@ -372,24 +380,19 @@ def run(params: Params) -> dict:
         metrics |= {f"champion.test.{k}": v for k, v in champion["metrics"].items()}
     tracking.log_metrics(settings, run_id, metrics)
     tracking.log_artifacts(settings, run_id, [params.paths.deploy_report, "dvc.lock"], "deploy")
+    noun = "texts" if stored.kind == "text" else "images"
     log.info(
-        "deploy: %s served by mlflow models serve: %d test images as evaluate scored them (max |diff| %.2e), "
-        "one image in %.1f ms (p50)",
+        "deploy: %s served by mlflow models serve: %d test %s as evaluate scored them (max |diff| %.2e), "
+        "one %s in %.1f ms (p50)",
         model_uri,
         check["checked"],
+        noun,
         check["max_abs_diff"],
+        noun[:-1],
         check["latency_ms"]["p50"],
     )
     version = registered["version"]
-    if gate["promote"]:
-        log.info("deploy: %s version %d is the new champion: %s", name, version, gate["reason"])
-    else:
-        log.warning(
-            "deploy: %s version %d registered as challenger, NOT promoted: %s; the champion is unchanged",
-            name,
-            version,
-            gate["reason"],
-        )
+    (log.info if gate["promote"] else log.warning)("deploy: %s", outcome(name, version, gate, champion))
     return report
 
 

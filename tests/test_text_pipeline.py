@@ -39,6 +39,7 @@ def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tm
     assert processes_in(workspace) == []
     output = first.stdout + first.stderr
     assert "cuInit" not in output and "absl::InitializeLog" not in output and "oneDNN" not in output  # quiet on CPU
+    assert "16 test texts as evaluate scored them" in first.stdout  # deploy's log names what the data is
     raw = json.loads((workspace / "data/raw/manifest.json").read_text())
     assert raw["dtype"] == "str" and raw["classes"] == ["ham", "spam"] and raw["shape"] == []
     assert sum(s["count"] for s in raw["splits"].values()) == 900

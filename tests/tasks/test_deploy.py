@@ -243,3 +243,12 @@ def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: P
     assert deployed["champion"]["version"] == 1 and deployed["gate"]["champion_version"] == 1
     page = (root / "reports/report.html").read_text()
     assert f"<code>{name} v1 (run " in page and "no drift" in page
+
+
+def test_the_log_says_there_is_no_champion_rather_than_that_it_is_unchanged() -> None:
+    gate = {"promote": False, "reason": "accuracy 0.4000 is below deploy.min_metric 0.9"}
+    first = deploy.outcome("m", 1, gate, None)
+    assert first.endswith("; there is no champion yet") and "unchanged" not in first
+    assert deploy.outcome("m", 3, gate, {"version": 2}).endswith("; the champion stays version 2")
+    promoted = deploy.outcome("m", 3, {"promote": True, "reason": "no champion yet"}, None)
+    assert promoted == "m version 3 is the new champion: no champion yet"
