@@ -19,7 +19,7 @@ import yaml
 from tasks import augment, clean, deploy, evaluate, ingest, normalize, train
 from tasks.lib import artifacts, registry, tracking
 from tasks.lib.config import Params, load_params
-from tests.helpers import TINY, make_workspace, mlflow_serve, post_json, processes_in, tool_env
+from tests.helpers import REPO, TINY, make_workspace, mlflow_serve, post_json, processes_in, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -186,6 +186,12 @@ def test_mlflow_models_serve_answers_raw_pixels(runs: dict, workspace: Path) -> 
         np.testing.assert_allclose(served, test_rows, atol=1e-4)
         status, body = post_json(url, b'{"inputs": [[1, 2, 3]]}')
         assert status == 400 and "shape" in body["message"].lower()
+        # docs/tracking-and-serving.md's request: the champion's own input example, fetched as the doc says
+        docs = (REPO / "docs/tracking-and-serving.md").read_text()
+        fetch = next(line for line in docs.splitlines() if line.endswith("> payload.json"))
+        subprocess.run(["bash", "-c", fetch], cwd=workspace, env=tool_env(), check=True, capture_output=True)
+        status, body = post_json(url, (workspace / "payload.json").read_bytes())
+        assert status == 200 and len(body["predictions"]) == 4, body
 
 
 def test_batch_prediction_writes_a_csv_from_the_champion(runs: dict, workspace: Path, tmp_path: Path) -> None:
