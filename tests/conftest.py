@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +23,23 @@ from tasks.lib.config import Params, load_params, read_params_file  # noqa: F401
 from tests.helpers import committed_params, committed_params_file
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Prefect's state (its database, settings) in a folder of this test session, not the user's ~/.prefect: set
+    before any test module imports Prefect, inherited by every flow and server the tests start; removed at the end."""
+    home = tempfile.mkdtemp(prefix="trainflow-tests-prefect-")
+    config.stash[_PREFECT_HOME] = home
+    os.environ["PREFECT_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_PREFECT_HOME, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+_PREFECT_HOME = pytest.StashKey[str]()
 
 MakeDataset = Callable[..., Dataset]
 
@@ -81,10 +100,22 @@ def tiny_repro(tmp_path_factory: pytest.TempPathFactory) -> Repro:
     Tests that need a finished run start from a copy (:func:`copy_run`) instead of running the pipeline again; the
     workspace is self-contained (DVC cache, MLflow store and artifacts, GX context all inside it). Never change it.
     """
+    from tasks.lib.lock import waiting_lock
     from tests.helpers import TINY, make_workspace, sh
 
-    root = make_workspace(tmp_path_factory.mktemp("tiny-run"), TINY)
-    return Repro(root, sh(root, "dvc", "repro"))
+    # one run for the whole session: with pytest-xdist, the first worker makes it in the folder all workers share
+    # (their basetemps' parent) and the others wait for it, then read what it printed
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, printed = shared / "tiny-run", shared / "tiny-run.json"
+    with waiting_lock(shared / "tiny-run.lock", "the session's tiny run", timeout=1200):
+        if not printed.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a failed attempt of another worker
+            root.mkdir()
+            done = sh(make_workspace(root, TINY), "dvc", "repro")
+            printed.write_text(json.dumps({"args": done.args, "stdout": done.stdout, "stderr": done.stderr}))
+    out = json.loads(printed.read_text())
+    return Repro(root, subprocess.CompletedProcess(out["args"], 0, out["stdout"], out["stderr"]))
 
 
 @pytest.fixture(scope="session")

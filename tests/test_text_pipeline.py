@@ -56,7 +56,9 @@ def test_labelled_messages_run_through_the_same_dag_and_are_served_as_strings(tm
 
     metrics = report(workspace, "metrics.json")
     per_class = report(workspace, "evaluate/per_class.json")["test"]["per_class"]
-    assert metrics["test"]["accuracy"] > 0.85 and set(per_class) == {"ham", "spam"}
+    # the slice is 84 % ham: "always ham" would score 0.84 with a spam recall of 0 (this run: 0.96, spam recall 0.95)
+    assert metrics["test"]["accuracy"] > 0.9 and set(per_class) == {"ham", "spam"}
+    assert per_class["spam"]["recall"] >= 0.6, per_class
     deployed = report(workspace, "deploy.json")
     assert deployed["serving"]["ok"] is True and deployed["registry"]["alias"] == "champion"
     assert deployed["contract"] == {"input_shape": [], "dtype": "str", "classes": ["ham", "spam"]}
