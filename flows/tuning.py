@@ -436,9 +436,23 @@ def summary(study: Any, params: Params, root: Path, wall_seconds: float, ran: li
     }
 
 
+FEW_TRIALS = 20  # below this many complete trials, parameter importances are mostly noise
+
+
+def importance_caveat(study: Any) -> str | None:
+    """What the importance plot cannot tell from few trials, or None once there are :data:`FEW_TRIALS`."""
+    from optuna.trial import TrialState
+
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete >= FEW_TRIALS:
+        return None
+    return f"from {complete} complete trials: too few for importances to mean much (read them from {FEW_TRIALS} on)"
+
+
 def plots(study: Any, out: Path, metric: str) -> dict[str, str]:
     """optimization_history.png and param_importances.png (Optuna's matplotlib plots) in ``out``; for each plot,
-    its file name or why it was not drawn (importances need two complete trials with different values)."""
+    its file name or why it was not drawn (importances need two complete trials with different values); with fewer
+    than :data:`FEW_TRIALS` complete trials, ``caveat`` says the importances mean little (also in the plot's title)."""
     import warnings
 
     import matplotlib
@@ -460,6 +474,9 @@ def plots(study: Any, out: Path, metric: str) -> dict[str, str]:
                 warnings.simplefilter("ignore", UserWarning)  # importances of very few trials: drawn equal
                 axes = plot(study, target_name=f"val {metric}")
             figure = axes.figure
+            if name == "param_importances" and (caveat := importance_caveat(study)) is not None:
+                axes.set_title(f"{axes.get_title()}\n{caveat}", fontsize=10)
+                done["caveat"] = caveat
             figure.set_size_inches(8, 5)
             figure.tight_layout()
             tmp = path.with_name(f".{path.name}.tmp.png")

@@ -190,3 +190,15 @@ def test_a_trial_that_fails_in_its_process_is_one_line_and_leaves_no_process(
         tuning.run_trial_process(request, on_begin=lambda: began.append(True), on_epoch=lambda epoch, loss: None)
     assert "no-data" in str(error.value) and "\n" not in str(error.value)
     assert began == [] and set(psutil.Process().children(recursive=True)) - before == set()
+
+
+@pytest.mark.parametrize(("trials", "caveat"), [(3, True), (tuning.FEW_TRIALS, False)])
+def test_the_importance_plot_says_when_it_has_too_few_trials(tmp_path: Path, trials: int, caveat: bool) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1) + t.suggest_int("units", 8, 64) / 100, trials)
+    drawn = tuning.plots(study, tmp_path, "accuracy")
+    assert drawn["param_importances"] == "param_importances.png" and (tmp_path / "param_importances.png").exists()
+    assert ("caveat" in drawn) is caveat
+    if caveat:
+        assert drawn["caveat"].startswith("from 3 complete trials: too few for importances to mean much")
