@@ -138,7 +138,11 @@ def test_whole_number_floats_are_pixels_and_fractions_are_refused(served: tuple[
 def test_bounded_load_from_a_second_process_has_no_errors(served: tuple[str, Path]) -> None:
     url, _ = served
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/serving_load.py"), "--url", url, "--requests", "100"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks/serving_load.py"),
+            *("--url", url, "--shape", "8", "8", "1", "--requests", "100", "--threads", "1", "--repeats", "1"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
