@@ -41,6 +41,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 _PREFECT_HOME = pytest.StashKey[str]()
 
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled them
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first, each group still in random order: the workers (each takes a whole module,
+    ``--dist loadscope``) start on the long modules and finish on short ones, rather than one worker running a
+    two-minute test while the others wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 MakeDataset = Callable[..., Dataset]
 
 
