@@ -51,6 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     seconds = json.loads(Path(__file__).with_name("durations.json").read_text())
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0))
 
+
 MakeDataset = Callable[..., Dataset]
 
 
