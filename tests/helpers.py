@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -191,6 +193,17 @@ def make_workspace(root: Path, overrides: dict[str, dict[str, Any]], repo: Path 
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "workspace")
     return root
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module: benchmarks/ is a folder of scripts, not a package, so each is loaded
+    under a name of its own (``benchmarks_<name>``)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, load_benchmark
 
-
-def load_results() -> ModuleType:
-    """benchmarks/ is a folder of scripts, not a package: load results.py under a name of its own."""
-    spec = importlib.util.spec_from_file_location("benchmarks_results", REPO / "benchmarks/results.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-results = load_results()
+results = load_benchmark("results")
 
 
 def section(title: str, rows: list[str], note: str = "Some prose.") -> str:

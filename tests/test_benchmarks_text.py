@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import load_benchmark
 
-
-def load_text_benchmark() -> ModuleType:
-    """benchmarks/ is a folder of scripts, not a package: load text.py under a name of its own."""
-    spec = importlib.util.spec_from_file_location("benchmarks_text", REPO / "benchmarks/text.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-text = load_text_benchmark()
+text = load_benchmark("text")
 
 HAM = ["see you at lunch", "meeting moved to noon", "call me when home", "dinner at mum's tonight", "ok see you soon"]
 SPAM = [
