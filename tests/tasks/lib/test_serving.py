@@ -152,3 +152,14 @@ def test_bounded_load_from_a_second_process_has_no_errors(served: tuple[str, Pat
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     assert stats["requests"] == 100 and stats["errors"] == 0
     assert 0 < stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_a_400_names_the_shapes_in_one_line_and_never_echoes_the_request(served: tuple[str, Path]) -> None:
+    """28x28 images sent to the 8x8 champion (issue 28's journey): one short line naming both shapes, no pixel."""
+    url, _ = served
+    status, answer = post_json(url, json.dumps({"inputs": np.full((2, 28, 28, 1), 137).tolist()}).encode())
+    message = answer["message"]
+    assert status == 400, answer
+    assert len(message) < 300 and "\n" not in message, message[:2000]
+    assert "(2, 28, 28, 1)" in message and "(-1, 8, 8, 1)" in message, message
+    assert "137" not in message, message
