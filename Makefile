@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast lint
+.PHONY: setup run test test-fast lint plots-template
 
 # what the pipeline needs
 $(BIN)/dvc: pyproject.toml constraints.txt
@@ -32,3 +32,9 @@ test-fast: $(BIN)/pytest
 
 lint: $(BIN)/pytest
 	ruff check tasks flows tests benchmarks
+
+# `dvc plots show`'s offline page template (.dvc/plots/offline.html, committed): remade from the pinned package only
+# when vl-convert-python is upgraded
+plots-template: $(BIN)/dvc
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[plots-template]'
+	$(BIN)/python -m tasks.lib.plots_template

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -278,3 +279,49 @@ def mlflow_tracking_server(root: Path) -> Iterator[str]:
     ]
     with background_server(root, args, f"http://127.0.0.1:{port}/health", tool_env()):
         yield f"http://127.0.0.1:{port}"
+
+
+CHROMIUM = next(
+    (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
+)
+
+
+def in_chromium(html: str, folder: Path, probe: str) -> dict[str, Any]:
+    """Load a page in headless Chromium with every request to the network sent to a dead proxy; the probe's result.
+
+    ``probe`` is a <script> appended to a test copy of the page: it writes its JSON result into a
+    ``<pre id="probe">`` for --dump-dom.
+    """
+    needs(CHROMIUM is not None, "Chromium (the Debian package chromium)")
+    page = folder / "page.html"
+    head, body_end, tail = html.rpartition("</body>")  # the last: inlined JavaScript may hold the string too
+    page.write_text(head + probe + body_end + tail, encoding="utf-8")
+    args = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--proxy-server=127.0.0.1:9",  # the discard port: nothing listens there, so nothing can load
+        "--proxy-bypass-list=<-loopback>",
+        f"--user-data-dir={folder / 'profile'}",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    browser = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True
+    )
+    try:
+        dom, _ = browser.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGKILL)  # its zygote and renderers too
+        browser.wait()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"the probe did not run; Chromium printed: {dom[-1000:]}"
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<"))

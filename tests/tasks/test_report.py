@@ -4,13 +4,8 @@ end to end on a tiny `dvc repro`: every section, the lineage of dvc.lock, the ML
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -34,12 +29,10 @@ from tasks.report import (
     wilson,
 )
 from tests.conftest import copy_run
-from tests.helpers import committed_params_file, needs, processes_in, ran, sh
+from tests.helpers import committed_params_file, processes_in, ran, sh
+from tests.helpers import in_chromium as chromium
 
 PNG = b"\x89PNG\r\n\x1a\n"
-CHROMIUM = next(
-    (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
-)
 
 
 # ---- the pure core ----
@@ -384,39 +377,8 @@ window.addEventListener("load", () => {
 
 
 def in_chromium(html: str, folder: Path) -> dict[str, Any]:
-    """Load a page in headless Chromium with every request to the network sent to a dead proxy; the probe's result."""
-    needs(CHROMIUM is not None, "Chromium (the Debian package chromium)")
-    page = folder / "page.html"
-    page.write_text(html.replace("</body>", PROBE + "</body>"))
-    args = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--proxy-server=127.0.0.1:9",  # the discard port: nothing listens there, so nothing can load
-        "--proxy-bypass-list=<-loopback>",
-        f"--user-data-dir={folder / 'profile'}",
-        "--virtual-time-budget=3000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    browser = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True
-    )
-    try:
-        dom, _ = browser.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(browser.pid, signal.SIGKILL)  # its zygote and renderers too
-        browser.wait()
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found, f"the probe did not run; Chromium printed: {dom[-1000:]}"
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    """The report's probe's result for ``html`` in headless Chromium, network off."""
+    return chromium(html, folder, PROBE)
 
 
 def test_the_page_renders_offline_in_chromium(tmp_path: Path) -> None:
