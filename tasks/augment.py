@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,18 +113,40 @@ def sample_grid(rows: list[np.ndarray], count: int) -> bytes:
     return buffer.getvalue()
 
 
+def text_font(size: int = 14) -> tuple[Any, frozenset[int]]:
+    """The font of the text samples and the code points it draws: DejaVu Sans, which matplotlib ships (Pillow's
+    default font draws £, é, ü, – and most non-ASCII as □)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    from PIL import ImageFont
+
+    path = font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+    return ImageFont.truetype(path, size), frozenset(FT2Font(path).get_charmap())
+
+
+def visible(text: str, glyphs: frozenset[int]) -> str:
+    """``text`` as it can be drawn: a character the font lacks, or an unprintable one, as its Python escape
+    (``\\x92``, ``\\u4e2d``), never a □ that hides which character it was."""
+    return "".join(
+        c if c.isprintable() and ord(c) in glyphs else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def sample_text(rows: list[np.ndarray], count: int) -> bytes:
     """PNG: the first ``count`` texts and, under each, its augmented copies (as :func:`sample_grid` for images)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
+    font, glyphs = text_font()
     count = min([count, *(len(r) for r in rows)])
     lines = []
     for i in range(count):
-        lines += [f"{'original' if r == 0 else f'copy {r}':>9}: {row[i][:110]}" for r, row in enumerate(rows)]
+        lines += [
+            f"{'original' if r == 0 else f'copy {r}':>9}: {visible(row[i][:110], glyphs)}" for r, row in enumerate(rows)
+        ]
         lines.append("")
-    font = ImageFont.load_default(size=14)
     height = 18 * max(len(lines), 1) + 10
-    picture = Image.new("L", (1000, height), 255)
+    width = max([1000, *(int(font.getlength(line)) + 16 for line in lines)])
+    picture = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(picture)
     for n, line in enumerate(lines):
         draw.text((8, 5 + 18 * n), line, fill=0, font=font)

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from tasks.augment import affine, augment_shard, copy_rng, random_affine, sample_grid, sample_text, word_edits
+from tasks.augment import (
+    affine,
+    augment_shard,
+    copy_rng,
+    random_affine,
+    sample_grid,
+    sample_text,
+    text_font,
+    visible,
+    word_edits,
+)
 from tasks.lib import artifacts, validation
 from tasks.lib.artifacts import Dataset, Split, content_hash
 from tasks.lib.config import AugmentParams
@@ -182,6 +192,25 @@ def test_text_samples_are_a_png() -> None:
     rows = [np.array(["free cash now", "see you"]), np.array(["cash free", "you see"])]
     png = sample_text(rows, 12)
     assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+def test_text_samples_draw_sms_characters_and_escape_the_rest_visibly() -> None:
+    """£, é, ü, – and the like are drawn, not □ (the font's missing-glyph box); what the font lacks is escaped.
+
+    Fails on the old code: Pillow's default font (``ImageFont.load_default(size=14)``) draws £ as its missing glyph.
+    """
+    font, glyphs = text_font()
+
+    def drawn(text: str) -> bytes:
+        picture = Image.new("L", (40, 24), 255)
+        ImageDraw.Draw(picture).text((2, 2), text, font=font, fill=0)
+        return picture.tobytes()
+
+    missing = drawn("\ue000")  # a private-use code point: no font draws it
+    assert [c for c in "£€éüÜñç–—•½…’" if drawn(c) == missing] == []
+    assert visible("win £100 now \x92 中", glyphs) == "win £100 now \\x92 \\u4e2d"
+    rows = [np.array(["£100 café 中"]), np.array(["café £100 中"])]
+    assert Image.open(io.BytesIO(sample_text(rows, 1))).format == "PNG"
 
 
 @pytest.mark.parametrize("kind", ["images", "texts"])
