@@ -37,4 +37,4 @@ lint: $(BIN)/pytest
 # when vl-convert-python is upgraded
 plots-template: $(BIN)/dvc
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[plots-template]'
-	$(BIN)/python -m tasks.lib.plots_template
+	$(BIN)/python -m tasks.plots_template

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib import plots_template
+from tasks import plots_template
 from tests.conftest import copy_run
 from tests.helpers import REPO, in_chromium, sh
 

@@ -33,7 +33,7 @@ def page(bundle: str, versions: str) -> str:
 <meta charset="utf-8">
 {{refresh_tag}}
 <title>DVC Plot</title>
-<!-- Made by `make plots-template` (tasks/lib/plots_template.py), not by hand: {versions}. -->
+<!-- Made by `make plots-template` (tasks/plots_template.py), not by hand: {versions}. -->
 <script>(() => {{
 {bundle}
 }})();</script>
