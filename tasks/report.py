@@ -233,7 +233,14 @@ def render(facts: Mapping[str, Any]) -> str:
     environment.filters["data_uri"] = data_uri
     environment.filters["pct"] = lambda v, d=1: "—" if v is None else f"{100 * float(v):.{d}f} %"
     environment.filters["num"] = lambda v, d=4: "—" if v is None else f"{float(v):.{d}f}"
+    environment.filters["visible"] = visible
     return environment.get_template(TEMPLATE.name).render(sections=SECTIONS, **redact_tree(facts))
+
+
+def visible(text: str) -> str:
+    """``text`` with each unprintable character as its Python escape (SMS texts hold C1 controls such as ``\\x92``,
+    Windows-1252 quotes read as Latin-1, which a browser draws as a box or not at all)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # ---- I/O: what the stages wrote, the MLflow run and the registry ----

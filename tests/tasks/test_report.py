@@ -381,6 +381,18 @@ def in_chromium(html: str, folder: Path) -> dict[str, Any]:
     return chromium(html, folder, PROBE)
 
 
+def test_a_misclassified_texts_unprintable_characters_show_as_escapes() -> None:
+    """SMS texts hold C1 controls (\\x92: a Windows-1252 quote read as Latin-1), which a browser draws as a box or
+    not at all: the page shows their escape. Fails without the template's ``visible`` filter (the raw \\x92)."""
+    text_facts = facts()
+    text_facts["data"] |= {"kind": "text", "noun": "texts"}
+    text_facts["evaluation"]["mistakes"] = [
+        {"index": 3, "label": "ham", "predicted": "spam", "probability": 0.7, "text": "don\x92t £5 café"}
+    ]
+    page = render(text_facts)
+    assert "don\\x92t £5 café" in page and "\x92" not in page
+
+
 def test_the_page_renders_offline_in_chromium(tmp_path: Path) -> None:
     result = in_chromium(render(facts()), tmp_path)
     assert result == {"sections": list(SECTIONS), "images": 4, "broken": [], "requests": []}
