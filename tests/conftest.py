@@ -26,11 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Prefect's state (its database, settings) in a folder of this test session, not the user's ~/.prefect: set
-    before any test module imports Prefect, inherited by every flow and server the tests start; removed at the end."""
+    """Prefect's state (its database, settings) and DVC's site cache (a folder per repo it opens, else under
+    /var/tmp/dvc) in a folder of this test session, not the user's: set before any test module imports Prefect,
+    inherited by every flow, server and `dvc` the tests start; removed at the end."""
     home = tempfile.mkdtemp(prefix="trainflow-tests-prefect-")
     config.stash[_PREFECT_HOME] = home
     os.environ["PREFECT_HOME"] = home
+    os.environ["DVC_SITE_CACHE_DIR"] = str(Path(home) / "dvc-site-cache")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

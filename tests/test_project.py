@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -21,3 +22,12 @@ def test_prefect_reads_analytics_off_from_pyproject_in_the_project_only() -> Non
 
     assert enabled(REPO) == "False"
     assert enabled(REPO / "tests") == "True"  # negative control: Prefect's default where pyproject.toml is not read
+
+
+def test_tests_keep_the_state_of_dvc_and_prefect_in_their_session_folder() -> None:
+    """Mutation: without DVC_SITE_CACHE_DIR in tests/conftest.py, every workspace a test opens leaves a folder under
+    /var/tmp/dvc/repo (DVC's site cache), outside the test session's folder."""
+    home = os.environ["PREFECT_HOME"]
+    code = "from dvc.dirs import site_cache_dir; print(site_cache_dir())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().startswith(home) and "trainflow-tests-" in home
