@@ -277,7 +277,9 @@ def mlflow_tracking_server(root: Path) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    with background_server(root, args, f"http://127.0.0.1:{port}/health", tool_env()):
+    # no job runner (two huey consumer processes MLflow starts for its UI's jobs): the pipeline queues no job
+    env = tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with background_server(root, args, f"http://127.0.0.1:{port}/health", env):
         yield f"http://127.0.0.1:{port}"
 
 
