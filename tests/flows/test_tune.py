@@ -69,11 +69,12 @@ def child_runs(root: Path, parent: str) -> dict[int, Any]:
     return {int(r.data.tags["tune.trial"]): r for r in runs}
 
 
-@pytest.fixture
-def prefect_api(tmp_path: Path) -> Iterator[None]:
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One test API server for the module's in-process flows (each test reads only its own flow run)."""
     with (
         prefect_test_harness(server_startup_timeout=120),
-        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}),
     ):
         yield
 
