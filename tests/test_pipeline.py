@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lib.config import load_params
 from tests.conftest import Repro, copy_run
 from tests.helpers import EXP_SHOW, STAGES, TINY, make_workspace, processes_in, ran, sh
 
@@ -87,3 +88,18 @@ def test_a_missing_data_path_stops_repro_with_one_clear_line(tmp_path: Path) -> 
     assert len(errors) == 1 and "'ingest'" in errors[0] and "missing/mnist" in errors[0], errors
     assert not (workspace / "data/raw").exists()
     assert ran(failed.stdout) == []
+
+
+def test_the_readme_ui_address_opens_the_runs_of_the_pipelines_experiment(tiny_repro: Repro) -> None:
+    """The README's `mlflow ui` address names experiment 1 in the Model training view: in a new project's store that
+    is the pipeline's experiment (checked in Chromium: its runs list). Mutation: an experiment created before train's
+    (or a README address of the experiments list) fails."""
+    from mlflow import MlflowClient
+
+    from tests.helpers import REPO
+
+    (address,) = [line for line in (REPO / "README.md").read_text().splitlines() if "# then open http://" in line]
+    path = address.split("http://127.0.0.1:5000/", 1)[1].split()[0]
+    store = MlflowClient(f"sqlite:///{tiny_repro.root / 'mlflow.db'}")
+    experiment = store.get_experiment_by_name(load_params(tiny_repro.root / "params.yaml").tracking.experiment)
+    assert path == f"#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
