@@ -3,9 +3,11 @@ real headless Chromium with the network off, with a negative control for each.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import plots_template
 from tests.conftest import copy_run
@@ -73,3 +75,12 @@ def test_the_plots_template_is_the_pinned_packages_bundle_with_dvcs_placeholders
     assert "{plot_divs}" in text and "{scripts}" not in text and "window.vegaEmbed=" in text
     with pytest.raises(ValueError, match="plot_divs"):
         plots_template.page("const x = '{plot_divs}';", "")
+
+
+def test_dvc_plots_show_draws_the_plots_dvc_yaml_defines_and_nothing_else(workspace: Path) -> None:
+    """The history and the confusion table are stage outputs drawn by dvc.yaml's top-level plots only. Mutation:
+    declaring them under a stage's ``plots:`` again adds a default line plot of every column (the confusion table's
+    rows drawn as a line), which this catches."""
+    defined = [name for entry in yaml.safe_load((workspace / "dvc.yaml").read_text())["plots"] for name in entry]
+    shown = json.loads(sh(workspace, "dvc", "plots", "show", "--json").stdout)["data"]
+    assert sorted(shown) == sorted(defined) and len(defined) >= 3
