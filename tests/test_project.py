@@ -31,3 +31,25 @@ def test_tests_keep_the_state_of_dvc_and_prefect_in_their_session_folder() -> No
     code = "from dvc.dirs import site_cache_dir; print(site_cache_dir())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().startswith(home) and "trainflow-tests-" in home
+
+
+def test_stages_and_flows_turn_mlflow_telemetry_off() -> None:
+    """What every stage, flow and trial process calls first (quiet_libraries) turns MLflow 3's telemetry off, for the
+    process and the servers it starts. Negative control: without it, MLflow would send (outside CI and pytest, whose
+    variables are removed here). Mutation: the MLFLOW_DISABLE_TELEMETRY line taken out of quiet_libraries fails."""
+    code = (
+        "import sys\n"
+        "if sys.argv[1] == 'stage':\n"
+        "    from tasks.lib.quiet import quiet_libraries; quiet_libraries()\n"
+        "from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
+    )
+    ci = {"CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_XDIST_WORKER"}
+    env = {key: value for key, value in os.environ.items() if key not in ci}
+
+    def disabled(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert disabled("stage") == "True"
+    assert disabled("bare") == "False"

@@ -52,12 +52,14 @@ def _not_an_mlflow_type_hint_warning(record: logging.LogRecord) -> bool:
 
 
 def quiet_libraries() -> None:
-    """Set before the libraries load: TensorFlow's C++ log level, no GX analytics, no MLflow progress bars or repeated
-    warnings, and the libraries' INFO chatter (HTTP clients, migrations, MLflow, TensorFlow). A value the user set in
-    the environment is kept. Every log line and traceback of the process is redacted from here on."""
+    """Set before the libraries load: TensorFlow's C++ log level, no GX analytics or MLflow telemetry, no MLflow
+    progress bars or repeated warnings, and the libraries' INFO chatter (HTTP clients, migrations, MLflow,
+    TensorFlow). A value the user set in the environment is kept. Every log line and traceback of the process is
+    redacted from here on."""
     redact_logs()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow 3 sends usage data unless told not to
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level when imported
     # MLflow prints "View run … at: <tracking URI>" after each run against a server: with its credentials, if any
