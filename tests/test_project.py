@@ -33,7 +33,7 @@ def test_tests_keep_the_state_of_dvc_and_prefect_in_their_session_folder() -> No
     assert done.stdout.strip().startswith(home) and "trainflow-tests-" in home
 
 
-def test_stages_and_flows_turn_mlflow_telemetry_off() -> None:
+def test_stages_and_flows_turn_mlflow_telemetry_and_gx_analytics_off() -> None:
     """What every stage, flow and trial process calls first (quiet_libraries) turns MLflow 3's telemetry off, for the
     process and the servers it starts. Negative control: without it, MLflow would send (outside CI and pytest, whose
     variables are removed here). Mutation: the MLFLOW_DISABLE_TELEMETRY line taken out of quiet_libraries fails."""
@@ -41,9 +41,11 @@ def test_stages_and_flows_turn_mlflow_telemetry_off() -> None:
         "import sys\n"
         "if sys.argv[1] == 'stage':\n"
         "    from tasks.lib.quiet import quiet_libraries; quiet_libraries()\n"
-        "from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
+        "import os; from mlflow.telemetry.utils import is_telemetry_disabled\n"
+        "print(is_telemetry_disabled(), os.environ.get('GX_ANALYTICS_ENABLED'))"
     )
     ci = {"CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_XDIST_WORKER"}
+    ci |= {"GX_ANALYTICS_ENABLED"}
     env = {key: value for key, value in os.environ.items() if key not in ci}
 
     def disabled(mode: str) -> str:
@@ -51,5 +53,5 @@ def test_stages_and_flows_turn_mlflow_telemetry_off() -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout.strip()
 
-    assert disabled("stage") == "True"
-    assert disabled("bare") == "False"
+    assert disabled("stage") == "True false"  # MLflow's telemetry and GX's analytics off
+    assert disabled("bare") == "False None"
