@@ -313,10 +313,11 @@ def run_trial_process(
 def score_val(params: Params) -> dict[str, Any]:
     """The trial's saved model scored as evaluate scores it, on the clean validation split only."""
     from tasks.evaluate import classification_metrics, model_input
-    from tasks.lib import artifacts
+    from tasks.lib import architecture, artifacts
     from tasks.lib.quiet import import_keras
 
     keras = import_keras()
+    architecture.import_module(params.train.model)  # its custom layers, if any, before Keras loads it
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))
     val = stored.load("val", mmap=True)

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from architectures.builtin import _conv_padding
 from tasks.lib import vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
@@ -22,7 +23,6 @@ from tasks.lib.errors import TrainflowError
 from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
-    _conv_padding,
     build_classifier,
     build_text_classifier,
     checkpoint_key,
