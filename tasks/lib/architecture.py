@@ -154,7 +154,10 @@ def build(
     except Exception as exc:
         raise TrainflowError(f"{where}: the function raised {_first(exc)}") from None
     if isinstance(returned, keras.Model):
-        same_input = len(returned.inputs or []) == 1 and returned.inputs[0] is inputs
+        try:  # a Sequential without an input shape has no inputs until it is called
+            same_input = len(returned.inputs or []) == 1 and returned.inputs[0] is inputs
+        except (AttributeError, ValueError):
+            same_input = False
         try:
             outputs = returned.outputs[0] if same_input else returned(inputs)
         except Exception as exc:
