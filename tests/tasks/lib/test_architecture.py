@@ -197,3 +197,20 @@ def json_inputs(images: np.ndarray) -> bytes:
     import json
 
     return json.dumps({"inputs": images.tolist()}).encode()
+
+
+def test_the_report_and_card_name_the_function_its_arguments_and_parameter_count(params: Params) -> None:
+    """Mutation: architecture() in tasks/report.py without the logged tags (the card shows only the built-in line)."""
+    from tasks import report
+
+    own = {
+        "train.architecture": "architectures.resnet:resnet",
+        "train.architecture_args": '{"blocks": 2, "width": 16}',
+        "train.parameters": "9770",
+    }
+    line = report.architecture(params, params.train, "images", own)
+    assert line.startswith("Keras model of architectures.resnet:resnet(blocks=2, width=16), 9,770 parameters")
+    builtin = {**own, "train.architecture": "architectures.builtin:cnn", "train.parameters": "28426"}
+    assert "Keras cnn: filters [32, 64]" in report.architecture(params, params.train, "images", builtin)
+    assert report.own_architecture(builtin).endswith("28,426 parameters")
+    assert report.own_architecture({}) == ""  # a run logged before train.model was a function
