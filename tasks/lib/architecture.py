@@ -126,9 +126,13 @@ def resolve(cfg: TrainParams, kind: str) -> Architecture:
         raise TrainflowError(
             f"train.model_args: {attr} takes no argument {', '.join(unknown)} (it takes: {takes or 'none'})"
         )
-    defaults = {}
+    defaults = {  # what the function is called with, shown in MLflow and the report: its own defaults too
+        p: signature.parameters[p].default
+        for p in own
+        if signature.parameters[p].default is not inspect.Parameter.empty
+    }
     if module == BUILTIN:  # the built-ins' arguments are train keys too (train.filters, train.dense_units, ...)
-        defaults = {p: getattr(cfg, p) for p in own if p in type(cfg).model_fields}
+        defaults |= {p: getattr(cfg, p) for p in own if p in type(cfg).model_fields}
     return Architecture(name, function, {**defaults, **cfg.model_args})
 
 
@@ -183,7 +187,7 @@ def describe(architecture: Architecture, model: keras.Model) -> dict[str, str]:
 
     return {
         "train.architecture": architecture.name,
-        "train.architecture_args": json.dumps(_plain(architecture.args), sort_keys=True),
+        "train.architecture_args": json.dumps(_plain(architecture.args), sort_keys=True, default=repr),
         "train.parameters": str(model.count_params()),
     }
 
