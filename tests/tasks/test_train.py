@@ -250,6 +250,10 @@ def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDat
     # normalize.method changes the model's first layers, not the data: a checkpoint of the other method is not resumed
     standardized = {**scale(), "method": "standardize", "mean": [0.4], "std": [0.2]}
     assert checkpoint_key(tiny, manifest, 42, standardized) != key
+    # an edited model function (its file's hash) never resumes the old function's checkpoint
+    assert checkpoint_key(tiny, manifest, 42, scale(), code="a") != checkpoint_key(
+        tiny, manifest, 42, scale(), code="b"
+    )
 
 
 # Two logical CPUs stand in for two GPUs: MirroredStrategy then really runs two replicas and all-reduces.

@@ -44,6 +44,11 @@ def raises(inputs, num_classes):
 def not_keras(inputs, num_classes):
     return "a network"
 
+def text_net(inputs, num_classes, vocabulary_size, kind):
+    assert kind == "text"
+    x = layers.Embedding(vocabulary_size, 4, name="words")(inputs)
+    return layers.Dense(num_classes)(layers.GlobalAveragePooling1D()(x))
+
 def too_narrow(inputs, num_classes):
     return layers.Dense(num_classes - 1)(layers.Flatten()(inputs))
 """
@@ -77,6 +82,13 @@ def test_a_function_of_yours_gets_the_head(params: Params, user_folder: Path) ->
         assert net.layers[-1].name == "probabilities"
     # a last softmax is kept, not applied twice
     assert built(cfg(params, "architectures.hooks:ends_in_softmax")).layers[-1].activation is keras.activations.linear
+
+
+def test_a_text_model_of_yours_gets_word_ids_and_the_vocabulary_size(params: Params, user_folder: Path) -> None:
+    net = train.build_text_classifier(50, 7, 2, cfg(params, "architectures.hooks:text_net"))
+    assert net.get_layer("words").input_dim == 50 and net.inputs[0].dtype == "int32"
+    out = keras.ops.convert_to_numpy(net(np.array([[2, 3, 0, 0, 0, 0, 0]])))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_the_builtins_take_the_train_keys_and_model_args_override_them(params: Params) -> None:
