@@ -174,11 +174,18 @@ def build(
         raise TrainflowError(
             f"{where}: its output has shape {tuple(outputs.shape)}; it must be (batch, {num_classes}), one per class"
         )
-    softmax = getattr(getattr(outputs, "_keras_history", None), "operation", None)
-    done = getattr(softmax, "activation", None) is keras.activations.softmax or isinstance(
-        softmax, keras.layers.Softmax
-    )
+    last = _maker(outputs)
+    if isinstance(last, keras.Model) and last.layers:  # a model of the function's own, called on the input
+        last = last.layers[-1]
+    done = getattr(last, "activation", None) is keras.activations.softmax or isinstance(last, keras.layers.Softmax)
     return keras.layers.Activation("linear" if done else "softmax", dtype="float32", name="probabilities")(outputs)
+
+
+def _maker(tensor: Any) -> Any:
+    """The layer that made a symbolic tensor, or None. Keras has no public API for it: this is the one use of its
+    ``_keras_history``; if that goes, a function's own softmax would be applied twice, and
+    tests/tasks/lib/test_architecture.py's ``ends_in_softmax`` case fails."""
+    return getattr(getattr(tensor, "_keras_history", None), "operation", None)
 
 
 def describe(architecture: Architecture, model: keras.Model) -> dict[str, str]:
