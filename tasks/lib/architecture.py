@@ -44,9 +44,13 @@ class Architecture:
         return self.name.partition(":")[0]
 
     def source_hash(self) -> str:
-        """The hash of the function's file: a resumed training never continues another version's checkpoint."""
-        path = inspect.getsourcefile(self.function)
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
+        """The hash of the folder's Python files (what DVC tracks for train): a resumed training never continues the
+        checkpoint of another version of the code."""
+        digest = hashlib.sha256()
+        for folder in importlib.import_module(FOLDER).__path__:
+            for path in sorted(Path(folder).rglob("*.py")):
+                digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:16]
 
 
 def check_spec(spec: str) -> str:

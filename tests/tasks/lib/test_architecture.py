@@ -226,3 +226,12 @@ def test_the_report_and_card_name_the_function_its_arguments_and_parameter_count
     assert "Keras cnn: filters [32, 64]" in report.architecture(params, params.train, "images", builtin)
     assert report.own_architecture(builtin).endswith("28,426 parameters")
     assert report.own_architecture({}) == ""  # a run logged before train.model was a function
+
+
+def test_an_edit_anywhere_in_the_folder_changes_the_code_hash(params: Params, user_folder: Path) -> None:
+    """train's checkpoint key takes it: a resumed training never continues another version's checkpoint. Mutation:
+    source_hash over the function's own file only (the helper's edit goes unseen)."""
+    resolved = architecture.resolve(cfg(params, "architectures.hooks:good"), "images")
+    before = resolved.source_hash()
+    (user_folder / "helpers.py").write_text("WIDTH = 3\n")  # a file the function might import
+    assert resolved.source_hash() != before
