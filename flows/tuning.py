@@ -51,6 +51,8 @@ def _distribution(key: str, entry: SpaceEntry, current: Any) -> Any:
     where = f"tune.space.{key}"
     if entry.choices is not None:
         return CategoricalDistribution(entry.choices)
+    if current is None and key.startswith(MODEL_ARGS):  # a model argument params.yaml leaves at its default
+        current = entry.low  # integer bounds: an integer argument
     if not _is_number(current):
         raise TrainflowError(f"{where}: a range needs a number, but {key} is {current!r}; give choices instead")
     if isinstance(current, int):
@@ -75,17 +77,45 @@ def search_space(raw: Mapping[str, Any], params: Params) -> dict[str, Any]:
     for key, entry in params.tune.space.items():
         where = f"tune.space.{key}"
         section, _, leaf = key.partition(".")
-        if not isinstance(raw.get(section), dict) or not leaf or leaf not in raw[section]:
+        if key.startswith(MODEL_ARGS):
+            model_argument(params, key.removeprefix(MODEL_ARGS), where)
+        elif not isinstance(raw.get(section), dict) or not leaf or leaf not in raw[section]:
             raise TrainflowError(f"{where}: unknown key (params.yaml has no {key})")
         if section not in TUNABLE_SECTIONS:
             raise TrainflowError(f"{where}: trials retrain on the prepared data, so only train.* keys can be searched")
         if key == "train.epochs":
             raise TrainflowError(f"{where}: every trial trains tune.epochs epochs (the budget); search other keys")
-        space[key] = _distribution(key, entry, raw[section][leaf])
+        space[key] = _distribution(key, entry, current(raw, key))
         ends = entry.choices if entry.choices is not None else (entry.low, entry.high)
         for value in ends:
             trial_params(raw, params, {key: value}, Path(params.paths.tune) / "check", origin=f"{where}={value!r}")
     return space
+
+
+MODEL_ARGS = "train.model_args."  # tune.space keys of the model function's own arguments
+TEXT_SOURCES = ("tsv", "csv", "text_folder")
+
+
+def current(raw: Mapping[str, Any], key: str) -> Any:
+    """params.yaml's value of a dotted ``key``; None for a model argument it does not set (the function's default)."""
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def model_argument(params: Params, name: str, where: str) -> None:
+    """Check that train.model's function takes the argument ``name`` (tune.space.train.model_args.<name>)."""
+    from tasks.lib import architecture
+
+    if not name.isidentifier():
+        raise TrainflowError(f"{where}: unknown key (train.model_args.<name> takes one argument name)")
+    kind = "text" if params.data.source.partition(":")[0] in TEXT_SOURCES else "images"
+    probe = params.train.model_copy(update={"model_args": {**params.train.model_args, name: None}})
+    try:
+        architecture.resolve(probe, kind)
+    except TrainflowError as exc:
+        raise TrainflowError(f"{where}: {exc}") from None
 
 
 def trial_params(
@@ -172,9 +202,8 @@ def enqueue_baseline(study: Any, raw: Mapping[str, Any], space: Mapping[str, Any
         return {}
     values = {}
     for key, distribution in space.items():
-        section, _, leaf = key.partition(".")
-        value = raw[section][leaf]
-        if _inside(distribution, value):
+        value = current(raw, key)
+        if value is not None and _inside(distribution, value):
             values[key] = value
     if values:
         study.enqueue_trial(values, user_attrs={"baseline": True})
@@ -193,9 +222,8 @@ def changes(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]
     """The dotted keys of ``values`` whose value differs from params.yaml's (``raw``)."""
     changed = {}
     for key, value in values.items():
-        section, _, leaf = key.partition(".")
-        current = raw[section][leaf]
-        if type(current) is not type(value) or current != value:
+        before = current(raw, key)
+        if type(before) is not type(value) or before != value:
             changed[key] = value
     return changed
 
@@ -313,10 +341,11 @@ def run_trial_process(
 def score_val(params: Params) -> dict[str, Any]:
     """The trial's saved model scored as evaluate scores it, on the clean validation split only."""
     from tasks.evaluate import classification_metrics, model_input
-    from tasks.lib import artifacts
+    from tasks.lib import architecture, artifacts
     from tasks.lib.quiet import import_keras
 
     keras = import_keras()
+    architecture.import_module(params.train.model)  # its custom layers, if any, before Keras loads it
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))
     val = stored.load("val", mmap=True)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tasks import evaluate
-from tasks.lib import artifacts, drift, registry, serving_check, tracking
+from tasks.lib import architecture, artifacts, drift, registry, serving_check, tracking
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError, TransientError
 from tasks.lib.quiet import import_keras
@@ -295,6 +295,7 @@ def run(params: Params) -> dict:
     recall = {c: m["recall"] for c, m in artifacts.read_json(Path(params.paths.per_class))["test"]["per_class"].items()}
     run_id = tracking.current_run(Path(params.paths.run_info))
 
+    trained = architecture.import_trained(Path(params.paths.run_info))  # its custom layers, before Keras loads it
     try:
         model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     except Exception as exc:  # a truncated or foreign file: Keras raises many types
@@ -325,11 +326,15 @@ def run(params: Params) -> dict:
         "max_request_images": params.deploy.max_request_images,
         "kind": stored.kind,
         "max_request_chars": params.clean.max_chars,  # a text: longer ones are refused, as clean removed them
+        "modules": [architecture.module_of(trained)],  # imported before Keras loads it: its registered layers
     }
     # an object signature: MLflow's server hands the model the JSON values as sent (a uint8 or str signature would
     # cast 0.9 to 0, numbers to strings), and the served model refuses what is not a pixel or a string
     example = np.asarray(sample[:4]).astype(object)
-    model_uri = tracking.log_model(settings, run_id, Path(params.paths.model), example, config)
+    # the model function's folder travels with the model (MLflow code_paths): it loads where the project is not
+    model_uri = tracking.log_model(
+        settings, run_id, Path(params.paths.model), example, config, code_paths=[Path(architecture.FOLDER)]
+    )
     check = serving_check.check(
         model_uri,
         tracking.tracking_uri(settings),

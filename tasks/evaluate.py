@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.lib import artifacts, tracking, validation
+from tasks.lib import architecture, artifacts, tracking, validation
 from tasks.lib.config import Params
 from tasks.lib.quiet import import_keras
 
@@ -147,6 +147,7 @@ def run(params: Params) -> dict:
     """Score the raw-input model on the clean val and test splits and write the reports."""
     keras = import_keras()
 
+    architecture.import_trained(Path(params.paths.run_info))  # its custom layers, if any, before Keras loads it
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))
     data = artifacts.Dataset({split: stored.load(split, mmap=True) for split in EVAL_SPLITS}, stored.classes)

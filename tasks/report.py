@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import logging
 import os
 import platform
@@ -183,8 +184,27 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
-def architecture(params: Params, t: TrainParams, kind: str) -> str:
-    """The model card's one-line architecture, from the train params it was trained with (text: always the RNN)."""
+def own_architecture(tags: Mapping[str, str]) -> str:
+    """The model function train logged (tags ``train.architecture``, ``train.architecture_args``, ``train.parameters``)
+    in one line, e.g. ``architectures.resnet:resnet(blocks=2, width=16), 9,770 parameters``; empty for older runs."""
+    if "train.architecture" not in tags:
+        return ""
+    args = json.loads(tags.get("train.architecture_args") or "{}")
+    shown = ", ".join(f"{key}={value!r}" for key, value in sorted(args.items()))
+    count = tags.get("train.parameters")
+    return f"{tags['train.architecture']}({shown})" + (f", {int(count):,} parameters" if count else "")
+
+
+def architecture(params: Params, t: TrainParams, kind: str, tags: Mapping[str, str] | None = None) -> str:
+    """The model card's one-line architecture, from the train params it was trained with (text: the built-in RNN)
+    and the model function train logged (its name, arguments and parameter count)."""
+    own = own_architecture(tags or {})
+    if own and not own.startswith("architectures.builtin:"):
+        return f"Keras model of {own}; preprocessing inside the model"
+    return _builtin(params, t, kind) + (f" ({own})" if own else "")
+
+
+def _builtin(params: Params, t: TrainParams, kind: str) -> str:
     if kind == "text":
         rnn = f"{'bidirectional ' if t.bidirectional else ''}{t.rnn.upper()} {t.rnn_units}"
         return (
@@ -414,7 +434,8 @@ def gather(params: Params) -> dict[str, Any]:
             "drift": drift,
         },
         "training": {
-            "model": (
+            "model": own_architecture(tags)
+            or (
                 f"text RNN ({'bidirectional ' if trained.bidirectional else ''}{trained.rnn.upper()})"
                 if clean.kind == "text"
                 else trained.model
@@ -484,7 +505,7 @@ def gather(params: Params) -> dict[str, Any]:
             "card": model_card_text(params.model_card.model_dump(mode="json"), clean.kind),
             "name": registry["model_name"],
             "version": version,
-            "architecture": architecture(params, trained, clean.kind),
+            "architecture": architecture(params, trained, clean.kind, tags),
             "input": (
                 "raw strings (N texts); split into words and numbered by the train vocabulary inside the model"
                 if clean.kind == "text"

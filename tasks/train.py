@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.lib import artifacts, drift, tracking, vectorize
+from tasks.lib import architecture, artifacts, drift, tracking, vectorize
+from tasks.lib.architecture import Architecture
 from tasks.lib.config import Params, TrainParams
 from tasks.lib.errors import TrainflowError
 from tasks.lib.quiet import import_keras
@@ -62,18 +63,12 @@ def detect_device() -> dict[str, Any]:
     }
 
 
-def _conv_padding(size: int) -> str:
-    # The seed's CNN uses valid 3×3 convolutions; on small inputs (8×8) they would shrink the map to
-    # nothing after two pool steps, so a block switches to same padding when the map is too small.
-    return "valid" if (size - 2) // 2 >= 2 else "same"
-
-
-def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: TrainParams, stats: dict) -> keras.Model:
-    """The model on raw uint8 pixels: normalize's statistics as its first layers, then ``cnn`` (the seed's two
-    conv/pool blocks) or ``mlp``. Training and serving run the same preprocessing: the TensorFlow Transform pattern.
-
-    With ``params.batch_norm`` every conv block and hidden dense layer normalises its pre-activations: conv (no
-    bias) → max pooling → batch norm → ReLU, dense (no bias) → batch norm → ReLU.
+def build_classifier(
+    input_shape: tuple[int, ...], num_classes: int, params: TrainParams, stats: dict, model: Architecture | None = None
+) -> keras.Model:
+    """The model on raw uint8 pixels: normalize's statistics as its first layers, then ``train.model``'s function
+    (architectures/), then the float32 softmax head. Training and serving run the same preprocessing: the TensorFlow
+    Transform pattern.
 
     Args:
         input_shape: (H, W, C) of one image.
@@ -81,6 +76,7 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
         params: the train section.
         stats: normalize's statistics (data/normalized/statistics.json): ``x * scale``, then ``(· - mean) / std``
             for ``standardize``.
+        model: ``train.model`` resolved (default: resolved here).
 
     Returns:
         An uncompiled Keras model whose output is float32 class probabilities.
@@ -88,68 +84,50 @@ def build_classifier(input_shape: tuple[int, ...], num_classes: int, params: Tra
     import keras
     from keras import layers
 
-    regularizer = keras.regularizers.L2(params.l2) if params.l2 else None
-    bias, activation = (False, None) if params.batch_norm else (True, "relu")
-
-    def relu(x: Any) -> Any:
-        # Momentum 0.9, not Keras' 0.99: a short training (a few hundred steps) must still leave moving statistics
-        # that match the data, or inference sees activations scaled unlike anything seen in training.
-        return layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x)) if params.batch_norm else x
-
+    model = model or architecture.resolve(params, "images")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="pixels")
     x = layers.Rescaling(stats["scale"], name="rescale")(inputs)
     if stats["method"] == "standardize":
         x = layers.Normalization(mean=stats["mean"], variance=np.square(stats["std"]).tolist(), name="standardize")(x)
-    if params.model == "cnn":
-        size = min(input_shape[0], input_shape[1])
-        for filters in params.filters:
-            padding = _conv_padding(size)
-            x = layers.Conv2D(
-                filters, 3, activation=activation, padding=padding, use_bias=bias, kernel_regularizer=regularizer
-            )(x)
-            size = size - 2 if padding == "valid" else size
-            if size >= 2:
-                # Pooling before the ReLU gives the same result (max commutes with ReLU), and with batch norm it
-                # normalises a quarter of the activations: on CPU, normalising the full first map nearly doubles
-                # the training time for no better accuracy.
-                x = layers.MaxPooling2D(2)(x)
-                size //= 2
-            x = relu(x)
-        x = layers.Flatten()(x)
-        x = relu(
-            layers.Dense(params.dense_units, activation=activation, use_bias=bias, kernel_regularizer=regularizer)(x)
-        )
-        x = layers.Dropout(params.dropout)(x)
-    else:
-        x = layers.Flatten()(x)
-        for _ in range(2):
-            dense = layers.Dense(
-                params.dense_units, activation=activation, use_bias=bias, kernel_regularizer=regularizer
-            )
-            x = layers.Dropout(params.dropout)(relu(dense(x)))
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"trainflow_{params.model}")
+    outputs = architecture.build(model, x, num_classes, "images")
+    return keras.Model(inputs, outputs, name=f"trainflow_{model.function.__name__}")
 
 
-def build_text_classifier(vocabulary_size: int, length: int, num_classes: int, params: TrainParams) -> keras.Model:
-    """The article's text model on word ids (normalize's vocabulary): embedding, a recurrent layer (``params.rnn``,
-    bidirectional when asked), a ReLU dense layer and the softmax, dropout before each dense layer.
+def build_text_classifier(
+    vocabulary_size: int, length: int, num_classes: int, params: TrainParams, model: Architecture | None = None
+) -> keras.Model:
+    """The text model on word ids (normalize's vocabulary): ``train.model``'s function (the built-in: embedding, a
+    recurrent layer, a ReLU dense layer), then the float32 softmax head.
 
     Trained on ids that the data pipeline makes (:func:`shard_batches`); :func:`text_model` puts the vectorisation in
     front of it for evaluation and serving.
     """
     import keras
-    from keras import layers
 
-    recurrent = {"lstm": layers.LSTM, "gru": layers.GRU}[params.rnn](params.rnn_units, name=params.rnn)
+    model = model or architecture.resolve(params, "text")
     inputs = keras.Input(shape=(length,), dtype="int32", name="tokens")
-    x = layers.Embedding(vocabulary_size, params.embedding_dim, mask_zero=True, name="embedding")(inputs)
-    x = (layers.Bidirectional(recurrent, name=f"bidirectional_{params.rnn}") if params.bidirectional else recurrent)(x)
-    x = layers.Dropout(params.dropout)(x)
-    x = layers.Dense(params.dense_units, activation="relu")(x)
-    x = layers.Dropout(params.dropout)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"trainflow_{params.rnn}")
+    outputs = architecture.build(model, inputs, num_classes, "text", vocabulary_size)
+    return keras.Model(inputs, outputs, name=f"trainflow_{model.function.__name__}")
+
+
+def build_model(data: artifacts.Stored, stats: dict, params: TrainParams, model: Architecture) -> keras.Model:
+    """The classifier ``train.model`` builds for ``data`` (images: on raw pixels; text: on word ids)."""
+    if data.kind == "text":
+        return build_text_classifier(
+            stats["vocabulary_size"], stats["sequence_length"], len(data.classes), params, model
+        )
+    return build_classifier(data.image_shape, len(data.classes), params, stats, model)
+
+
+def check_model(data: artifacts.Stored, stats: dict, params: TrainParams) -> tuple[Architecture, dict[str, str]]:
+    """Resolve and build ``train.model`` once, before any MLflow run or training: a bad hook is one line here.
+    Returns it and its MLflow tags (name, arguments, parameter count)."""
+    import keras
+
+    model = architecture.resolve(params, data.kind)
+    tags = architecture.describe(model, build_model(data, stats, params, model))
+    keras.backend.clear_session()  # the real build starts from the same layer names and random state
+    return model, tags
 
 
 def require_backend(kind: str, backend: str) -> None:
@@ -204,15 +182,16 @@ def distribution(params: TrainParams) -> Iterator[int]:
         raise TrainflowError(f"train.distribute=mirrored needs KERAS_BACKEND tensorflow or jax, not {backend}")
 
 
-def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int, statistics: dict) -> str:
+def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int, statistics: dict, code: str = "") -> str:
     """Identifies one training configuration, so a resumed run never picks up another run's checkpoint.
 
     ``statistics`` (normalize's) are part of it: the model's first layers apply them, and they change with
-    normalize's params (``normalize.method``) while the data does not.
+    normalize's params (``normalize.method``) while the data does not; so is ``code``, the model function's file hash.
     """
     hashes = {name: split["sha256"] for name, split in data_manifest["splits"].items()}
     blob = json.dumps(
-        {"train": params.model_dump(mode="json"), "data": hashes, "seed": seed, "statistics": statistics},
+        {"train": params.model_dump(mode="json"), "data": hashes, "seed": seed, "statistics": statistics}
+        | ({"code": code} if code else {}),
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -442,17 +421,17 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
 
     cfg = params.train
     device = detect_device()
-    if cfg.mixed_precision == "mixed_float16" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(params.seed)
     data = artifacts.open_dataset(Path(params.paths.augmented))
     stats = artifacts.read_statistics(Path(params.paths.normalized), data)
     require_backend(data.kind, device["backend"])
+    model_fn, model_tags = check_model(data, stats, cfg)  # a bad train.model: one line, before any run or training
+    if cfg.mixed_precision == "mixed_float16" or (cfg.mixed_precision == "auto" and device["device"] == "GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(params.seed)
     manifest = data.manifest
-    shape = data.image_shape
 
     checkpoints = Path(params.paths.checkpoints)
-    key = checkpoint_key(cfg, manifest, params.seed, stats)
+    key = checkpoint_key(cfg, manifest, params.seed, stats, model_fn.source_hash())
     backup_dir, history_csv = checkpoints / key, checkpoints / f"{key}.history.csv"
     run_marker = checkpoints / f"{key}.mlflow_run"
     if backup_dir.exists() and run_marker.is_file():
@@ -464,6 +443,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
         run_id = tracking.start_run(params.tracking, Path(params.paths.run_info), params, device)
         checkpoints.mkdir(parents=True, exist_ok=True)
         artifacts.write_bytes(run_marker, run_id.encode())
+    tracking.set_tags(params.tracking, run_id, model_tags)  # the architecture, its arguments and parameter count
 
     with distribution(cfg) as replicas:
         transform, vectorizer = None, None
@@ -476,9 +456,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
             def transform(texts: np.ndarray) -> np.ndarray:
                 return np.asarray(vectorizer(texts), dtype=np.int32)
 
-            model = build_text_classifier(stats["vocabulary_size"], stats["sequence_length"], len(data.classes), cfg)
-        else:
-            model = build_classifier(shape, len(data.classes), cfg, stats)
+        model = build_model(data, stats, cfg, model_fn)
         fit_seconds = fit(
             model,
             shard_batches(data, "train", cfg.batch_size, params.seed, transform),

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.lib.architecture import check_spec
 from tasks.lib.errors import TrainflowError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -111,7 +112,8 @@ class NormalizeParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["cnn", "mlp"]
+    model: str  # cnn | mlp | rnn (text), or architectures.<module>:<function> (tasks/lib/architecture.py)
+    model_args: dict[str, Any] = Field(default_factory=dict)  # the function's keyword arguments, passed as given
     epochs: PositiveInt
     batch_size: PositiveInt
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
@@ -131,6 +133,11 @@ class TrainParams(Section):
     bidirectional: bool
     mixed_precision: Literal["auto", "mixed_float16", "float32"]
     distribute: Literal["none", "mirrored"]
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        return check_spec(model)
 
     @model_validator(mode="after")
     def _room_for_decay(self) -> TrainParams:
@@ -319,7 +326,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             if not isinstance(node, dict) or part not in node:
                 raise TrainflowError(f"override {dotted}: unknown key")
             node = node[part]
-        if not isinstance(node, dict) or leaf not in node:
+        if not isinstance(node, dict) or (leaf not in node and parents != ["train", "model_args"]):  # free-form
             raise TrainflowError(f"override {dotted}: unknown key")
         node[leaf] = value
     return result

@@ -30,7 +30,11 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
     ``MLFLOW_TRACKING_TOKEN``, ``AWS_SECRET_ACCESS_KEY``) and the passwords and secret query values of its URLs
     (``MLFLOW_TRACKING_URI=https://alice:pw@host``)."""
     found = set()
-    for name, value in (os.environ if environ is None else environ).items():
+    source = os.environ if environ is None else environ
+    for name in list(source):  # by name, read once: MLflow's telemetry thread sets and unsets a variable meanwhile
+        value = source.get(name)
+        if value is None:
+            continue
         if SECRET_NAME.search(name):
             found.add(value)
         found.update(match.group("password") for match in _PASSWORD.finditer(value))

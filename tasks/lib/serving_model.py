@@ -77,12 +77,18 @@ def _texts(model_input: Any, max_chars: int | None) -> np.ndarray:
 
 class RawPixelClassifier(mlflow.pyfunc.PythonModel):
     """Wraps the Keras model (preprocessing layers inside: pixel scaling, or text vectorisation) and names the
-    predicted class. ``model_config``: ``classes``, ``max_request_images``, ``kind`` (``images`` or ``text``) and,
-    for text, ``max_request_chars`` (clean.max_chars)."""
+    predicted class. ``model_config``: ``classes``, ``max_request_images``, ``kind`` (``images`` or ``text``),
+    ``modules`` (imported first: the model function's, logged with the model) and, for text, ``max_request_chars``
+    (clean.max_chars)."""
 
     def load_context(self, context: Any) -> None:
+        import importlib
+
         import keras
 
+        # the model function's module registers its custom layers; MLflow put its logged copy (code_paths) on sys.path
+        for module in context.model_config.get("modules") or []:
+            importlib.import_module(str(module))
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.classes = list(context.model_config["classes"])
         self.max_images = int(context.model_config["max_request_images"])

@@ -405,9 +405,15 @@ def model_classes(model: Any, count: int) -> tuple[str, ...]:
 
 
 def log_model(
-    settings: TrackingParams, run_id: str, keras_model: Path, example: np.ndarray, config: Mapping[str, Any]
+    settings: TrackingParams,
+    run_id: str,
+    keras_model: Path,
+    example: np.ndarray,
+    config: Mapping[str, Any],
+    code_paths: Iterable[Path] = (),
 ) -> str:
     """Log the served model (a pyfunc around the Keras model, ``config`` its model_config) to the run; its URI.
+    ``code_paths``: folders copied into the model and put on ``sys.path`` where it loads (the model functions).
 
     MLflow infers the signature by running the served model on ``example``: images or texts as an object tensor in
     (so the server passes the JSON values on uncast, for the model to check); label, class name, probability and
@@ -440,6 +446,7 @@ def log_model(
                 model_config=dict(config),
                 input_example=example,
                 pip_requirements=requirements,
+                code_paths=[str(path) for path in code_paths if Path(path).is_dir()] or None,
             )
         except Exception as exc:  # MLflow runs the served model on the example: a model that does not load fails
             first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -48,6 +48,26 @@ def test_the_text_model_space_of_docs_tuning_md_is_valid(raw: dict[str, Any]) ->
         tuning.search_space(bad, params)
 
 
+def test_the_space_searches_the_model_functions_own_arguments(raw: dict[str, Any]) -> None:
+    """tune.space.train.model_args.<name>: a name the function takes (set in params.yaml or left at its default) is
+    searched and reaches the trial's train.model_args; one it does not take is one line naming it. Mutation: the
+    model_args branch of search_space removed ("unknown key")."""
+    raw["train"]["model"] = "architectures.resnet:resnet"
+    raw["train"]["model_args"] = {"width": 8}
+    searched = {"train.model_args.width": {"choices": [4, 8]}, "train.model_args.blocks": {"low": 1, "high": 3}}
+    changed, params = space_of(raw, searched)
+    space = tuning.search_space(changed, params)
+    assert space["train.model_args.width"].choices == (4, 8)
+    assert isinstance(space["train.model_args.blocks"], optuna.distributions.IntDistribution)
+    values = {"train.model_args.width": 4, "train.model_args.blocks": 3}
+    trial = tuning.trial_params(changed, params, values, Path("trial"))
+    assert trial.train.model_args == {"width": 4, "blocks": 3}
+    assert tuning.changes(changed, values) == values
+    bad, params = space_of(raw, {"train.model_args.depth": {"low": 1, "high": 3}})
+    with pytest.raises(TrainflowError, match=r"tune\.space\.train\.model_args\.depth: train\.model_args: resnet takes"):
+        tuning.search_space(bad, params)
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [

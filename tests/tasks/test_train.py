@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from architectures.builtin import _conv_padding
 from tasks.lib import vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
@@ -22,7 +23,6 @@ from tasks.lib.errors import TrainflowError
 from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
-    _conv_padding,
     build_classifier,
     build_text_classifier,
     checkpoint_key,
@@ -250,6 +250,10 @@ def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDat
     # normalize.method changes the model's first layers, not the data: a checkpoint of the other method is not resumed
     standardized = {**scale(), "method": "standardize", "mean": [0.4], "std": [0.2]}
     assert checkpoint_key(tiny, manifest, 42, standardized) != key
+    # an edited model function (its file's hash) never resumes the old function's checkpoint
+    assert checkpoint_key(tiny, manifest, 42, scale(), code="a") != checkpoint_key(
+        tiny, manifest, 42, scale(), code="b"
+    )
 
 
 # Two logical CPUs stand in for two GPUs: MirroredStrategy then really runs two replicas and all-reduces.

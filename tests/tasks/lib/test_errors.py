@@ -77,3 +77,23 @@ def test_every_entry_point_redacts_its_log_lines_and_an_uncaught_traceback() -> 
     assert done.returncode == 1 and "RuntimeError: MLflow store postgresql://***@db/x" in done.stderr, done.stderr
     assert "http://***@h" in done.stderr
     assert "hunter44" not in done.stdout + done.stderr and "hunter55" not in done.stdout + done.stderr
+
+
+def test_a_variable_unset_while_the_environment_is_read_is_skipped() -> None:
+    """MLflow's telemetry thread unsets _MLFLOW_TELEMETRY_SESSION_ID while train redacts its params: os.environ then
+    lists a name it no longer has. Mutation: iterating ``environ.items()`` again (KeyError)."""
+    from collections.abc import Iterator, Mapping
+
+    class Vanishing(Mapping[str, str]):
+        def __iter__(self) -> Iterator[str]:
+            return iter(["_GONE", "MLFLOW_TRACKING_TOKEN"])
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, name: str) -> str:
+            if name == "_GONE":
+                raise KeyError(name)
+            return "tok-0123456789"
+
+    assert environment_secrets(Vanishing()) == {"tok-0123456789"}
