@@ -131,6 +131,7 @@ class TrainParams(Section):
     bidirectional: bool
     mixed_precision: Literal["auto", "mixed_float16", "float32"]
     distribute: Literal["none", "mirrored"]
+    checkpoint_seconds: Annotated[float, Field(ge=0.0)]
 
     @model_validator(mode="after")
     def _room_for_decay(self) -> TrainParams:
