@@ -24,8 +24,8 @@ from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
     _conv_padding,
-    build_classifier,
     backup_due,
+    build_classifier,
     build_text_classifier,
     checkpoint_key,
     distribution,
@@ -179,6 +179,7 @@ class _Clock(keras.callbacks.Callback):
         super().__init__()
         self.backup, self.seconds, self.stop_at = backup, seconds, stop_at
         self.now, self.backups, self.flushed, self.trained = 0.0, [], [], []
+        self.seen = self.backed_up()  # a backup there before (a resume's)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch == self.stop_at:
@@ -192,10 +193,13 @@ class _Clock(keras.callbacks.Callback):
         self.flushed.append(self.now)
 
     def saved(self) -> None:  # after the backup's callback: a new backup?
-        metadata = self.backup / "training_metadata.json"
-        epoch = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
-        if epoch and (not self.backups or self.backups[-1][0] != epoch):
+        if (epoch := self.backed_up()) != self.seen:
             self.backups.append((epoch, self.now))
+            self.seen = epoch
+
+    def backed_up(self) -> int:
+        metadata = self.backup / "training_metadata.json"
+        return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
 
 
 def test_the_backup_is_written_by_time_and_a_resume_repeats_no_backed_up_epoch(
