@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.lib import vectorize
+from tasks.lib import tracking, vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
 from tasks.lib.errors import TrainflowError
@@ -238,6 +238,26 @@ def test_the_backup_is_written_by_time_and_a_resume_repeats_no_backed_up_epoch(
     assert resumed.trained == [4, 5, 6, 7]  # from the last backup: the backed-up epochs 0–3 are not repeated
     assert [epoch for epoch, _ in resumed.backups] == [7, 8]  # by time, then the last epoch's
     assert not backup.exists()  # deleted once training completes
+
+
+def test_every_epoch_is_in_the_mlflow_run_when_fit_ends(
+    tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch callback logs asynchronously; the end of fit waits for all of it. Fails without the flush in
+    ``on_train_end`` (the queue has not written every epoch yet) or with epochs logged under other steps."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = params.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    tracker = tracking.client(settings)
+    experiment = tracker.create_experiment("epochs", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = tracker.create_run(experiment).info.run_id
+    callback = tracking.epoch_callback(settings, run_id)
+    for epoch in range(20):
+        callback.on_epoch_end(epoch, {"loss": 1 / (epoch + 1), "accuracy": 0.5, "learning_rate": 0.001})
+    callback.on_train_end()
+    for key in ("loss", "accuracy", "learning_rate"):
+        history = tracker.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(20)), key
+    assert {m.step: m.value for m in tracker.get_metric_history(run_id, "loss")}[19] == pytest.approx(1 / 20)
 
 
 def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24) -> tuple:
