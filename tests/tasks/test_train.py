@@ -244,14 +244,15 @@ def test_every_epoch_is_in_the_mlflow_run_when_fit_ends(
     tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The epoch callback logs asynchronously; the end of fit waits for all of it. Fails without the flush in
-    ``on_train_end`` (the queue has not written every epoch yet) or with epochs logged under other steps."""
+    ``on_train_end`` (the last epoch not sent, the queue not written) or with epochs logged under other steps."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = params.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
     tracker = tracking.client(settings)
     experiment = tracker.create_experiment("epochs", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = tracker.create_run(experiment).info.run_id
     callback = tracking.epoch_callback(settings, run_id)
-    for epoch in range(20):
+    for epoch in range(20):  # the hooks as fit calls them
+        callback.on_epoch_begin(epoch)
         callback.on_epoch_end(epoch, {"loss": 1 / (epoch + 1), "accuracy": 0.5, "learning_rate": 0.001})
     callback.on_train_end()
     for key in ("loss", "accuracy", "learning_rate"):
@@ -352,6 +353,8 @@ def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDat
     assert checkpoint_key(tiny.model_copy(update={"epochs": 2}), manifest, 42, scale()) != key
     assert checkpoint_key(tiny.model_copy(update={"learning_rate": 0.01}), manifest, 42, scale()) != key
     assert checkpoint_key(tiny, manifest, 43, scale()) != key
+    # how often the state is backed up is no part of it: a resume may change train.checkpoint_seconds
+    assert checkpoint_key(tiny.model_copy(update={"checkpoint_seconds": 5.0}), manifest, 42, scale()) == key
     assert checkpoint_key(tiny, describe(make_dataset(seed=1)), 42, scale()) != key
     # normalize.method changes the model's first layers, not the data: a checkpoint of the other method is not resumed
     standardized = {**scale(), "method": "standardize", "mean": [0.4], "std": [0.2]}
