@@ -529,16 +529,19 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
             model = build_text_classifier(stats["vocabulary_size"], stats["sequence_length"], len(data.classes), cfg)
         else:
             model = build_classifier(shape, len(data.classes), cfg, stats)
-        fit_seconds = fit(
-            model,
-            shard_batches(data, "train", cfg.batch_size, params.seed, transform),
-            shard_batches(data, "val", cfg.batch_size, None, transform),
-            cfg,
-            backup_dir,
-            history_csv,
-            extra_callbacks=[metrics, *(callbacks or [])],
-            before_backup=metrics.flush,
-        )
+        try:
+            fit_seconds = fit(
+                model,
+                shard_batches(data, "train", cfg.batch_size, params.seed, transform),
+                shard_batches(data, "val", cfg.batch_size, None, transform),
+                cfg,
+                backup_dir,
+                history_csv,
+                extra_callbacks=[metrics, *(callbacks or [])],
+                before_backup=metrics.flush,
+            )
+        finally:
+            metrics.flush()  # also when a callback stopped fit (a pruned trial): its finished epochs are logged
         save_model(model if vectorizer is None else text_model(vectorizer, model), Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)
