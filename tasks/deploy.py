@@ -12,6 +12,7 @@ identical to a registered version (the same architecture and weights: :func:`fin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -305,20 +306,7 @@ def run(params: Params) -> dict:
         ) from None
     print_ = fingerprint(model)
     drifted = check_drift(params, artifacts.read_json(Path(params.paths.statistics)))
-    comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
-    scored = comparison["champion"]["version"] if comparison.get("champion") else None
     same = registry.identical_version(settings, name, print_)
-    report: dict[str, Any] = {
-        "contract": wanted,
-        "fingerprint": print_,
-        "drift": drifted,
-        **comparison,
-        "settings": params.deploy.model_dump(mode="json"),  # what the gate applied, for the run report
-    }
-    if same is not None:
-        return _already_registered(params, run_id, report, candidate, comparison, same)
-
-    gate = decide(candidate, recall, comparison, params.deploy, drifted)
     count = min(params.deploy.check_samples, len(expected))
     sample = np.asarray(test.x[:count])
     config = {
@@ -328,21 +316,31 @@ def run(params: Params) -> dict:
         "max_request_chars": params.clean.max_chars,  # a text: longer ones are refused, as clean removed them
         "modules": [architecture.module_of(trained)],  # imported before Keras loads it: its registered layers
     }
-    # an object signature: MLflow's server hands the model the JSON values as sent (a uint8 or str signature would
-    # cast 0.9 to 0, numbers to strings), and the served model refuses what is not a pixel or a string
-    example = np.asarray(sample[:4]).astype(object)
-    # the model function's folder travels with the model (MLflow code_paths): it loads where the project is not
-    model_uri = tracking.log_model(
-        settings, run_id, Path(params.paths.model), example, config, code_paths=[Path(architecture.FOLDER)]
-    )
-    check = serving_check.check(
-        model_uri,
-        tracking.tracking_uri(settings),
-        sample,
-        expected[:count],
-        params.deploy.tolerance,
-        params.deploy.serving_timeout,
-    )
+    with contextlib.ExitStack() as stack:
+        if same is None:
+            # an object signature: MLflow's server hands the model the JSON values as sent (a uint8 or str signature
+            # would cast 0.9 to 0, numbers to strings), and the served model refuses what is not a pixel or a string
+            example = np.asarray(sample[:4]).astype(object)
+            # the model function's folder travels with the model (MLflow code_paths): it loads where the project is not
+            model_uri = tracking.log_model(
+                settings, run_id, Path(params.paths.model), example, config, code_paths=[Path(architecture.FOLDER)]
+            )
+            # the scoring server comes up (it imports TensorFlow: seconds) while the champion is scored
+            timeout = params.deploy.serving_timeout
+            served = stack.enter_context(serving_check.serving(model_uri, tracking.tracking_uri(settings), timeout))
+        comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
+        scored = comparison["champion"]["version"] if comparison.get("champion") else None
+        report: dict[str, Any] = {
+            "contract": wanted,
+            "fingerprint": print_,
+            "drift": drifted,
+            **comparison,
+            "settings": params.deploy.model_dump(mode="json"),  # what the gate applied, for the run report
+        }
+        if same is not None:
+            return _already_registered(params, run_id, report, candidate, comparison, same)
+        gate = decide(candidate, recall, comparison, params.deploy, drifted)
+        check = served(sample, expected[:count], params.deploy.tolerance)
     if not check["ok"]:
         raise TrainflowError(
             f"{model_uri}: served predictions differ from evaluate's (max |diff| {check['max_abs_diff']:.2e} > "
@@ -377,7 +375,11 @@ def run(params: Params) -> dict:
             "deploy.version": registered["version"],
         },
     )
-    metrics = {"serving_latency_p50_ms": check["latency_ms"]["p50"], "serving_startup_s": check["startup_s"]}
+    metrics = {
+        "serving_latency_p50_ms": check["latency_ms"]["p50"],
+        "serving_startup_s": check["startup_s"],
+        "serving_waited_s": check["waited_s"],  # of the start-up, what scoring the champion did not cover
+    }
     if gate["p_value"] is not None:
         metrics["gate_p_value"] = gate["p_value"]
     champion = comparison.get("champion")

@@ -190,7 +190,13 @@ def checkpoint_key(params: TrainParams, data_manifest: dict, seed: int, statisti
     """
     hashes = {name: split["sha256"] for name, split in data_manifest["splits"].items()}
     blob = json.dumps(
-        {"train": params.model_dump(mode="json"), "data": hashes, "seed": seed, "statistics": statistics}
+        # how often the state is backed up changes nothing a backup holds: a resume may change it
+        {
+            "train": params.model_dump(mode="json", exclude={"checkpoint_seconds"}),
+            "data": hashes,
+            "seed": seed,
+            "statistics": statistics,
+        }
         | ({"code": code} if code else {}),
         sort_keys=True,
     )
@@ -323,11 +329,56 @@ def shard_batches(
     return ShardBatches()
 
 
+def backup_due(unsaved: float, epoch: float, seconds: float) -> bool:
+    """Whether to back up at this epoch's end: waiting for one more epoch (taking ``epoch`` seconds, as this one did)
+    would leave more than ``seconds`` of training unsaved (``unsaved``: seconds since the last backup)."""
+    return unsaved + epoch > seconds
+
+
+def timed_backup(
+    backup_dir: Path,
+    seconds: float,
+    before_backup: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """Keras' ``BackupAndRestore`` (double checkpoint, deleted when training ends), written at the end of an epoch only
+    when :func:`backup_due` says so, and after the last epoch: a kill loses at most ``seconds`` of training (or one
+    epoch, where an epoch takes longer), and a resume never repeats an epoch whose backup was written.
+
+    ``before_backup`` runs first (MLflow's flush): what the epochs before a backup logged is stored before it.
+    ``clock``: seconds, for tests.
+    """
+    import keras
+
+    class TimedBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            super().on_train_begin(logs)
+            self.saved_at = self.epoch_ended = clock()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            now = clock()
+            last = epoch + 1 >= self.params["epochs"]
+            if last or backup_due(now - self.saved_at, now - self.epoch_ended, seconds):
+                if before_backup is not None:
+                    before_backup()
+                super().on_epoch_end(epoch, logs)
+                now = self.saved_at = clock()
+            self.epoch_ended = now
+
+    # The backup is not written atomically; double_checkpoint keeps the previous one to fall back on if a kill
+    # truncates it.
+    return TimedBackupAndRestore(str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True)
+
+
 def epoch_callbacks(
-    params: TrainParams, backup_dir: Path, history_csv: Path, extra_callbacks: list[Any] | None = None
+    params: TrainParams,
+    backup_dir: Path,
+    history_csv: Path,
+    extra_callbacks: list[Any] | None = None,
+    before_backup: Callable[[], None] | None = None,
 ) -> list[Any]:
-    """The callbacks of :func:`fit`, in order: history row, ``extra_callbacks`` (MLflow), checkpoint, early stopping,
-    learning-rate plateau."""
+    """The callbacks of :func:`fit`, in order: history row, ``extra_callbacks`` (MLflow), the timed backup
+    (:func:`timed_backup`, ``before_backup`` first), early stopping, learning-rate plateau."""
     import keras
 
     # A schedule owns the learning rate; ReduceLROnPlateau could not set it (and would fight it).
@@ -341,15 +392,12 @@ def epoch_callbacks(
         else []
     )
     return [
-        # The history row and the epoch's logging (extra_callbacks: MLflow) come before the epoch's backup: a kill
-        # between them repeats that epoch on resume (history_rows keeps the last row per epoch) rather than losing
-        # its row or its metrics. The backup is not written atomically; double_checkpoint keeps the previous one to
-        # fall back on if a kill truncates it.
+        # The history row and the epoch's logging (extra_callbacks: MLflow, flushed by before_backup) come before the
+        # backup: a kill before it repeats the epochs since the last backup on resume (history_rows keeps the last
+        # row per epoch; MLflow keeps both values of such an epoch's step) rather than losing their rows or metrics.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         *(extra_callbacks or []),
-        keras.callbacks.BackupAndRestore(
-            str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
-        ),
+        timed_backup(backup_dir, params.checkpoint_seconds, before_backup),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
         ),
@@ -365,9 +413,10 @@ def fit(
     backup_dir: Path,
     history_csv: Path,
     extra_callbacks: list[Any] | None = None,
+    before_backup: Callable[[], None] | None = None,
 ) -> float:
     """Compile and fit: early stopping on val loss, the learning rate of ``params.lr_schedule``, a checkpoint every
-    epoch, resume. Returns the seconds ``model.fit`` took."""
+    ``params.checkpoint_seconds`` (:func:`timed_backup`), resume. Returns the seconds ``model.fit`` took."""
     import keras
 
     steps_per_epoch = len(train)
@@ -376,7 +425,7 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    callbacks = epoch_callbacks(params, backup_dir, history_csv, extra_callbacks)
+    callbacks = epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)
     start = time.perf_counter()
     classifier.fit(
         train,
@@ -445,6 +494,7 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
         artifacts.write_bytes(run_marker, run_id.encode())
     tracking.set_tags(params.tracking, run_id, model_tags)  # the architecture, its arguments and parameter count
 
+    metrics = tracking.epoch_callback(params.tracking, run_id)  # async: flushed before each backup and at the end
     with distribution(cfg) as replicas:
         transform, vectorizer = None, None
         if data.kind == "text":
@@ -457,15 +507,19 @@ def run(params: Params, callbacks: list[Any] | None = None) -> dict:
                 return np.asarray(vectorizer(texts), dtype=np.int32)
 
         model = build_model(data, stats, cfg, model_fn)
-        fit_seconds = fit(
-            model,
-            shard_batches(data, "train", cfg.batch_size, params.seed, transform),
-            shard_batches(data, "val", cfg.batch_size, None, transform),
-            cfg,
-            backup_dir,
-            history_csv,
-            extra_callbacks=[tracking.epoch_callback(params.tracking, run_id), *(callbacks or [])],
-        )
+        try:
+            fit_seconds = fit(
+                model,
+                shard_batches(data, "train", cfg.batch_size, params.seed, transform),
+                shard_batches(data, "val", cfg.batch_size, None, transform),
+                cfg,
+                backup_dir,
+                history_csv,
+                extra_callbacks=[metrics, *(callbacks or [])],
+                before_backup=metrics.flush,
+            )
+        finally:
+            metrics.flush()  # also when a callback stopped fit (a pruned trial): its finished epochs are logged
         save_model(model if vectorizer is None else text_model(vectorizer, model), Path(params.paths.model))
     history = history_rows(history_csv)
     artifacts.write_bytes(Path(params.paths.history), history)

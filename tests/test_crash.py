@@ -1,10 +1,11 @@
 """Crashes: a stage killed mid-write (SIGKILL, SIGTERM) leaves the previous output intact and its leftovers go with
-the next good run; a killed training resumes after its last finished epoch; a killed `dvc repro` (or the flow's
-task running it) leaves no process behind, not even deploy's scoring server."""
+the next good run; a killed training loses at most train.checkpoint_seconds and resumes from its last backup; a
+killed `dvc repro` (or the flow's task running it) leaves no process behind, not even deploy's scoring server."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -121,33 +122,60 @@ def finished_epochs(backup_dir: Path) -> int:
     return 0
 
 
-def test_a_killed_training_resumes_after_its_last_finished_epoch_in_the_same_mlflow_run(tmp_path: Path) -> None:
-    epochs = 6
-    workspace = make_workspace(
-        tmp_path / "workspace", {**TINY, "train": {**TINY["train"], "epochs": epochs, "batch_size": 8}}
-    )
+def test_a_killed_training_loses_at_most_checkpoint_seconds_and_resumes_in_the_same_mlflow_run(tmp_path: Path) -> None:
+    """Backups by time (train.checkpoint_seconds): killed with two finished epochs not backed up, the training had
+    lost at most checkpoint_seconds, and no two backups were further apart; the resume trains from the last backup,
+    repeating no backed-up epoch, in the same MLflow run, where every backed-up epoch is logged once.
+
+    Fails with a backup every epoch (two unsaved epochs never appear: never killed), or with backups only at the end
+    (none to resume from)."""
+    epochs, seconds = 30, 2.5
+    train = {  # epochs of about 0.3 s: several of them between two backups
+        **TINY["train"],
+        "epochs": epochs,
+        "batch_size": 128,
+        "checkpoint_seconds": seconds,
+        "early_stopping_patience": epochs,
+    }
+    workspace = make_workspace(tmp_path / "workspace", {**TINY, "train": train})
     for name in ("ingest", "clean", "augment", "normalize"):
         sh(workspace, sys.executable, "-m", f"tasks.{name}")
     checkpoints = workspace / "models/checkpoints"
+    backups: list[tuple[int, float]] = []  # (epochs backed up, when the poll saw it)
 
-    def two_epochs_backed_up() -> bool:
-        return any(finished_epochs(d) >= 2 for d in checkpoints.glob("*") if d.is_dir())
+    def history_rows() -> int:
+        return max((len(f.read_text().splitlines()) - 1 for f in checkpoints.glob("*.history.csv")), default=0)
 
-    assert kill_when(stage(workspace, "train"), two_epochs_backed_up), "training finished before it could be killed"
+    def two_epochs_unsaved() -> bool:
+        known = backups[-1][0] if backups else 0  # a backup being rewritten may read as none
+        backed_up = max([known, *(finished_epochs(d) for d in checkpoints.glob("*") if d.is_dir())])
+        if backed_up != known:
+            backups.append((backed_up, time.monotonic()))
+        return len(backups) >= 2 and history_rows() >= backed_up + 2
+
+    assert kill_when(stage(workspace, "train"), two_epochs_unsaved), "training finished before it could be killed"
+    killed_at = time.monotonic()
     finished = max(finished_epochs(d) for d in checkpoints.glob("*") if d.is_dir())
+    apart = np.diff([at for _, at in backups] + [killed_at])  # training a kill at each moment would have lost
+    assert max(apart) <= 1.5 * seconds, (backups, killed_at)  # checkpoint_seconds, give or take an epoch's jitter
     first_run = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
     assert not (workspace / "models/model.keras").exists()
 
     resumed = sh(workspace, sys.executable, "-m", "tasks.train")
     assert f"resuming MLflow run {first_run}" in resumed.stdout  # progress is on stdout, warnings and errors on stderr
-    # Keras prints "Epoch k/N" for each epoch it trains: the resumed process trains only the epochs not finished.
+    # Keras prints "Epoch k/N" for each epoch it trains: the resumed process trains only the epochs not backed up.
     trained = [int(m) for m in re.findall(rf"^Epoch (\d+)/{epochs}$", resumed.stdout, re.M)]
     assert finished >= 2 and trained == list(range(finished + 1, epochs + 1)), (finished, trained)
     rows = (workspace / "reports/train/history.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(epochs))
     assert json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"] == first_run
     history = MlflowClient(f"sqlite:///{workspace}/mlflow.db").get_metric_history(first_run, "loss")
-    assert sorted(m.step for m in history) == list(range(epochs))  # every epoch logged once: none lost, none twice
+    steps = sorted(m.step for m in history)
+    assert sorted(set(steps)) == list(range(epochs))  # every epoch logged: none lost
+    assert [s for s in steps if s < finished] == list(range(finished))  # each backed-up epoch once, never repeated
+    latest = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}  # a repeated epoch: the resumed's
+    losses = [float(row["loss"]) for row in csv.DictReader(rows)]
+    assert [latest[e] for e in range(epochs)] == pytest.approx(losses, rel=1e-6)
     assert (workspace / "models/model.keras").is_file()
     assert not list(checkpoints.iterdir())  # the checkpoint is gone once training finished
 

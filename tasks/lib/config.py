@@ -133,6 +133,7 @@ class TrainParams(Section):
     bidirectional: bool
     mixed_precision: Literal["auto", "mixed_float16", "float32"]
     distribute: Literal["none", "mirrored"]
+    checkpoint_seconds: Annotated[float, Field(ge=0.0)]
 
     @field_validator("model")
     @classmethod

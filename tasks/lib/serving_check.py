@@ -1,7 +1,8 @@
 """The registered model as users serve it: `mlflow models serve` on a free loopback port, asked for predictions.
 
-deploy calls :func:`check` before any alias moves: the logged model must load in MLflow's own scoring server, answer
-the test images as evaluate scored them, and answer one image fast enough to report. The server is a child of this
+deploy starts :func:`serving` first and scores the champion while the server comes up; before any alias moves, the
+logged model must load in MLflow's own scoring server, answer the test images as evaluate scored them, and answer
+one image fast enough to report. The server is a child of this
 process, in its own process group, and is stopped (the group, workers included) whatever happens. It dies with this
 process even under SIGKILL (a parent-death signal: :mod:`tasks.lib.lifetime`; MLflow sets one for its uvicorn), and
 it carries this workspace and this process in its environment, so the next check stops any server a killed run of
@@ -21,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +61,24 @@ def compare(expected: np.ndarray, served: np.ndarray, tolerance: float) -> dict[
 def check(
     model_uri: str, tracking_uri: str, images: np.ndarray, expected: np.ndarray, tolerance: float, timeout: float
 ) -> dict[str, Any]:
-    """Serve ``model_uri``, compare its answers for ``images`` with ``expected``, time one-image requests.
+    """Serve ``model_uri``, compare its answers for ``images`` with ``expected``, time one-image requests
+    (:func:`serving`, then its check at once)."""
+    with serving(model_uri, tracking_uri, timeout) as served:
+        return served(images, expected, tolerance)
 
-    Returns:
-        :func:`compare`'s report plus ``latency_ms`` (p50, p95 of one-image requests) and ``startup_s``.
+
+@contextlib.contextmanager
+def serving(model_uri: str, tracking_uri: str, timeout: float) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Start serving ``model_uri`` now; yields ``check(images, expected, tolerance)``, which waits for the server to
+    answer, compares its answers for ``images`` with ``expected`` and times one-image requests. Whatever runs inside
+    the ``with`` (deploy scores the champion) runs while the server comes up; the server stops when it ends.
+
+    ``check`` returns :func:`compare`'s report plus ``latency_ms`` (p50, p95 of one-image requests), ``startup_s``
+    (from the start to the first answer) and ``waited_s`` (what ``check`` waited of it).
 
     Raises:
-        TrainflowError: the server did not answer within ``timeout`` seconds (with its last log line), or answered
-            with an error.
+        TrainflowError: the server did not answer within ``timeout`` seconds of its start (with its last log line),
+            or answered with an error.
     """
     workspace = str(Path.cwd().resolve())
     stop_leftovers(workspace, SERVER_COMMANDS, "serving check")
@@ -97,6 +109,7 @@ def check(
         str(port),
     ]
     with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
         server = subprocess.Popen(
             command,
             env=env,
@@ -105,19 +118,20 @@ def check(
             start_new_session=True,
             preexec_fn=dies_with_this_process(),  # one prctl call in the child
         )
-        try:
-            started = time.perf_counter()
+
+        def served(images: np.ndarray, expected: np.ndarray, tolerance: float) -> dict[str, Any]:
+            asked = time.perf_counter()
             try:
                 _wait_ready(f"http://127.0.0.1:{port}/ping", server, log, started + timeout)
             except TrainflowError as exc:
                 raise TrainflowError(
                     f"{model_uri}: the served model does not load: {exc}; nothing was registered and no alias moved"
                 ) from None
-            startup = time.perf_counter() - started
+            ready = time.perf_counter()
             url = f"http://127.0.0.1:{port}/invocations"
             try:
-                served = np.asarray([row["probabilities"] for row in _post(url, images, timeout)], dtype=np.float32)
-                report = compare(expected, served, tolerance)
+                answers = np.asarray([row["probabilities"] for row in _post(url, images, timeout)], dtype=np.float32)
+                report = compare(expected, answers, tolerance)
                 times = []
                 for i in range(min(LATENCY_REQUESTS, len(images))):
                     begun = time.perf_counter()
@@ -125,14 +139,18 @@ def check(
                     times.append((time.perf_counter() - begun) * 1000)
             except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
                 raise TrainflowError(f"{model_uri}: the scoring server answered with an error ({exc})") from None
+            p50, p95 = np.percentile(times, [50, 95]) if times else (float("nan"), float("nan"))
+            return {
+                **report,
+                "startup_s": round(ready - started, 2),
+                "waited_s": round(ready - asked, 2),
+                "latency_ms": {"p50": round(float(p50), 2), "p95": round(float(p95), 2)},
+            }
+
+        try:
+            yield served
         finally:
             _stop(server)
-    p50, p95 = np.percentile(times, [50, 95]) if times else (float("nan"), float("nan"))
-    return {
-        **report,
-        "startup_s": round(startup, 2),
-        "latency_ms": {"p50": round(float(p50), 2), "p95": round(float(p95), 2)},
-    }
 
 
 def _wait_ready(url: str, server: subprocess.Popen[bytes], log: Any, deadline: float) -> None:

@@ -225,18 +225,47 @@ def current_run(run_info: Path) -> str:
 
 
 def epoch_callback(settings: TrackingParams, run_id: str) -> Any:
-    """A Keras callback logging every epoch's metrics with step = epoch (absolute, also after a resume)."""
+    """A Keras callback logging every epoch's metrics with step = epoch (absolute, also after a resume).
+
+    Logged with MLflow's async logging when the next epoch begins, so an epoch pays a queue put, not a database
+    write, and MLflow's thread writes while the next epoch trains; ``flush()`` sends and waits until every finished
+    epoch is stored (train calls it before each checkpoint, so a backed-up epoch's metrics are never lost), and the
+    end of ``fit`` flushes too.
+    """
     import keras
     from mlflow.entities import Metric
 
     tracker = client(settings)
 
-    def log_epoch(epoch: int, logs: Mapping[str, Any] | None) -> None:
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items() if np.isscalar(v)]
-        tracker.log_batch(run_id, metrics=metrics)
+    class EpochMetrics(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ready: list[Any] = []  # the last epoch's metrics, sent when the next epoch begins
+            self.pending: list[Any] = []  # mlflow.RunOperations not yet waited for
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            now = int(time.time() * 1000)
+            self.ready = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items() if np.isscalar(v)]
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            # sent here, MLflow's thread writes while the epoch trains, not while the other callbacks run
+            self.send()
+
+        def send(self) -> None:
+            if self.ready:
+                self.pending.append(tracker.log_batch(run_id, metrics=self.ready, synchronous=False))
+                self.ready = []
+
+        def flush(self) -> None:
+            self.send()
+            pending, self.pending = self.pending, []
+            for operations in pending:
+                operations.wait()  # raises what the logging raised
+
+        def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+            self.flush()
+
+    return EpochMetrics()
 
 
 def log_metrics(settings: TrackingParams, run_id: str, metrics: Mapping[str, float]) -> None:

@@ -241,6 +241,9 @@ def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: P
     assert checked["checked"] is True and checked["drifted"] is False, checked
     assert checked["reference"].startswith(f"{name} v1 (run ")
     assert deployed["champion"]["version"] == 1 and deployed["gate"]["champion_version"] == 1
+    # the scoring server came up while deploy scored the champion: the check waited less than its start-up (fails
+    # with the server started after the champion's scoring, in tasks/deploy.run)
+    assert deployed["serving"]["startup_s"] - deployed["serving"]["waited_s"] >= 0.2, deployed["serving"]
     page = (root / "reports/report.html").read_text()
     assert f"<code>{name} v1 (run " in page and "no drift" in page
 

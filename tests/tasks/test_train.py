@@ -4,6 +4,7 @@ items and normalize's statistics in, a model of raw pixels or raw strings out.""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -16,13 +17,14 @@ import numpy as np
 import pytest
 
 from architectures.builtin import _conv_padding
-from tasks.lib import vectorize
+from tasks.lib import tracking, vectorize
 from tasks.lib.artifacts import Dataset, open_dataset, write_dataset
 from tasks.lib.config import NormalizeParams, Params, TrainParams
 from tasks.lib.errors import TrainflowError
 from tasks.normalize import channel_sums, statistics
 from tasks.train import (
     SHUFFLE_SHARDS,
+    backup_due,
     build_classifier,
     build_text_classifier,
     checkpoint_key,
@@ -33,6 +35,7 @@ from tasks.train import (
     save_model,
     shard_batches,
     text_model,
+    timed_backup,
 )
 from tests.conftest import REPO, MakeDataset, tiny_texts
 from tests.helpers import committed_params_file
@@ -128,7 +131,14 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
 ) -> None:
     keras.utils.set_random_seed(0)
     cfg = tiny.model_copy(
-        update={"batch_norm": True, "lr_schedule": "cosine", "epochs": 3, "lr_warmup_epochs": 1, "learning_rate": 0.01}
+        update={
+            "batch_norm": True,
+            "lr_schedule": "cosine",
+            "epochs": 3,
+            "lr_warmup_epochs": 1,
+            "learning_rate": 0.01,
+            "checkpoint_seconds": 0,  # a backup every epoch
+        }
     )
     data = make_dataset({"train": 64, "val": 16}, shape=(8, 8, 1), num_classes=2)
     train, val = streams(tmp_path, data, cfg.batch_size)
@@ -152,6 +162,103 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
     with history.open() as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
     assert not backup.exists()
+
+
+def test_a_backup_is_due_when_one_more_epoch_would_leave_more_than_checkpoint_seconds_unsaved() -> None:
+    assert not backup_due(unsaved=0.5, epoch=0.5, seconds=1.0)  # the next epoch ends at 1.0 s: still within
+    assert backup_due(unsaved=0.6, epoch=0.5, seconds=1.0)  # it would end at 1.1 s: back up now
+    assert backup_due(unsaved=3.0, epoch=3.0, seconds=1.0)  # epochs longer than checkpoint_seconds: every epoch
+    assert backup_due(unsaved=0.001, epoch=0.001, seconds=0.0)  # 0: every epoch
+
+
+class _Clock(keras.callbacks.Callback):
+    """A fake clock that each epoch advances by ``seconds[epoch]``; records the backups' epochs, as a resume reads
+    them, and what ran before each (``flushed``); raises at ``stop_at``, like a kill."""
+
+    def __init__(self, backup: Path, seconds: list[float], stop_at: int | None = None) -> None:
+        super().__init__()
+        self.backup, self.seconds, self.stop_at = backup, seconds, stop_at
+        self.now, self.backups, self.flushed, self.trained = 0.0, [], [], []
+        self.seen = self.backed_up()  # a backup there before (a resume's)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.stop_at:
+            raise _Interrupt
+        self.trained.append(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.now += self.seconds[epoch]  # before the backup's callback: the epoch's training took this long
+
+    def flush(self) -> None:
+        self.flushed.append(self.now)
+
+    def saved(self) -> None:  # after the backup's callback: a new backup?
+        if (epoch := self.backed_up()) != self.seen:
+            self.backups.append((epoch, self.now))
+            self.seen = epoch
+
+    def backed_up(self) -> int:
+        metadata = self.backup / "training_metadata.json"
+        return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+
+
+def test_the_backup_is_written_by_time_and_a_resume_repeats_no_backed_up_epoch(
+    tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset
+) -> None:
+    """Eight epochs of 0.3 s (the first 1.5 s), checkpoint_seconds 1: backups after 1 and 4 epochs (fake time 1.5
+    and 2.4 s), never more than 1 s of training unsaved after the first epoch; killed as epoch 6 (of 0–7) begins,
+    the resume trains epochs 4–7 and backs up after 7 epochs and after the last.
+
+    Fails with backups every epoch (``super().on_epoch_end`` unconditional in ``timed_backup``), without the look
+    ahead (``backup_due`` as ``unsaved >= seconds``: 1.2 s unsaved), or with ``fit`` restarting from epoch 0."""
+    keras.utils.set_random_seed(0)
+    cfg = tiny.model_copy(update={"epochs": 8, "checkpoint_seconds": 1.0})
+    data = make_dataset({"train": 32, "val": 16}, shape=(8, 8, 1), num_classes=2)
+    train, val = streams(tmp_path, data, cfg.batch_size)
+    backup = tmp_path / "backup"
+    seconds = [1.5] + [0.3] * 7
+
+    def attempt(stop_at: int | None) -> _Clock:
+        clock = _Clock(backup, seconds, stop_at)
+        model = build_classifier((8, 8, 1), 2, cfg, scale())
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        saved = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: clock.saved())
+        callbacks = [clock, timed_backup(backup, cfg.checkpoint_seconds, clock.flush, lambda: clock.now), saved]
+        with contextlib.suppress(_Interrupt):
+            model.fit(train, validation_data=val, epochs=cfg.epochs, shuffle=False, callbacks=callbacks, verbose=0)
+        return clock
+
+    killed = attempt(stop_at=6)
+    assert [epoch for epoch, _ in killed.backups] == [1, 4]  # not every epoch: epochs 2, 3 and 5 were not backed up
+    assert killed.flushed == [at for _, at in killed.backups]  # MLflow flushed right before each backup
+    unsaved = np.diff([0.0] + [at for _, at in killed.backups] + [killed.now])
+    assert unsaved[0] == pytest.approx(1.5)  # the first epoch alone is longer than checkpoint_seconds
+    assert max(unsaved[1:]) <= cfg.checkpoint_seconds  # a kill at any moment since loses at most checkpoint_seconds
+    resumed = attempt(stop_at=None)
+    assert resumed.trained == [4, 5, 6, 7]  # from the last backup: the backed-up epochs 0–3 are not repeated
+    assert [epoch for epoch, _ in resumed.backups] == [7, 8]  # by time, then the last epoch's
+    assert not backup.exists()  # deleted once training completes
+
+
+def test_every_epoch_is_in_the_mlflow_run_when_fit_ends(
+    tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch callback logs asynchronously; the end of fit waits for all of it. Fails without the flush in
+    ``on_train_end`` (the last epoch not sent, the queue not written) or with epochs logged under other steps."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = params.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    tracker = tracking.client(settings)
+    experiment = tracker.create_experiment("epochs", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = tracker.create_run(experiment).info.run_id
+    callback = tracking.epoch_callback(settings, run_id)
+    for epoch in range(20):  # the hooks as fit calls them
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"loss": 1 / (epoch + 1), "accuracy": 0.5, "learning_rate": 0.001})
+    callback.on_train_end()
+    for key in ("loss", "accuracy", "learning_rate"):
+        history = tracker.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(20)), key
+    assert {m.step: m.value for m in tracker.get_metric_history(run_id, "loss")}[19] == pytest.approx(1 / 20)
 
 
 def streams(tmp_path: Path, data: Dataset, batch_size: int, shard_size: int = 24) -> tuple:
@@ -246,6 +353,8 @@ def test_checkpoint_key(tmp_path: Path, tiny: TrainParams, make_dataset: MakeDat
     assert checkpoint_key(tiny.model_copy(update={"epochs": 2}), manifest, 42, scale()) != key
     assert checkpoint_key(tiny.model_copy(update={"learning_rate": 0.01}), manifest, 42, scale()) != key
     assert checkpoint_key(tiny, manifest, 43, scale()) != key
+    # how often the state is backed up is no part of it: a resume may change train.checkpoint_seconds
+    assert checkpoint_key(tiny.model_copy(update={"checkpoint_seconds": 5.0}), manifest, 42, scale()) == key
     assert checkpoint_key(tiny, describe(make_dataset(seed=1)), 42, scale()) != key
     # normalize.method changes the model's first layers, not the data: a checkpoint of the other method is not resumed
     standardized = {**scale(), "method": "standardize", "mean": [0.4], "std": [0.2]}
