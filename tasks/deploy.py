@@ -296,7 +296,8 @@ def run(params: Params) -> dict:
     recall = {c: m["recall"] for c, m in artifacts.read_json(Path(params.paths.per_class))["test"]["per_class"].items()}
     run_id = tracking.current_run(Path(params.paths.run_info))
 
-    trained = architecture.import_trained(Path(params.paths.run_info))  # its custom layers, before Keras loads it
+    # its custom layers, before Keras loads it
+    trained = architecture.import_trained(artifacts.read_json(Path(params.paths.run_info)))
     try:
         model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     except Exception as exc:  # a truncated or foreign file: Keras raises many types

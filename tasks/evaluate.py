@@ -147,7 +147,8 @@ def run(params: Params) -> dict:
     """Score the raw-input model on the clean val and test splits and write the reports."""
     keras = import_keras()
 
-    architecture.import_trained(Path(params.paths.run_info))  # its custom layers, if any, before Keras loads it
+    # its custom layers, if any, before Keras loads it
+    architecture.import_trained(artifacts.read_json(Path(params.paths.run_info)))
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     stored = artifacts.open_dataset(Path(params.paths.clean))
     data = artifacts.Dataset({split: stored.load(split, mmap=True) for split in EVAL_SPLITS}, stored.classes)

@@ -15,14 +15,20 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.lib.errors import TrainflowError
 
 if TYPE_CHECKING:
     import keras
 
-    from tasks.lib.config import TrainParams
+
+class ModelChoice(Protocol):
+    """What :func:`resolve` reads of the train params (config.TrainParams, which imports this module: no circle)."""
+
+    model: str
+    model_args: dict[str, Any]
+
 
 FOLDER = "architectures"  # the project folder of model functions: a dependency of train, logged with every model
 BUILTIN = f"{FOLDER}.builtin"
@@ -90,12 +96,10 @@ def import_module(spec: str) -> None:
         raise TrainflowError(f"train.model={spec}: importing {name} failed ({_first(exc)})") from None
 
 
-def import_trained(run_info: Path) -> str:
-    """Import the module of the ``train.model`` that train's run (``paths.run_info``) trained, before a stage loads
-    the saved model; that ``train.model``."""
-    from tasks.lib import artifacts
-
-    spec = str(artifacts.read_json(Path(run_info)).get("train", {}).get("model", "cnn"))
+def import_trained(run_info: Mapping[str, Any]) -> str:
+    """Import the module of the ``train.model`` that train's run trained (``run_info``: the ``paths.run_info`` file's
+    contents), before a stage loads the saved model; that ``train.model``."""
+    spec = str(run_info.get("train", {}).get("model", "cnn"))
     import_module(spec)
     return spec
 
@@ -105,7 +109,7 @@ def _first(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def resolve(cfg: TrainParams, kind: str) -> Architecture:
+def resolve(cfg: ModelChoice, kind: str) -> Architecture:
     """The function ``cfg.model`` names and its keyword arguments (``cfg.model_args``; a built-in also takes the train
     keys of its arguments' names), checked against its signature.
 
