@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from tasks.lib import artifacts, parallel, stats, validation
-from tasks.lib.artifacts import Split
 from tasks.lib.config import CleanParams, Params
 from tasks.lib.errors import TrainflowError
 
@@ -101,7 +100,7 @@ def inspect_shard(raw: str, split: str, index: int, params: CleanParams) -> Foun
 def write_kept(raw: str, out: str, split: str, index: int, keep: np.ndarray, hashes: np.ndarray) -> tuple:
     """Write the kept items of one shard; returns its manifest entry and validation summary."""
     shard = artifacts.open_dataset(Path(raw)).shard(split, index)
-    kept = Split(shard.x[keep], shard.y[keep])
+    kept = shard.subset(keep)
     summary = stats.summarize(split, index, kept.x, kept.y, hashes=hashes[keep])
     return artifacts.write_shard(Path(out), split, index, kept), summary
 
