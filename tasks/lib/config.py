@@ -75,6 +75,8 @@ class PathsParams(Section):
     lock: str
     report: str
     tune: str
+    review: str  # a person's decisions on the audit's findings (id,action,label rows): clean applies them
+    audit: str
 
 
 class IngestParams(Section):
