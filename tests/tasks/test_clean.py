@@ -171,7 +171,9 @@ def test_text_duplicates_are_found_whatever_the_shards_widths() -> None:
 
 def with_ids(dataset: Dataset) -> Dataset:
     """``dataset`` with source ids ``SPLIT/I.png``."""
-    splits = {n: Split(s.x, s.y, np.array([f"{n}/{i}.png" for i in range(len(s.y))])) for n, s in dataset.splits.items()}
+    splits = {
+        n: Split(s.x, s.y, np.array([f"{n}/{i}.png" for i in range(len(s.y))])) for n, s in dataset.splits.items()
+    }
     return Dataset(splits, dataset.classes)
 
 
