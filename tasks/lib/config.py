@@ -277,6 +277,12 @@ class TuneParams(Section):
     space: dict[str, SpaceEntry] = Field(min_length=1)
 
 
+class AuditParams(Section):
+    folds: Annotated[int, Field(ge=2)]
+    epochs: PositiveInt
+    top: Annotated[int, Field(ge=0)]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -295,6 +301,7 @@ class Params(Section):
     parallel: ParallelParams
     schedule: ScheduleParams
     tune: TuneParams
+    audit: AuditParams
 
 
 def _describe(error: dict[str, Any]) -> str:
