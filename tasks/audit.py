@@ -129,7 +129,8 @@ def feature_model(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.nda
     layer; a model without one: its probabilities stand in)."""
     import keras
 
-    from tasks.evaluate import model_input
+    def model_input(x: np.ndarray) -> np.ndarray:  # Keras' predict takes texts as an object array of str
+        return x.astype(object) if x.dtype.kind == "U" else x
 
     def inner(m: Any) -> Any:
         try:

@@ -20,7 +20,7 @@ FIRST_MISSING = {  # what each stage names: the input made furthest down the DAG
     "evaluate": ("models/model.keras", "train"),
     "deploy": ("reports/evaluate/predictions.csv", "evaluate"),
     "audit": ("models/model.keras", "train"),
-    "report": ("reports/evaluate/predictions.csv", "evaluate"),
+    "report": ("reports/audit", "audit"),
 }
 
 
