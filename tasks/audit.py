@@ -26,6 +26,7 @@ import numpy as np
 from tasks.lib import artifacts
 from tasks.lib.config import AuditParams, Params
 from tasks.lib.errors import TrainflowError
+from tasks.lib.source_files import numbered
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +283,13 @@ def run(params: Params) -> dict:
     predict = feature_model(model)
     parts: dict[str, list[np.ndarray]] = {"features": [], "probabilities": [], "labels": [], "ids": [], "splits": []}
     for split in clean.splits:
-        for shard in clean.shards(split, mmap=True):
+        for index, shard in enumerate(clean.shards(split, mmap=True)):
             features, probabilities = predict(np.asarray(shard.x))
             parts["features"].append(features.reshape(len(shard.y), -1))
             parts["probabilities"].append(probabilities)
             parts["labels"].append(shard.y)
-            ids = shard.ids if shard.ids is not None else np.array([f"{split}:{i}" for i in range(len(shard.y))])
+            # data written before items carried their source ids: split, shard and place stand in
+            ids = shard.ids if shard.ids is not None else numbered(f"{split}:{index}:", len(shard.y))
             parts["ids"].append(ids.astype(str))
             parts["splits"].append(np.full(len(shard.y), split))
     joined = {key: np.concatenate(value) for key, value in parts.items()}
