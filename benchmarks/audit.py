@@ -72,7 +72,9 @@ def section(results: dict[str, dict[str, Any]]) -> str:
         f"Measured {today()} on {machine()}: `python benchmarks/audit.py`. Each dataset in a fresh workspace, "
         "`dvc repro audit` with every param at its default (audit: 3 folds × 3 epochs of train's own model; val and "
         "test scored by the trained model). No published list of known label errors is used: the ranking is the "
-        "pipeline's own, for a person to review.",
+        "pipeline's own, for a person to review. Near-duplicates and outliers are found on the trained model's "
+        "features (its last hidden layer), so a near-duplicate is a pair the model cannot tell apart, not necessarily "
+        "a copy: candidates to look at. The machine's 2 cores were shared with other test runs while this ran.",
         "",
         headline_table(rows),
         "",
