@@ -117,7 +117,8 @@ def test_a_near_duplicate_across_splits_is_a_leak(audited: tuple) -> None:
 
 
 def test_the_audit_writes_reports_only_and_suggestions_to_review(audited: tuple) -> None:
-    """summary.json counts and costs; review_suggestions.csv is in the review file's format; the data is unchanged."""
+    """summary.json counts and costs; review_suggestions.csv is in the review file's format; top.npy holds the top
+    items; the data is unchanged. (New files: fails on the old code, which has no audit.)"""
     params, summary, _, _ = audited
     folder = Path(params.paths.audit)
     assert json.loads((folder / audit.SUMMARY).read_text()) == summary
@@ -129,7 +130,8 @@ def test_the_audit_writes_reports_only_and_suggestions_to_review(audited: tuple)
 
 
 def test_a_dataset_too_small_for_cross_validation_is_one_line(tmp_path: Path) -> None:
-    """Two items of a class and three folds: one TrainflowError naming audit.folds, before any training."""
+    """Two items of a class and three folds: one TrainflowError naming audit.folds, before any training (mutation:
+    no class count check → scikit-learn's ValueError)."""
     y = np.array([0, 0, 0, 1, 1])
     with pytest.raises(TrainflowError, match=r"too small for 3-fold cross-validation \(audit.folds\): class 'b' \(2\)"):
         audit.assign_folds(y, ("a", "b"), AuditParams(folds=3, epochs=1, top=1), seed=0)

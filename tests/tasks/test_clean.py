@@ -209,7 +209,7 @@ def test_the_review_drops_and_relabels_by_source_id_and_counts_each(make_dataset
     ],
 )
 def test_a_bad_review_is_one_line_naming_the_line(text: str, message: str) -> None:
-    """Each mistake in the review file is refused with its line (mutation: no check → a KeyError or a silent drop)."""
+    """Each mistake in the review file is refused with its line (mutation: no action check → a ValueError)."""
     from tasks.clean import parse_review
 
     with pytest.raises(TrainflowError, match=re.escape("review.csv" + message)):

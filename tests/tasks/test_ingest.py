@@ -228,8 +228,8 @@ def _sources(root: Path) -> dict[str, tuple[str, Callable[[str], Any]]]:
 def test_every_item_keeps_its_source_identity_through_the_split(params: Params, tmp_path: Path, kind: str) -> None:
     """Each item's id (file path, FILE:INDEX, FILE:LINE) reads back that very item, in every split.
 
-    Fails without provenance (ids=None from the loaders, or the split dropping them: mutation `ids=None` in
-    ingest.split's Split(...)), or with ids shuffled against their items (no `subset` of ids in _stratified)."""
+    Fails without the loaders' provenance (mutation: ingest.split numbering the items instead of taking
+    ``loaded.ids``: every kind fails)."""
     from sklearn.datasets import load_digits
 
     from tasks.lib.sources import load_source
