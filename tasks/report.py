@@ -419,6 +419,7 @@ def gather(params: Params) -> dict[str, Any]:
                 for split in clean.splits
             ],
             "removed": cleaned.get("removed", {}),
+            "review": cleaned.get("review"),  # what the person's review did (clean applied it)
             "removed_total": cleaned.get("removed_total", 0),
             "input_total": cleaned.get("input_total", sum(raw.count(s) for s in raw.splits)),
             "augment": {**augmented.info.get("augment", {}), "samples": samples},

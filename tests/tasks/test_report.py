@@ -341,7 +341,8 @@ def test_render_has_every_section_inline_images_and_nothing_to_fetch() -> None:
 
 def test_render_shows_the_audits_top_items_with_their_source_ids_and_texts() -> None:
     """The audit's top label issues: a picture grid and a row per item (source id, given → suggested, score); texts
-    shown as text. Fails without the section (mutation: the template's audit block removed)."""
+    shown as text; what the person's review did. Fails without the section (mutation: the template's audit block
+    removed) and without the review's line."""
     page = render(facts())
     assert 'id="audit"' in page and "flagged\n2 label, 0 outlier" in page
     assert "<code>cat/7.png</code></td><td>train</td><td>cat</td><td>dog</td>" in page
@@ -364,6 +365,15 @@ def test_render_shows_the_audits_top_items_with_their_source_ids_and_texts() -> 
         np.array(["WINNER! claim your prize"]),
     )
     assert "<td>WINNER! claim your prize</td>" in render(texts)
+    reviewed = facts()
+    reviewed["data"]["removed"] = {"test": {"bad_label": 0, "excluded_by_review": 2}}
+    reviewed["data"]["review"] = {
+        "file": "data/review.csv",
+        "relabelled_by_review": {"train": 3, "test": 1},
+        "unmatched": 1,
+        "unmatched_examples": ["gone.png"],
+    }
+    assert "2 excluded, 4 relabelled; 1 ids match no item (gone.png)." in render(reviewed)
 
 
 def test_render_says_when_the_model_was_identical_to_a_registered_version() -> None:
