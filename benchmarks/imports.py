@@ -65,6 +65,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "train": ("keras", "mlflow"),
     "evaluate": ("keras", "mlflow", "great_expectations", "sklearn.metrics", "matplotlib.pyplot"),
     "deploy": ("keras", "mlflow", "scipy.stats"),  # scipy: McNemar's test and drift's chi-square
+    "audit": ("keras", "cleanlab.filter", "sklearn.neighbors"),  # the folds' models, confident learning, the kNN graph
     "report": ("mlflow", "jinja2", "matplotlib.pyplot"),  # the run, the page's template, the misclassified images
 }
 # Libraries named in the by-library breakdown (each one's own import time); the rest is summed as "other".

@@ -174,7 +174,7 @@ def dvc_driver(root: Path) -> dict[str, Any]:
     run(root, "dvc", "repro")
     shutil.rmtree(root / ".dvc/cache/runs", ignore_errors=True)  # else DVC restores train's 10-epoch outputs
     exp, output = run(root, "dvc", "exp", "run", "-S", f"train.epochs={EPOCHS}")
-    if ran(output) != ["train", "evaluate", "deploy", "report"]:
+    if ran(output) != ["train", "evaluate", "deploy", "audit", "report"]:
         raise Failed(f"dvc exp run ran {ran(output)}, expected train, evaluate, deploy, report")
     left += survivors(root)
     return {"full_s": full, "noop_s": noop, "exp_s": exp, "accuracy": accuracy, "dvc_left": left, **fit}

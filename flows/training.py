@@ -86,13 +86,15 @@ def training(params_path: str = str(DEFAULT_PARAMS), overrides: dict[str, Any] |
         raise TrainflowError(f"{params_path}: run the flow from the folder that holds it (the repo root)")
     if overrides:
         dvc_repo.write_params(path, overrides)
-    states: dict[str, Any] = {}
+    # Futures, not states, as wait_for: Prefect also looks inside a state's result for objects some task returned,
+    # and every stage returns the same keys, so a state would hang each stage from the last one that ran.
+    futures: dict[str, Any] = {}
     for name, upstream in dvc_repo.stage_graph(root).items():  # dvc.yaml: the one list of stages and edges
         retry = dict(retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_transient)
-        future = run_stage.with_options(name=name, task_run_name=name, **retry)
-        states[name] = future(name, str(root), wait_for=[states[u] for u in upstream], return_state=True)
-        states[name].result()  # re-raises the stage's own error: the flow fails, no later stage runs
-    results = [s.result() for s in states.values()]
+        stage = run_stage.with_options(name=name, task_run_name=name, **retry)
+        futures[name] = stage.submit(name, str(root), wait_for=[futures[u] for u in upstream])
+        futures[name].result()  # re-raises the stage's own error: the flow fails, no later stage runs
+    results = [f.result() for f in futures.values()]
     summary = summary_markdown(results, params.paths)
     create_markdown_artifact(markdown=summary, key=SUMMARY_KEY, description="Stages, metrics and decision of this run")
     stages = {r["stage"]: {"state": r["state"], "seconds": r["seconds"]} for r in results}

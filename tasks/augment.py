@@ -179,7 +179,8 @@ def augment_shard(
         leaked = np.isin(stats.keys(stats.content_hashes(x)), held_out)
         x = np.where(leaked, shard.x, x) if leaked.any() else x
     summary = stats.summarize(split, out_index, x, shard.y, reference=None if split == "train" else shard.x)
-    return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y)), summary
+    # a copy keeps its original's source id: what the audit flags leads back to the user's own item
+    return artifacts.write_shard(Path(out), split, out_index, Split(x, shard.y, shard.ids)), summary
 
 
 def run(params: Params) -> dict:

@@ -12,26 +12,27 @@ from tasks.lib import artifacts, drift, validation
 from tasks.lib.artifacts import Dataset, Split
 from tasks.lib.config import DataParams, IngestParams, Params
 from tasks.lib.errors import TrainflowError
-from tasks.lib.source_files import check_class_name
+from tasks.lib.source_files import check_class_name, numbered
 from tasks.lib.sources import Loaded, label, load_source
 
 log = logging.getLogger(__name__)
 
 
 def _stratified(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, source: str, classes: tuple[str, ...]
+    part: Split, fraction: float, seed: int, what: str, source: str, classes: tuple[str, ...]
 ) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
+    x, y = part.x, part.y
     try:
-        x_keep, x_out, y_keep, y_out = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+        keep, out = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
     except ValueError as exc:
         items = "texts" if x.dtype.kind == "U" else "images"
         raise TrainflowError(
             f"{source}: cannot split {len(y)} {items} into a stratified {what} split of {fraction:.0%} "
             f"(ingest.{what}_fraction): {_too_few(y, classes, items) or f'too few {items} per class ({exc})'}"
         ) from None
-    return Split(x_keep, y_keep), Split(x_out, y_out)
+    return part.subset(keep), part.subset(out)
 
 
 def _too_few(y: np.ndarray, classes: tuple[str, ...], items: str) -> str | None:
@@ -44,9 +45,9 @@ def _too_few(y: np.ndarray, classes: tuple[str, ...], items: str) -> str | None:
     return f"only one {items[:-1]} of class {', '.join(names[:5])}{more}: a stratified split needs two per class"
 
 
-def _ordered(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Split, Split]:
-    cut = len(y) - round(len(y) * fraction)
-    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
+def _ordered(part: Split, fraction: float) -> tuple[Split, Split]:
+    cut = len(part.y) - round(len(part.y) * fraction)
+    return part.subset(slice(None, cut)), part.subset(slice(cut, None))
 
 
 MAX_CLASSES = 1000  # with data.classes: null, labels are the classes 0..K-1: a larger K is a wrong label
@@ -76,7 +77,7 @@ def _named_labels(loaded: Loaded, classes: tuple[str, ...], origin: str) -> Load
     if unknown:
         raise TrainflowError(f"{origin}: labels {unknown[:10]} are not in data.classes {list(classes)}")
     order = np.array([classes.index(name) for name in loaded.classes], dtype=np.int64)
-    return Loaded(x=loaded.x, y=order[loaded.y], classes=classes)
+    return Loaded(x=loaded.x, y=order[loaded.y], classes=classes, ids=loaded.ids)
 
 
 def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> Dataset:
@@ -108,18 +109,20 @@ def split(loaded: Loaded, data: DataParams, params: IngestParams, seed: int) -> 
         labels = loaded.y if loaded.y_test is None else np.concatenate([loaded.y, loaded.y_test])
         classes = _numbered_classes(labels, label(data))
 
-    def cut(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[Split, Split]:
+    def cut(part: Split, fraction: float, what: str) -> tuple[Split, Split]:
         if params.split == "ordered":
-            return _ordered(x, y, fraction)
-        return _stratified(x, y, fraction, seed, what, label(data), classes)
+            return _ordered(part, fraction)
+        return _stratified(part, fraction, seed, what, label(data), classes)
 
+    ids = numbered("", len(loaded.y)) if loaded.ids is None else loaded.ids
     if loaded.x_test is None or loaded.y_test is None:
-        pool, test = cut(loaded.x, loaded.y, params.test_fraction, "test")
+        pool, test = cut(Split(loaded.x, loaded.y, ids), params.test_fraction, "test")
         val_share = params.val_fraction / (1.0 - params.test_fraction)
     else:
-        pool, test = Split(loaded.x, loaded.y), Split(loaded.x_test, loaded.y_test)
+        ids_test = numbered("test:", len(loaded.y_test)) if loaded.ids_test is None else loaded.ids_test
+        pool, test = Split(loaded.x, loaded.y, ids), Split(loaded.x_test, loaded.y_test, ids_test)
         val_share = params.val_fraction
-    train, val = cut(pool.x, pool.y, val_share, "val")
+    train, val = cut(pool, val_share, "val")
     if train.x.shape[1:] != test.x.shape[1:]:
         raise TrainflowError(f"{label(data)}: train images {train.x.shape[1:]} but test images {test.x.shape[1:]}")
     return Dataset(splits={"train": train, "val": val, "test": test}, classes=classes, info={"source": label(data)})

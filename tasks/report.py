@@ -184,6 +184,28 @@ def image_grid(images: np.ndarray, titles: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
+def audit_facts(summary: Mapping[str, Any], rows: Sequence[Mapping[str, str]], top: np.ndarray) -> dict[str, Any]:
+    """The audit's counts and its top label issues (issues.csv's first label rows, as many as top.npy holds): each
+    with its text, or all of them as one picture grid."""
+    labels = [dict(row) for row in rows if row["issue"] == "label"][: len(top)]
+    png = None
+    if top.dtype.kind == "U":
+        for row, text in zip(labels, top.tolist(), strict=True):
+            row["text"] = text[:300]
+    elif labels:
+        titles = [
+            f"{r['id'][-18:]}\n{r['given_label']}→{r['suggested_label']} ({float(r['score']):.3f})" for r in labels
+        ]
+        png = image_grid(top[: len(labels)], titles)
+    return {
+        "flagged": summary["flagged"],
+        "seconds": summary["seconds"],
+        "folds": summary["folds"],
+        "top": labels,
+        "top_png": png,
+    }
+
+
 def own_architecture(tags: Mapping[str, str]) -> str:
     """The model function train logged (tags ``train.architecture``, ``train.architecture_args``, ``train.parameters``)
     in one line, e.g. ``architectures.resnet:resnet(blocks=2, width=16), 9,770 parameters``; empty for older runs."""
@@ -417,6 +439,7 @@ def gather(params: Params) -> dict[str, Any]:
                 for split in clean.splits
             ],
             "removed": cleaned.get("removed", {}),
+            "review": cleaned.get("review"),  # what the person's review did (clean applied it)
             "removed_total": cleaned.get("removed_total", 0),
             "input_total": cleaned.get("input_total", sum(raw.count(s) for s in raw.splits)),
             "augment": {**augmented.info.get("augment", {}), "samples": samples},
@@ -432,6 +455,11 @@ def gather(params: Params) -> dict[str, Any]:
                 for v in validations
             ],
             "drift": drift,
+            "audit": audit_facts(
+                artifacts.read_json(Path(paths.audit) / "summary.json"),
+                _read_csv(Path(paths.audit) / "issues.csv"),
+                np.load(Path(paths.audit) / "top.npy", allow_pickle=False),
+            ),
         },
         "training": {
             "model": own_architecture(tags)

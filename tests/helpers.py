@@ -39,6 +39,7 @@ TINY: dict[str, dict[str, Any]] = {
     "train": {"epochs": 2, "filters": [8, 16], "dense_units": 32, "batch_size": 32, "learning_rate": 0.005},
     "augment": {"copies": 1},
     "deploy": {"check_samples": 16, "min_metric": 0.5},  # a tiny model is good enough to become champion
+    "audit": {"folds": 2, "epochs": 1},
 }
 
 

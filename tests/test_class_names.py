@@ -25,6 +25,7 @@ TINY_TEXT = {
     "train": {"epochs": 1, "embedding_dim": 8, "rnn_units": 8, "dense_units": 8, "batch_size": 32},
     "augment": {"copies": 0},
     "deploy": {"check_samples": 8, "min_metric": 0.0},  # one epoch: any model may become champion
+    "audit": {"folds": 2, "epochs": 1},
 }
 
 

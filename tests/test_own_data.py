@@ -58,7 +58,17 @@ def test_your_own_images_step_by_step(tmp_path: Path, tiny_run: Path) -> None:
         "-S",
         "data.image_size=[28, 28]",
     )
-    assert ran(kept.stdout) == ["ingest", "clean", "augment", "normalize", "train", "evaluate", "deploy", "report"]
+    assert ran(kept.stdout) == [
+        "ingest",
+        "clean",
+        "augment",
+        "normalize",
+        "train",
+        "evaluate",
+        "deploy",
+        "audit",
+        "report",
+    ]
     deployed = report(workspace, "deploy.json")
     drift = deployed["drift"]
     assert drift["comparable"] is False and "not comparable" in drift["why"] and "'zero'" in drift["why"]

@@ -57,7 +57,7 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(tiny_repro: Re
     sh(workspace, "git", "add", "-A")
     sh(workspace, "git", "commit", "-qm", "baseline run")
     experiment = sh(workspace, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "report"]
+    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "audit", "report"]
     drift = json.loads((workspace / "reports/deploy.json").read_text())["drift"]  # ingest cached, v1 now champion
     assert drift["checked"] is True and drift["drifted"] is False
     assert drift["reference"].startswith("trainflow-classifier v1 (run ")

@@ -19,7 +19,8 @@ FIRST_MISSING = {  # what each stage names: the input made furthest down the DAG
     "train": ("data/normalized", "normalize"),
     "evaluate": ("models/model.keras", "train"),
     "deploy": ("reports/evaluate/predictions.csv", "evaluate"),
-    "report": ("reports/evaluate/predictions.csv", "evaluate"),
+    "audit": ("models/model.keras", "train"),
+    "report": ("reports/audit", "audit"),
 }
 
 

@@ -20,6 +20,7 @@ SMALL = {  # seconds to train on 2 cores, enough to tell spam from ham
     "train": {"epochs": 3, "embedding_dim": 16, "rnn_units": 16, "dense_units": 16, "batch_size": 32},
     "augment": {"copies": 1},
     "deploy": {"check_samples": 16, "min_metric": 0.5},
+    "audit": {"folds": 2, "epochs": 1},
 }
 
 

@@ -1,8 +1,9 @@
 """Artifact I/O shared by the stages: sharded datasets (.npy shards + manifest), JSON, atomic writes.
 
 A dataset folder holds ``<split>/x-00000.npy`` and ``<split>/y-00000.npy`` shards of at most ``data.shard_size``
-images and a ``manifest.json`` listing each split's shards (count, SHA-256). Stages read and write one shard at a
-time, so their memory is bounded by the shard size, not the dataset size.
+images (with ``<split>/ids-00000.npy``, each item's source identity, from ingest on) and a ``manifest.json`` listing
+each split's shards (count, SHA-256). Stages read and write one shard at a time, so their memory is bounded by the
+shard size, not the dataset size.
 """
 
 from __future__ import annotations
@@ -42,14 +43,22 @@ def kind_of(dtype: str) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """Items (images (N, H, W, C) or texts (N,)) and integer labels (N,) of one split."""
+    """Items (images (N, H, W, C) or texts (N,)) and integer labels (N,) of one split, and where each came from
+    (``ids``: its source identity, a unicode array; None where nothing recorded it)."""
 
     x: np.ndarray
     y: np.ndarray
+    ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise TrainflowError(f"{len(self.x)} images but {len(self.y)} labels")
+        if self.ids is not None and len(self.ids) != len(self.y):
+            raise TrainflowError(f"{len(self.y)} items but {len(self.ids)} source ids")
+
+    def subset(self, keep: np.ndarray) -> Split:
+        """The items where ``keep`` (a mask or indices) says, with their source ids."""
+        return Split(self.x[keep], self.y[keep], None if self.ids is None else self.ids[keep])
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,11 @@ def shard_files(root: Path, split: str, index: int) -> tuple[Path, Path]:
     return Path(root) / split / f"x-{index:05d}.npy", Path(root) / split / f"y-{index:05d}.npy"
 
 
+def ids_file(root: Path, split: str, index: int) -> Path:
+    """The source-id file of shard ``index`` of ``split`` (absent in datasets written without ids)."""
+    return Path(root) / split / f"ids-{index:05d}.npy"
+
+
 def write_shard(root: Path, split: str, index: int, shard: Split) -> dict[str, Any]:
     """Save one shard into a dataset folder being built (a temporary folder of :func:`atomic_dir`).
 
@@ -155,6 +169,8 @@ def write_shard(root: Path, split: str, index: int, shard: Split) -> dict[str, A
     x_path.parent.mkdir(exist_ok=True)
     np.save(x_path, shard.x, allow_pickle=False)
     np.save(y_path, shard.y, allow_pickle=False)
+    if shard.ids is not None:
+        np.save(ids_file(root, split, index), np.asarray(shard.ids, dtype=str), allow_pickle=False)
     values, counts = np.unique(np.asarray(shard.y), return_counts=True)
     return {
         "count": len(shard.y),
@@ -168,7 +184,7 @@ def chunks(split: Split, size: int | None) -> Iterator[Split]:
     n = len(split.y)
     step = size or max(n, 1)
     for start in range(0, max(n, 1), step):
-        yield Split(split.x[start : start + step], split.y[start : start + step])
+        yield split.subset(slice(start, start + step))
 
 
 def by_split(ids: list[tuple[str, int]], results: list[Any]) -> dict[str, list[Any]]:
@@ -262,14 +278,17 @@ class Stored:
         try:
             x = np.load(x_path, allow_pickle=False, mmap_mode="r" if mmap else None)
             y = np.load(y_path, allow_pickle=False)
+            where = ids_file(self.path, split, index)
+            ids = np.load(where, allow_pickle=False) if where.exists() else None
         except (OSError, ValueError) as exc:
             raise TrainflowError(f"{x_path.parent}: cannot read shard {index} ({exc})") from None
-        if len(x) != self.shard_counts(split)[index] or len(y) != len(x):
+        if len(x) != self.shard_counts(split)[index] or len(y) != len(x) or (ids is not None and len(ids) != len(x)):
             raise TrainflowError(
-                f"{x_path.parent}: shard {index} has {len(x)} images and {len(y)} labels, "
+                f"{x_path.parent}: shard {index} has {len(x)} images and {len(y)} labels"
+                f"{'' if ids is None else f' and {len(ids)} source ids'}, "
                 f"the manifest says {self.shard_counts(split)[index]}"
             )
-        return Split(x, y)
+        return Split(x, y, ids)
 
     def shards(self, split: str, mmap: bool = False) -> Iterator[Split]:
         for index in range(len(self.shard_counts(split))):
@@ -280,7 +299,8 @@ class Stored:
         parts = list(self.shards(split, mmap))
         if len(parts) == 1:
             return parts[0]
-        return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+        ids = None if any(p.ids is None for p in parts) else np.concatenate([p.ids for p in parts])
+        return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), ids)
 
 
 def open_dataset(path: Path) -> Stored:

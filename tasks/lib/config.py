@@ -76,6 +76,8 @@ class PathsParams(Section):
     lock: str
     report: str
     tune: str
+    review: str  # a person's decisions on the audit's findings (id,action,label rows): clean applies them
+    audit: str
 
 
 class IngestParams(Section):
@@ -283,6 +285,12 @@ class TuneParams(Section):
     space: dict[str, SpaceEntry] = Field(min_length=1)
 
 
+class AuditParams(Section):
+    folds: Annotated[int, Field(ge=2)]
+    epochs: PositiveInt
+    top: Annotated[int, Field(ge=0)]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -301,6 +309,7 @@ class Params(Section):
     parallel: ParallelParams
     schedule: ScheduleParams
     tune: TuneParams
+    audit: AuditParams
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -16,13 +16,23 @@ from tasks.lib.errors import TrainflowError
 
 @dataclass(frozen=True)
 class Loaded:
-    """What a source yields: all images, or its own train and test sets, and class names if it has them."""
+    """What a source yields: all images, or its own train and test sets, and class names if it has them.
+
+    ``ids`` (``ids_test``): each item's source identity, a unicode array (a file path, ``FILE:INDEX`` in an array
+    file, ``FILE:LINE`` in a text file); None numbers them ``0..N-1`` (``test:0..`` for the test set)."""
 
     x: np.ndarray
     y: np.ndarray
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     classes: tuple[str, ...] | None = None
+    ids: np.ndarray | None = None
+    ids_test: np.ndarray | None = None
+
+
+def numbered(prefix: str, n: int) -> np.ndarray:
+    """Source ids ``PREFIX0..PREFIX{n-1}``: the items' indices in an array (``prefix`` names the array)."""
+    return np.char.add(prefix, np.arange(n).astype(str)) if n else np.zeros(0, dtype="<U1")
 
 
 def too_big(origin: str, declared: int, max_bytes: int) -> TrainflowError:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks.lib.config import DataParams
 from tasks.lib.errors import TrainflowError, TransientError
-from tasks.lib.source_files import Loaded, check_class_name, too_big, unsafe, visible_files
+from tasks.lib.source_files import Loaded, check_class_name, numbered, too_big, unsafe, visible_files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IDX_IMAGES_MAGIC = 0x00000803
@@ -67,7 +67,7 @@ def load_digits() -> Loaded:
 
     bunch = sk_load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return Loaded(x=x, y=bunch.target.astype(np.int64))
+    return Loaded(x=x, y=bunch.target.astype(np.int64), ids=numbered("digits:", len(x)))
 
 
 def as_images(x: np.ndarray, origin: str) -> np.ndarray:
@@ -166,6 +166,7 @@ def load_idx_dir(directory: Path, max_bytes: int | None = None) -> Loaded:
     if not directory.is_dir():
         raise TrainflowError(f"{directory}: idx source must be a folder of *-images-idx3-ubyte[.gz] files")
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ids: dict[str, np.ndarray] = {}
     for prefix in ("train", "t10k"):
         images, labels = _idx_file(directory, prefix, "images"), _idx_file(directory, prefix, "labels")
         if images is None and labels is None:
@@ -179,11 +180,12 @@ def load_idx_dir(directory: Path, max_bytes: int | None = None) -> Loaded:
             max_bytes -= x.nbytes + y.nbytes
         y = y.astype(np.int64)
         parts[prefix] = _pair(as_images(x, str(images)), y, f"{images} / {labels}")
+        ids[prefix] = numbered(f"{images.name}:", len(y))  # the index in the IDX file
     if not parts:
         raise TrainflowError(f"{directory}: no IDX files (train-images-idx3-ubyte, t10k-images-idx3-ubyte, ...)")
     if len(parts) == 2:
-        return Loaded(*parts["train"], *parts["t10k"])
-    return Loaded(*next(iter(parts.values())))
+        return Loaded(*parts["train"], *parts["t10k"], ids=ids["train"], ids_test=ids["t10k"])
+    return Loaded(*next(iter(parts.values())), ids=next(iter(ids.values())))
 
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -242,7 +244,8 @@ def load_npz(path: Path, max_bytes: int | None = None) -> Loaded:
     test = _pair(
         as_images(arrays["x_test"], f"{path}:x_test"), _as_labels(arrays["y_test"], f"{path}:y_test"), f"{path}:test"
     )
-    return Loaded(*train, *test)
+    ids = {key: numbered(f"{path.name}:{key}:", len(part[1])) for key, part in (("x_train", train), ("x_test", test))}
+    return Loaded(*train, *test, ids=ids["x_train"], ids_test=ids["x_test"])
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # per image: larger files are refused before they are decoded (decompression bombs)
@@ -348,7 +351,8 @@ def load_folder(
     files = [visible_files(d) for d in class_dirs]
     x = read_images([f for group in files for f in group], root, image_size, color_mode, max_bytes)
     y = np.concatenate([np.full(len(group), label, dtype=np.int64) for label, group in enumerate(files)])
-    return Loaded(x=x, y=y, classes=tuple(d.name for d in class_dirs))
+    ids = np.array([f.relative_to(root).as_posix() for group in files for f in group], dtype=str)
+    return Loaded(x=x, y=y, classes=tuple(d.name for d in class_dirs), ids=ids)
 
 
 def load_keras(name: str) -> Loaded:
@@ -363,5 +367,10 @@ def load_keras(name: str) -> Loaded:
         raise TransientError(f"data.source=keras:{name}: download failed ({exc})") from None
     origin = f"keras:{name}"
     return Loaded(
-        as_images(x_train, origin), _as_labels(y_train, origin), as_images(x_test, origin), _as_labels(y_test, origin)
+        as_images(x_train, origin),
+        _as_labels(y_train, origin),
+        as_images(x_test, origin),
+        _as_labels(y_test, origin),
+        ids=numbered(f"{origin}:train:", len(x_train)),
+        ids_test=numbered(f"{origin}:test:", len(x_test)),
     )

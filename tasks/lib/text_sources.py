@@ -162,12 +162,14 @@ class _Texts:
         self.chunks: list[np.ndarray] = []
         self.pending: list[str] = []
         self.codes = array("i")  # label indices: 4 bytes a text until y is made
+        self.lines = array("q")  # each text's line (tsv, csv) or file number (text_folder): its source id
         self.names: dict[str, int] = {}
         self.count, self.width = 0, 1
 
-    def add(self, text: str, name: str | None = None) -> None:
-        """One more text, with its label name unless the texts are unlabelled."""
+    def add(self, text: str, name: str | None = None, where: int = 0) -> None:
+        """One more text, with its label name unless the texts are unlabelled, and where it is (line, file number)."""
         self.pending.append(text)
+        self.lines.append(where)
         if name is not None:
             self.codes.append(self.names.setdefault(name, len(self.names)))
         if len(self.pending) == CHUNK_TEXTS:
@@ -196,8 +198,9 @@ class _Texts:
             done += len(chunk)
         return x
 
-    def loaded(self) -> Loaded:
-        """The texts, int64 indices into the sorted class names, and those names."""
+    def loaded(self, names: list[str] | None = None) -> Loaded:
+        """The texts, int64 indices into the sorted class names, those names, and the source ids: ``FILE:LINE``, or
+        ``names[where]`` when given (text_folder: the files' paths)."""
         self._flush()
         if not self.count:
             raise TrainflowError(f"{self.origin}: no texts")
@@ -206,7 +209,19 @@ class _Texts:
             raise TrainflowError(f"{self.origin}: only one class ({classes[0]!r}); a classifier needs at least two")
         rank = {name: i for i, name in enumerate(classes)}
         order = np.array([rank[name] for name in self.names], dtype=np.int64)  # first-appearance index → class
-        return Loaded(x=self.array(), y=order[np.frombuffer(self.codes, dtype=np.int32)], classes=classes)
+        where = np.frombuffer(self.lines, dtype=np.int64)
+        ids = _line_ids(self.origin.name, where) if names is None else np.array(names)[where]
+        y = order[np.frombuffer(self.codes, dtype=np.int32)]
+        return Loaded(x=self.array(), y=y, classes=classes, ids=ids)
+
+
+def _line_ids(name: str, lines: np.ndarray) -> np.ndarray:
+    """``NAME:LINE`` for every line number, made a chunk at a time: no array of every number as a string first."""
+    width = len(name) + 1 + len(str(int(lines.max(initial=0))))
+    ids = np.empty(len(lines), dtype=f"<U{width}")
+    for start in range(0, len(lines), CHUNK_TEXTS):
+        ids[start : start + CHUNK_TEXTS] = np.char.add(f"{name}:", lines[start : start + CHUNK_TEXTS].astype(str))
+    return ids
 
 
 def _class_name(label: str, origin: str, checked: set[str]) -> str:
@@ -246,7 +261,7 @@ def load_tsv(path: Path, max_bytes: int | None = None, max_text_bytes: int | Non
             name, tab, text = line.partition("\t")
             if not tab or not name.strip():
                 raise TrainflowError(f"{path}:{number}: no label (expected label<TAB>text)")
-            texts.add(text, _class_name(name, f"{path}:{number}", checked))
+            texts.add(text, _class_name(name, f"{path}:{number}", checked), number)
     return texts.loaded()
 
 
@@ -342,7 +357,7 @@ def load_csv(
                 raise TrainflowError(f"{path}:{start}: {len(row)} fields, the header names {len(columns)}")
             if not row[label_at].strip():
                 raise TrainflowError(f"{path}:{start}: no label (column {label_column!r} is empty)")
-            texts.add(row[text_at], _class_name(row[label_at], f"{path}:{start}", checked))
+            texts.add(row[text_at], _class_name(row[label_at], f"{path}:{start}", checked), start)
     return texts.loaded()
 
 
@@ -391,10 +406,10 @@ def load_text_folder(root: Path, max_bytes: int | None = None, max_text_bytes: i
     if max_bytes is not None and total > max_bytes:
         raise too_big(f"{root}: {len(files):,} files", total, max_bytes)
     texts = _Texts(root, max_bytes)
-    for file, name in files:  # a .txt file is one text: its line breaks, \r included, are the text's own
+    for number, (file, name) in enumerate(files):  # a .txt file is one text: its line breaks, \r too, are its own
         try:
             data = file.read_bytes()
         except OSError as exc:
             raise TrainflowError(f"{file}: cannot read ({exc.strerror or exc})") from None
-        texts.add(_decode(data.removeprefix(codecs.BOM_UTF8), file).rstrip(), name)
-    return texts.loaded()
+        texts.add(_decode(data.removeprefix(codecs.BOM_UTF8), file).rstrip(), name, number)
+    return texts.loaded([file.relative_to(root).as_posix() for file, _ in files])

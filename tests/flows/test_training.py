@@ -157,7 +157,7 @@ def test_after_dvc_repro_the_flow_runs_nothing_and_after_the_flow_dvc_repro_runs
     state = training(params_path="params.yaml", overrides={"train.epochs": epochs + 1}, return_state=True)
     summary = state.result()
     assert stages_that(summary, "skipped") == list(STAGES[:4])
-    assert stages_that(summary, "ran") == ["train", "evaluate", "deploy", "report"]
+    assert stages_that(summary, "ran") == ["train", "evaluate", "deploy", "audit", "report"]
     assert f"epochs: {epochs + 1}" in (workspace / "params.yaml").read_text()  # as `dvc exp run -S` writes it
     assert summary["metrics"]["test"]["accuracy"] > 0.5
     flow_run_id = state.state_details.flow_run_id

@@ -230,3 +230,17 @@ def test_a_val_shard_augment_changed_is_reported_and_halts_the_boundary(
     params = PARAMS.model_copy(update={"validation": relaxed, "paths": paths})
     with pytest.raises(TrainflowError, match=r"changed_by_augment"):
         validation.validate_summaries("augmented", [summary], dataset.classes, params)
+
+
+def test_copies_keep_their_originals_source_ids(make_dataset: MakeDataset) -> None:
+    """A copy leads back to its original's source item; val and test keep theirs. Fails without provenance in
+    augment_shard (mutation: ``Split(x, shard.y)`` without ``shard.ids``: the copies have no ids)."""
+    data = make_dataset({"train": 12, "val": 6, "test": 6})
+    with_ids = {
+        name: Split(s.x, s.y, np.array([f"{name}-{i}.png" for i in range(len(s.y))])) for name, s in data.splits.items()
+    }
+    out, _ = run_stage_on("augment", Dataset(with_ids, data.classes), PARAMS, augment=PARAMS.augment)
+    train = out.splits["train"]
+    assert train.ids is not None and len(train.ids) == 12 * (PARAMS.augment.copies + 1)
+    assert train.ids.tolist() == with_ids["train"].ids.tolist() * (PARAMS.augment.copies + 1)
+    assert out.splits["test"].ids.tolist() == with_ids["test"].ids.tolist()

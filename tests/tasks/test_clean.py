@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,3 +167,50 @@ def test_text_duplicates_are_found_whatever_the_shards_widths() -> None:
     wide = np.array(["ok see you", "x" * 60], dtype="<U80")
     keys = [inspect(x, np.zeros(len(x), dtype=np.int64), 1, LENIENT)[2][0] for x in (short, wide)]
     assert (keys[0] == keys[1]).all()
+
+
+def with_ids(dataset: Dataset) -> Dataset:
+    """``dataset`` with source ids ``SPLIT/I.png``."""
+    splits = {
+        n: Split(s.x, s.y, np.array([f"{n}/{i}.png" for i in range(len(s.y))])) for n, s in dataset.splits.items()
+    }
+    return Dataset(splits, dataset.classes)
+
+
+def test_the_review_drops_and_relabels_by_source_id_and_counts_each(make_dataset: MakeDataset, tmp_path: Path) -> None:
+    """A person's review: two drops, one relabel (one to the label it has: no change), counted by reason; the source
+    ids stay with their items. Fails if clean ignores paths.review (mutation: ``review = {}`` in run())."""
+    review = tmp_path / "review.csv"
+    review.write_text(
+        "id,action,label\ntrain/3.png,drop,\ntest/1.png,drop,\ntrain/4.png,relabel,c0\n"
+        "train/6.png,relabel,c0\ngone/1.png,drop,\n"
+    )
+    dataset = with_ids(make_dataset({"train": 12, "val": 6, "test": 6}))  # train/4.png is c1, train/6.png c0
+    config = PARAMS.model_copy(update={"paths": PARAMS.paths.model_copy(update={"review": str(review)})})
+    cleaned, report = clean(dataset, LENIENT, config)
+    assert report["removed"]["train"]["excluded_by_review"] == 1
+    assert report["removed"]["test"]["excluded_by_review"] == 1
+    assert report["review"]["relabelled_by_review"] == {"train": 1, "val": 0, "test": 0}
+    assert report["review"]["unmatched"] == 1 and report["review"]["unmatched_examples"] == ["gone/1.png"]
+    train = cleaned.splits["train"]
+    assert "train/3.png" not in train.ids.tolist() and "test/1.png" not in cleaned.splits["test"].ids.tolist()
+    relabelled = train.ids.tolist().index("train/4.png")
+    assert train.y[relabelled] == 0
+    np.testing.assert_array_equal(train.x[relabelled], dataset.splits["train"].x[4])  # the id stays with its image
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("source,what\n", ":1: the header must be id,action,label"),
+        ("id,action,label\na,keep,\n", ":2: action 'keep' for 'a' (drop or relabel)"),
+        ("id,action,label\na,relabel,c9\n", ":2: relabel 'a' to 'c9', not one of"),
+        ("id,action,label\na,drop,\na,drop,\n", ":3: 'a' is listed twice"),
+    ],
+)
+def test_a_bad_review_is_one_line_naming_the_line(text: str, message: str) -> None:
+    """Each mistake in the review file is refused with its line (mutation: no action check → a ValueError)."""
+    from tasks.clean import parse_review
+
+    with pytest.raises(TrainflowError, match=re.escape("review.csv" + message)):
+        parse_review(text, ("c0", "c1"), "review.csv")

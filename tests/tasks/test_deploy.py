@@ -232,7 +232,7 @@ def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: P
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "v1 is champion")
     done = sh(root, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(done.stdout) == ["train", "evaluate", "deploy", "report"]  # ingest cached: its output is v1's
+    assert ran(done.stdout) == ["train", "evaluate", "deploy", "audit", "report"]  # ingest cached: its output is v1's
     assert processes_in(root) == []  # nothing `dvc exp run` started outlives it
     deployed = _read(root, "reports/deploy.json")
     name = deployed["registry"]["model_name"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,3 +189,62 @@ def test_ingest_peak_memory_is_the_libraries_plus_twice_the_data(tmp_path: Path)
     done, peak_mib = sh_peak(workspace, sys.executable, "-m", "tasks.ingest")
     assert done.returncode == 0, done.stderr[-2000:]
     assert peak_mib <= LIBRARIES_MIB + DATA_MULTIPLE * data_mib, f"{peak_mib:.0f} MiB for {data_mib:.0f} MiB of data"
+
+
+def _sources(root: Path) -> dict[str, tuple[str, Callable[[str], Any]]]:
+    """One tiny source of each file kind under ``root``: (data.path, how a source id reads its item back)."""
+    from PIL import Image
+
+    from tests.helpers import idx_bytes
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 5, 5), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 2
+    (root / "idx").mkdir()
+    (root / "idx" / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(images, 0x803))
+    (root / "idx" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x801))
+    np.savez(root / "d.npz", x_train=images[:30], y_train=labels[:30], x_test=images[30:], y_test=labels[30:])
+    for i, image in enumerate(images):
+        (root / "folder" / f"c{labels[i]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "folder" / f"c{labels[i]}" / f"{i}.png")
+        (root / "text_folder" / f"c{labels[i]}").mkdir(parents=True, exist_ok=True)
+        (root / "text_folder" / f"c{labels[i]}" / f"{i}.txt").write_text(f"text {i}")
+    lines = [f"c{labels[i]}\ttext {i}" for i in range(40)]
+    (root / "d.tsv").write_text("\n".join([*lines[:5], "", *lines[5:]]) + "\n")  # a blank line: numbers still count
+    (root / "d.csv").write_text("label,text\n" + "".join(f'c{labels[i]},"text\n{i}"\n' for i in range(40)))
+    tsv, csv = (root / "d.tsv").read_text().splitlines(), (root / "d.csv").read_text().splitlines()
+    npz = {"x_train": images[:30], "x_test": images[30:]}
+    return {
+        "idx": ("idx", lambda i: images[int(i.split(":")[1])]),
+        "npz": ("d.npz", lambda i: npz[i.split(":")[1]][int(i.split(":")[2])]),
+        "folder": ("folder", lambda i: np.asarray(Image.open(root / "folder" / i))),
+        "tsv": ("d.tsv", lambda i: tsv[int(i.split(":")[1]) - 1].split("\t")[1]),
+        "csv": ("d.csv", lambda i: "text\n" + csv[int(i.split(":")[1])].rstrip('"')),
+        "text_folder": ("text_folder", lambda i: (root / "text_folder" / i).read_text()),
+    }
+
+
+@pytest.mark.parametrize("kind", ["digits", "idx", "npz", "folder", "tsv", "csv", "text_folder"])
+def test_every_item_keeps_its_source_identity_through_the_split(params: Params, tmp_path: Path, kind: str) -> None:
+    """Each item's id (file path, FILE:INDEX, FILE:LINE) reads back that very item, in every split.
+
+    Fails without the loaders' provenance (mutation: ingest.split numbering the items instead of taking
+    ``loaded.ids``: every kind fails)."""
+    from sklearn.datasets import load_digits
+
+    from tasks.lib.sources import load_source
+
+    if kind == "digits":
+        path, read = "unused", lambda i: np.rint(load_digits().images[int(i.split(":")[1])] * 255 / 16)
+    else:
+        path, read = _sources(tmp_path)[kind]
+    data = params.data.model_copy(update={"source": kind, "path": str(tmp_path / path)})
+    dataset = split(load_source(data), data, fractions(0.2, 0.2), seed=1)
+    seen = []
+    for s in dataset.splits.values():
+        assert s.ids is not None and len(s.ids) == len(s.y)
+        for x, source_id in list(zip(s.x, s.ids, strict=True))[:8]:
+            expected = read(str(source_id))
+            assert (x == expected) if x.dtype.kind == "U" else np.array_equal(x[..., 0], expected), source_id
+        seen += s.ids.tolist()
+    assert len(set(seen)) == len(seen)  # unique: a review names one item

@@ -4,6 +4,7 @@ end to end on a tiny `dvc repro`: every section, the lineage of dvc.lock, the ML
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import re
 from html.parser import HTMLParser
@@ -19,6 +20,7 @@ from tasks.lib.errors import TrainflowError
 from tasks.lib.tracking import flat_params, flatten
 from tasks.report import (
     SECTIONS,
+    audit_facts,
     changed_params,
     gather,
     image_grid,
@@ -171,6 +173,28 @@ def facts() -> dict[str, Any]:
                 "reasons": [],
                 "label_p_value": 0.5,
             },
+            "audit": audit_facts(
+                {"flagged": {"label": 2, "outlier": 0}, "seconds": {"cross_validation": 3.0}, "folds": 3},
+                [
+                    {
+                        "id": "cat/7.png",
+                        "split": "train",
+                        "given_label": "cat",
+                        "suggested_label": "dog",
+                        "score": "0.01",
+                        "issue": "label",
+                    },
+                    {
+                        "id": "dog/2.png",
+                        "split": "val",
+                        "given_label": "dog",
+                        "suggested_label": "cat",
+                        "score": "0.02",
+                        "issue": "label",
+                    },
+                ],
+                np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1),
+            ),
         },
         "training": {
             "model": "cnn",
@@ -306,13 +330,50 @@ def check_self_contained(text: str) -> _Page:
 def test_render_has_every_section_inline_images_and_nothing_to_fetch() -> None:
     text = render(facts())
     page = check_self_contained(text)
-    assert len(page.images) == 4  # samples, curves, confusion, mistakes: all inline
+    assert len(page.images) == 5  # samples, the audit's top items, curves, confusion, mistakes: all inline
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the model card's free text is escaped
     assert "pets v2: &lt;run&gt;" in text
     assert "90.0 %" in text and "82.6 % – 94.5 %" in text  # accuracy with its Wilson interval
     assert "@champion → v2; @previous-champion → v1" in text
     assert 'href="data_docs/x.html"' in text  # the relative link to the suite's Data Docs page
     assert "trained in <code>f-1</code>" in text and "this page written by <code>f-2</code>" in text
+
+
+def test_render_shows_the_audits_top_items_with_their_source_ids_and_texts() -> None:
+    """The audit's top label issues: a picture grid and a row per item (source id, given → suggested, score); texts
+    shown as text; what the person's review did. Fails without the section (mutation: the template's audit block
+    removed) and without the review's line."""
+    page = render(facts())
+    assert 'id="audit"' in page and "flagged\n2 label, 0 outlier" in page
+    assert "<code>cat/7.png</code></td><td>train</td><td>cat</td><td>dog</td>" in page
+    assert page.count("data:image/png;base64,") >= 4  # the audit's grid among the page's pictures
+    texts = facts()
+    texts["data"]["kind"] = "text"
+    texts["evaluation"]["mistakes"] = []
+    texts["data"]["audit"] = audit_facts(
+        {"flagged": {"label": 1}, "seconds": {"cleanlab": 1.0}, "folds": 2},
+        [
+            {
+                "id": "sms.tsv:12",
+                "split": "test",
+                "given_label": "ham",
+                "suggested_label": "spam",
+                "score": "0.1",
+                "issue": "label",
+            }
+        ],
+        np.array(["WINNER! claim your prize"]),
+    )
+    assert "<td>WINNER! claim your prize</td>" in render(texts)
+    reviewed = facts()
+    reviewed["data"]["removed"] = {"test": {"bad_label": 0, "excluded_by_review": 2}}
+    reviewed["data"]["review"] = {
+        "file": "data/review.csv",
+        "relabelled_by_review": {"train": 3, "test": 1},
+        "unmatched": 1,
+        "unmatched_examples": ["gone.png"],
+    }
+    assert "2 excluded, 4 relabelled; 1 ids match no item (gone.png)." in render(reviewed)
 
 
 def test_render_says_when_the_model_was_identical_to_a_registered_version() -> None:
@@ -395,7 +456,7 @@ def test_a_misclassified_texts_unprintable_characters_show_as_escapes() -> None:
 
 def test_the_page_renders_offline_in_chromium(tmp_path: Path) -> None:
     result = in_chromium(render(facts()), tmp_path)
-    assert result == {"sections": list(SECTIONS), "images": 4, "broken": [], "requests": []}
+    assert result == {"sections": list(SECTIONS), "images": 5, "broken": [], "requests": []}
 
 
 def test_the_chromium_probe_sees_a_request_and_a_broken_image(tmp_path: Path) -> None:
@@ -436,6 +497,9 @@ def test_repro_writes_the_report_with_this_runs_lineage(workspace: Path) -> None
     shown = len(re.findall(r"<tr><td class=\"n\">\d+</td><td>\d</td><td>\d</td>", text))
     assert shown <= 5
     assert "up to date" in sh(workspace, "dvc", "status").stdout
+    with (workspace / "reports/audit/issues.csv").open() as f:  # the audit stage ran in the DAG; its top is shown
+        first = next((row for row in csv.DictReader(f) if row["issue"] == "label"), None)
+    assert 'id="audit"' in text and (first is None or f"<code>{first['id']}</code>" in text)
 
 
 @pytest.mark.slow
@@ -475,4 +539,4 @@ def test_a_missing_input_stops_the_stage_with_one_line_and_keeps_the_page(worksp
 def test_the_pipelines_report_renders_offline_in_chromium(workspace: Path, tmp_path: Path) -> None:
     result = in_chromium((workspace / "reports/report.html").read_text(), tmp_path)
     assert result["sections"] == list(SECTIONS) and result["broken"] == [] and result["requests"] == []
-    assert result["images"] == 4
+    assert result["images"] == 5  # with the audit's top label issues

@@ -463,7 +463,7 @@ try:
         loaded = text_sources.load_csv(path, "text", "label", max_text_bytes=limit, max_text_lines=10**9)
     else:
         loaded = text_sources.read_lines(path, max_text_bytes=limit)
-    nbytes, error = loaded.x.nbytes + loaded.y.nbytes if kind != "lines" else loaded[1].nbytes, ""
+    nbytes, error = loaded.x.nbytes + loaded.y.nbytes + loaded.ids.nbytes if kind != "lines" else loaded[1].nbytes, ""
 except TrainflowError as exc:
     nbytes, error = 0, str(exc)
 print(json.dumps({"grew": status("VmHWM") - before, "nbytes": nbytes, "error": error}))
@@ -488,7 +488,8 @@ def test_a_million_tiny_lines_cost_about_their_arrays(tmp_path: Path) -> None:
     f = tmp_path / "d.tsv"
     f.write_text("".join(f"{'ham' if i % 7 else 'spam'}\t{i % 1000}\n" for i in range(1_000_000)))
     result = peak("tsv", f, 1 << 20)
-    assert result["nbytes"] == 1_000_000 * (3 * 4 + 8)  # texts of up to 3 characters, int64 labels
+    # texts of up to 3 characters, int64 labels, source ids "d.tsv:LINE" of up to 13 characters
+    assert result["nbytes"] == 1_000_000 * (3 * 4 + 8 + 13 * 4)
     assert result["grew"] <= 3 * result["nbytes"], result  # measured 2.2×; 11× before
 
 
