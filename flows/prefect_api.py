@@ -14,10 +14,9 @@ from tasks.lib.errors import TrainflowError, redact
 from tasks.lib.lifetime import owned_by_this_process, stop_leftovers
 from tasks.lib.quiet import quiet_libraries
 
-# Prefect's own setting: how long a command waits for its temporary API server (no PREFECT_API_URL). Prefect's 20 s
-# default is too short on a busy 2-core machine (37 s were seen at a load of 15); a user's value is kept.
+# Prefect's own setting: how long a command waits for its temporary API server (no PREFECT_API_URL). The project sets
+# it in pyproject.toml ([tool.prefect.server.ephemeral], read when Prefect is imported); the environment's value wins.
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-STARTUP_DEFAULT = "180"
 # Prefect's temporary API server: `python -m uvicorn ... prefect.server.api.server:create_app`, started without a
 # parent-death signal; it inherits this process's environment, so the next flow command of the workspace finds it
 PREFECT_SERVER_COMMANDS = ("prefect.server.api.server:create_app",)
@@ -32,7 +31,6 @@ def one_line_errors(what: str) -> Iterator[None]:
     """
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault(STARTUP_TIMEOUT, STARTUP_DEFAULT)
     # No telemetry from the temporary API server: pyproject.toml's [tool.prefect.server] (its heartbeat also raced the
     # server's own start-up for the SQLite database, "database is locked" in the log)
     workspace = str(Path.cwd().resolve())
@@ -46,7 +44,9 @@ def one_line_errors(what: str) -> Iterator[None]:
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
-        seconds = os.environ[STARTUP_TIMEOUT]
+        from prefect.settings import get_current_settings
+
+        seconds = get_current_settings().server.ephemeral.startup_timeout_seconds
         print(
             f"error: {what}: Prefect's temporary API server did not start within {seconds} s on this machine; "
             f"set {STARTUP_TIMEOUT} higher, or start `prefect server start` and set PREFECT_API_URL "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import REPO, sh
 
@@ -55,3 +56,21 @@ def test_stages_and_flows_turn_mlflow_telemetry_and_gx_analytics_off() -> None:
 
     assert disabled("stage") == "True false"  # MLflow's telemetry and GX's analytics off
     assert disabled("bare") == "False None"
+
+
+def test_a_flow_waits_180_s_for_its_temporary_prefect_server_in_the_project(tmp_path: Path) -> None:
+    """pyproject.toml sets Prefect's start-up timeout, read when Prefect is imported (an environment variable set by
+    the flow after that import was never seen: the flows waited Prefect's 20 s default, and failed on a busy machine).
+    Negative control: outside the project, the default."""
+    code = "import flows.training; from prefect.settings import get_current_settings as s\n"
+    code += "print(s().server.ephemeral.startup_timeout_seconds)"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    env["PYTHONPATH"] = str(REPO)
+
+    def timeout(cwd: object) -> str:
+        done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert timeout(REPO) == "180"
+    assert timeout(tmp_path) == "20"
