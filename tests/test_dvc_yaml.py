@@ -30,5 +30,6 @@ def test_no_stage_depends_on_where_its_shards_run() -> None:
 
 def test_dvc_yaml_the_default_dvc_lock_and_the_flow_stay_small() -> None:
     assert len(committed("dvc.yaml").splitlines()) <= 200
-    assert len(committed("dvc.lock").splitlines()) <= 500  # refreshed by `dvc repro` on the default data
+    # refreshed by `dvc repro` on the default data: nine stages (486 lines for eight; the audit reads the train section)
+    assert len(committed("dvc.lock").splitlines()) <= 600
     assert len(committed("flows/training.py").splitlines()) <= 120
