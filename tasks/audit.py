@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.lib import artifacts
+from tasks.lib import architecture, artifacts
 from tasks.lib.config import AuditParams, Params
 from tasks.lib.errors import TrainflowError
 from tasks.lib.source_files import numbered
@@ -273,6 +273,8 @@ def run(params: Params) -> dict:
 
     keras = import_keras()
     clean = artifacts.open_dataset(Path(params.paths.clean))
+    # the model function's module first: its custom layers, if any, before Keras loads the model
+    architecture.import_trained(artifacts.read_json(Path(params.paths.run_info)))
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     keras.utils.set_random_seed(params.seed)
     start = time.perf_counter()
