@@ -273,8 +273,8 @@ def run(params: Params) -> dict:
 
     keras = import_keras()
     clean = artifacts.open_dataset(Path(params.paths.clean))
-    # the model function's module first: its custom layers, if any, before Keras loads the model
-    architecture.import_trained(artifacts.read_json(Path(params.paths.run_info)))
+    # train.model's module first (DVC reran train for these params): its custom layers, before Keras loads the model
+    architecture.import_module(params.train.model)
     model = keras.saving.load_model(params.paths.model, compile=False, safe_mode=True)
     keras.utils.set_random_seed(params.seed)
     start = time.perf_counter()
