@@ -138,7 +138,11 @@ def feature_model(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.nda
             head = m.get_layer("probabilities")
         except ValueError:
             return None
-        return keras.Model(m.inputs, [head.input, m.outputs[0]])
+        try:  # the built-ins' last hidden layer feeds their "logits"; a function of the user's: its logits
+            features = m.get_layer("logits").input
+        except ValueError:
+            features = head.input
+        return keras.Model(m.inputs, [features, m.outputs[0]])
 
     both = inner(model)
     if both is None and len(model.layers) >= 2:  # text: raw strings → vectorize → the classifier (a nested model)
