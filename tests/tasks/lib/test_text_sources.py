@@ -511,7 +511,9 @@ def test_an_overlong_line_or_field_is_refused_while_reading(
         out.write(head + repeat * ((64 << 20) // len(repeat)))  # 64 MiB that the limit stops after 1 MiB
     result = peak(kind, f, 1 << 20)
     assert re.match(at(f) + message, result["error"]), result
-    assert result["grew"] < 16 << 20, result  # a block or two, never the 64 MiB
+    # a few blocks, never the 64 MiB: the peak grows in steps of the allocator's (16 MiB exactly was measured once
+    # for the many-lines record); a reader that holds the file grows by 64 MiB or more
+    assert result["grew"] < 32 << 20, result
 
 
 # --- the texts read are the file's records, on realistic files ---
