@@ -79,11 +79,9 @@ def fold_model(fold: artifacts.Stored, params: Params) -> tuple[Any, Callable[[n
     from tasks import normalize, train
     from tasks.lib import vectorize
 
-    if fold.kind == "text":
-        vocabulary = vectorize.fit_vocabulary((s.x for s in fold.shards("train")), params.normalize.vocabulary_size)
-        counter = vectorize.text_vectorizer(vocabulary=vocabulary)
-        tokens = np.concatenate([vectorize.token_counts(counter, s.x)[0] for s in fold.shards("train")])
-        length = normalize.sequence_length(tokens, params.normalize.sequence_quantile)
+    if fold.kind == "text":  # normalize's own fit, on the fold's train part (the held-out part is its "val")
+        stats, vocabulary = normalize.text_statistics(fold, params)
+        length = stats["sequence_length"]
         vectorizer = vectorize.text_vectorizer(vocabulary=vocabulary, length=length)
 
         def transform(texts: np.ndarray) -> np.ndarray:
