@@ -326,6 +326,12 @@ def shard_batches(
                 self._plan()
                 self._group_ahead(0)  # the next epoch's first group, gathered while validation and callbacks run
 
+        def start_epoch(self, epoch: int) -> None:
+            """Serve ``epoch``'s order next (a resume starts at the epoch after its backup, not at 0)."""
+            if epoch != self.epoch:
+                self.epoch = epoch
+                self._plan()
+
     return ShardBatches()
 
 
@@ -415,8 +421,9 @@ def fit(
     extra_callbacks: list[Any] | None = None,
     before_backup: Callable[[], None] | None = None,
 ) -> float:
-    """Compile and fit: early stopping on val loss, the learning rate of ``params.lr_schedule``, a checkpoint every
-    ``params.checkpoint_seconds`` (:func:`timed_backup`), resume. Returns the seconds ``model.fit`` took."""
+    """Compile and fit ``train`` (:func:`shard_batches`): early stopping on val loss, the learning rate of
+    ``params.lr_schedule``, a checkpoint every ``params.checkpoint_seconds`` (:func:`timed_backup`), resume at the
+    epoch after the last backup, in that epoch's shuffle. Returns the seconds ``model.fit`` took."""
     import keras
 
     steps_per_epoch = len(train)
@@ -425,7 +432,9 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    callbacks = epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)
+    # A resumed fit starts at the epoch after its backup: the batches follow that epoch's shuffle, as without the kill.
+    in_order = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: train.start_epoch(epoch))
+    callbacks = [in_order, *epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)]
     start = time.perf_counter()
     classifier.fit(
         train,

@@ -115,15 +115,17 @@ class _Interrupt(Exception):
 class _Probe(keras.callbacks.Callback):
     """Records the optimizer's step and learning rate at every epoch start; raises at ``stop_at``, like a kill."""
 
-    def __init__(self, stop_at: int | None = None) -> None:
+    def __init__(self, stop_at: int | None = None, train: keras.utils.PyDataset | None = None) -> None:
         super().__init__()
-        self.stop_at, self.seen = stop_at, {}
+        self.stop_at, self.seen, self.train, self.first_batches = stop_at, {}, train, {}
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch == self.stop_at:
             raise _Interrupt
         optimizer = self.model.optimizer
         self.seen[epoch] = (int(optimizer.iterations), float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+        if self.train is not None:  # the images the epoch starts with
+            self.first_batches[epoch] = np.array(self.train[0][0])
 
 
 def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
@@ -151,10 +153,19 @@ def test_fit_with_batch_norm_and_cosine_follows_the_schedule_across_a_resume(
         fit(build_classifier((8, 8, 1), 2, cfg, scale()), train, val, cfg, backup, history, extra_callbacks=[killed])
     assert backup.exists()
 
-    resumed, classifier = _Probe(), build_classifier((8, 8, 1), 2, cfg, scale())
+    # a new process: new streams, which would start at epoch 0's shuffle (the defect this catches: fit not telling
+    # the stream the epoch it resumes at, so the resumed epoch 2 repeats epoch 0's order)
+    train, val = streams(tmp_path / "again", data, cfg.batch_size)
+    resumed, classifier = _Probe(train=train), build_classifier((8, 8, 1), 2, cfg, scale())
     seconds = fit(classifier, train, val, cfg, backup, history, extra_callbacks=[resumed])
     assert seconds > 0
     assert list(resumed.seen) == [2]  # epochs 0 and 1 came from the checkpoint
+    uninterrupted, _ = streams(tmp_path / "reference", data, cfg.batch_size)
+    epoch_0 = np.array(uninterrupted[0][0])
+    uninterrupted.on_epoch_end()
+    uninterrupted.on_epoch_end()
+    np.testing.assert_array_equal(resumed.first_batches[2], uninterrupted[0][0])  # epoch 2's shuffle, as unkilled
+    assert not np.array_equal(epoch_0, resumed.first_batches[2])
     step, rate = resumed.seen[2]
     assert step == 2 * steps  # the optimizer's step count was restored, so the schedule continues
     assert rate == pytest.approx(float(keras.ops.convert_to_numpy(schedule(2 * steps))))
@@ -293,6 +304,9 @@ def test_shard_batches_visit_every_image_once_per_epoch_shard_by_shard(
         orders.append(seen)
         train.on_epoch_end()
     assert not np.array_equal(orders[0], orders[1])  # a fresh order every epoch
+    resumed = shard_batches(stored, "train", 8, seed=3)
+    resumed.start_epoch(1)  # a resume at epoch 1: that epoch's order, not epoch 0's
+    np.testing.assert_array_equal(np.concatenate([resumed[i][0][:, 0, 0, 0] for i in range(25)]), orders[1])
     again = shard_batches(stored, "train", 8, seed=3)
     np.testing.assert_array_equal(np.concatenate([again[i][0][:, 0, 0, 0] for i in range(25)]), orders[0])
     spanning = shard_batches(stored, "train", 12, seed=3)  # batches that span two groups join two slices
