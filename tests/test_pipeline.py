@@ -57,10 +57,20 @@ def test_repro_runs_every_stage_then_skips_then_reruns_from_train(tiny_repro: Re
     sh(workspace, "git", "add", "-A")
     sh(workspace, "git", "commit", "-qm", "baseline run")
     experiment = sh(workspace, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "audit", "report"]
-    drift = json.loads((workspace / "reports/deploy.json").read_text())["drift"]  # ingest cached, v1 now champion
-    assert drift["checked"] is True and drift["drifted"] is False
-    assert drift["reference"].startswith("trainflow-classifier v1 (run ")
+    assert ran(experiment.stdout) == ["train", "evaluate", "deploy", "audit", "report"]  # ingest cached: v1's data
+    assert processes_in(workspace) == []  # nothing `dvc exp run` started outlives it
+    deployed = json.loads((workspace / "reports/deploy.json").read_text())
+    name = deployed["registry"]["model_name"]
+    assert deployed["registry"]["version"] == 2 and deployed["registry"]["registered"] is True
+    drift = deployed["drift"]  # v1 is champion now: the data is compared with its training data
+    assert drift["checked"] is True and drift["drifted"] is False, drift
+    assert drift["reference"].startswith(f"{name} v1 (run ")
+    assert deployed["champion"]["version"] == 1 and deployed["gate"]["champion_version"] == 1
+    # the scoring server came up while deploy scored the champion: the check waited less than its start-up (fails
+    # with the server started after the champion's scoring, in tasks/deploy.run)
+    assert deployed["serving"]["startup_s"] - deployed["serving"]["waited_s"] >= 0.2, deployed["serving"]
+    page = (workspace / "reports/report.html").read_text()
+    assert f"<code>{name} v1 (run " in page and "no drift" in page
     history = (workspace / "reports/train/history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 1  # header + one epoch
     # the README's comparison: the experiment, its test accuracy and the param it changed, in a 120-column terminal

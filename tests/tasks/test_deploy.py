@@ -14,7 +14,7 @@ from tasks.evaluate import predictions_csv
 from tasks.lib.config import DeployParams, Params
 from tasks.lib.errors import TrainflowError
 from tests.conftest import copy_run
-from tests.helpers import processes_in, ran, sh
+from tests.helpers import sh
 
 CLASSES = ("a", "b", "c")
 
@@ -224,28 +224,6 @@ def test_an_identical_model_is_not_registered_again(tiny_run: Path, tmp_path: Pa
     assert again["fingerprint"] == first["fingerprint"] and again["aliases"] == {"champion": 1}
     sh(root, "python", "-m", "tasks.report")
     assert "Not registered again: identical to v1" in (root / "reports/report.html").read_text()
-
-
-@pytest.mark.slow
-def test_a_run_with_ingest_cached_reports_drift_against_the_champion(tiny_run: Path, tmp_path: Path) -> None:
-    root = copy_run(tiny_run, tmp_path / "workspace")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "v1 is champion")
-    done = sh(root, "dvc", "exp", "run", "-S", "train.epochs=1")
-    assert ran(done.stdout) == ["train", "evaluate", "deploy", "audit", "report"]  # ingest cached: its output is v1's
-    assert processes_in(root) == []  # nothing `dvc exp run` started outlives it
-    deployed = _read(root, "reports/deploy.json")
-    name = deployed["registry"]["model_name"]
-    assert deployed["registry"]["version"] == 2 and deployed["registry"]["registered"] is True
-    checked = deployed["drift"]
-    assert checked["checked"] is True and checked["drifted"] is False, checked
-    assert checked["reference"].startswith(f"{name} v1 (run ")
-    assert deployed["champion"]["version"] == 1 and deployed["gate"]["champion_version"] == 1
-    # the scoring server came up while deploy scored the champion: the check waited less than its start-up (fails
-    # with the server started after the champion's scoring, in tasks/deploy.run)
-    assert deployed["serving"]["startup_s"] - deployed["serving"]["waited_s"] >= 0.2, deployed["serving"]
-    page = (root / "reports/report.html").read_text()
-    assert f"<code>{name} v1 (run " in page and "no drift" in page
 
 
 def test_the_log_says_there_is_no_champion_rather_than_that_it_is_unchanged() -> None:
