@@ -432,7 +432,8 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    # A resumed fit starts at the epoch after its backup: the batches follow that epoch's shuffle, as without the kill.
+    # Each epoch's batches follow that epoch's shuffle: a resumed fit starts at the epoch after its backup, and Keras
+    # peeks a batch and ends the dataset's epoch once before the first, so the dataset's own count is not fit's.
     in_order = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: train.start_epoch(epoch))
     callbacks = [in_order, *epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)]
     start = time.perf_counter()
