@@ -46,10 +46,12 @@ _PREFECT_HOME = pytest.StashKey[str]()
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled them
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The costliest modules first (tests/durations.json: seconds per module, from a serial run's `--durations=0`),
-    each module's tests still in random order: the workers (each takes a whole module, ``--dist loadscope``) start
-    on the long modules and finish on short ones, rather than one worker running a five-minute module at the end
-    while the others wait. Only the order depends on the file; a stale or missing entry costs time, never a test."""
+    """The costliest modules first (tests/durations.json: seconds per module, measured in a full run), each module's
+    tests still in random order: the workers (each takes a whole module, ``--dist loadscope``) start on the long
+    modules and finish on short ones, rather than one worker running a five-minute module at the end while the others
+    wait. ``--no-loadscope-reorder`` (pyproject.toml) keeps this order: by default pytest-xdist 3.8 hands out the
+    modules with the most tests first, which put the one-test end-to-end modules last. Only the order depends on the
+    file; a stale or missing entry costs time, never a test."""
     seconds = json.loads(Path(__file__).with_name("durations.json").read_text())
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0))
 
