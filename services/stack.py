@@ -172,8 +172,19 @@ class Stack:
             _own(Path(pw.name))
             try:
                 self._as_postgres(
-                    [str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pw.name}", "-A",
-                     "scram-sha-256", "-E", "UTF8", "--no-instructions"],
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        USER,
+                        f"--pwfile={pw.name}",
+                        "-A",
+                        "scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--no-instructions",
+                    ],
                 )
             finally:
                 Path(pw.name).unlink()
@@ -230,8 +241,10 @@ class Stack:
         host_key, client_key = self.ssh / "host_ed25519", self.ssh / "id_ed25519"
         for key in (host_key, client_key):
             if not key.exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"trainflow-{key.stem}",
-                                "-f", str(key)], check=True)
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"trainflow-{key.stem}", "-f", str(key)],
+                    check=True,
+                )
         authorized = self.ssh / "authorized_keys"
         authorized.write_text(client_key.with_suffix(".pub").read_text())
         os.chmod(authorized, 0o600)
@@ -275,10 +288,18 @@ class Stack:
     def _start_mlflow(self, name: str) -> None:
         port = self.ports()["mlflow"]
         args = [
-            str(Path(sys.executable).parent / "mlflow"), "server",
-            "--backend-store-uri", self.database_url("mlflow"),
-            "--artifacts-destination", str(self.folder / "mlflow-artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            self.database_url("mlflow"),
+            "--artifacts-destination",
+            str(self.folder / "mlflow-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
         ]
         # no job runner: the pipeline queues no MLflow job (it would start two more consumer processes)
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -287,23 +308,48 @@ class Stack:
 
     def _start_prefect(self, name: str) -> None:
         port = self.ports()["prefect"]
-        args = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                "--port", str(port)]
+        args = [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         env = {
             "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "postgresql+asyncpg"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         self._spawn(name, args, env)
         self._wait(name, lambda: _answers(f"http://127.0.0.1:{port}/api/health"))
-        pool = [str(Path(sys.executable).parent / "prefect"), "work-pool", "create", POOL, "--type", "process",
-                "--overwrite"]
+        pool = [
+            str(Path(sys.executable).parent / "prefect"),
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--overwrite",
+        ]
         done = subprocess.run(pool, env=self._env(self.client_env()), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise StackError(f"prefect work-pool create {POOL} failed: {done.stdout.strip()[-300:]}")
 
     def _start_worker(self, name: str) -> None:
-        args = [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", POOL, "--type",
-                "process", "--name", name, "--limit", "1"]
+        args = [
+            str(Path(sys.executable).parent / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--type",
+            "process",
+            "--name",
+            name,
+            "--limit",
+            "1",
+        ]
         # a worker is a machine of the team: it has the team's environment, and looks for work every 2 s
         self._spawn(name, args, {**self.client_env(), "PREFECT_WORKER_QUERY_SECONDS": "2"})
 
@@ -317,7 +363,12 @@ class Stack:
     def _spawn(self, name: str, args: list[str], extra: Mapping[str, str]) -> None:
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                args, cwd=self.folder, env=self._env(extra), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                args,
+                cwd=self.folder,
+                env=self._env(extra),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         state = self.state()
@@ -363,8 +414,9 @@ class Stack:
         if name == "postgres":
             if self.running(name):
                 data = self.folder / "postgres" / "data"
-                self._as_postgres([str(postgres_bin() / "pg_ctl"), "-D", str(data.resolve()), "-m", "fast", "-w",
-                                   "stop"])
+                self._as_postgres(
+                    [str(postgres_bin() / "pg_ctl"), "-D", str(data.resolve()), "-m", "fast", "-w", "stop"]
+                )
             return
         process = self.process(name)
         if process is None:
