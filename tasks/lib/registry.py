@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.lib import dblock
 from tasks.lib.config import TrackingParams
-from tasks.lib.errors import TrainflowError, TransientError, redact
+from tasks.lib.errors import TrainflowError
 from tasks.lib.lock import waiting_lock
 from tasks.lib.tracking import REPORT_TAG, client, sqlite_lock, texts, tracking_uri
 
@@ -97,7 +98,6 @@ def model_aliases(settings: TrackingParams, name: str) -> dict[str, int]:
 
 
 LOCK_URI = "TRAINFLOW_REGISTRY_LOCK_URI"  # a PostgreSQL database every promoter reaches: the champion's lock
-LOCK_WAIT_S = 120  # how long a promotion waits for another to finish moving the aliases
 
 
 @contextlib.contextmanager
@@ -111,28 +111,18 @@ def champion_lock(settings: TrackingParams, name: str) -> Iterator[str]:
     server alone offers no lock, and two promotions of the same moment can both move the alias.
 
     Raises:
-        TransientError: the lock's database is unreachable, or another promotion held the lock ``LOCK_WAIT_S``.
+        TransientError: the lock's database is unreachable, or another promotion held the lock ``dblock.WAIT_S``.
     """
     url = os.environ.get(LOCK_URI)
     if url:
-        import psycopg
-
-        try:
-            with psycopg.connect(url, connect_timeout=10) as connection:  # one transaction: the lock's lifetime
-                connection.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{CHAMPION}:{name}",))
-                yield "postgresql"
-        except psycopg.Error as exc:
-            raise TransientError(
-                f"{LOCK_URI}={redact(url)}: the champion's lock failed ({str(exc).strip().splitlines()[0][:200]}); "
-                "no alias moved"
-            ) from None
+        with dblock.advisory_lock(url, f"{CHAMPION}:{name}", f"moving the {CHAMPION} alias of {name}; no alias moved"):
+            yield "postgresql"
         return
     lock = sqlite_lock(tracking_uri(settings))
     if lock is None:
         yield "none"
         return
-    with waiting_lock(lock, f"moving the {CHAMPION} alias of {name}", timeout=LOCK_WAIT_S):
+    with waiting_lock(lock, f"moving the {CHAMPION} alias of {name}", timeout=dblock.WAIT_S):
         yield "file"
 
 
