@@ -21,7 +21,8 @@ from tests.helpers import TINY, make_workspace, needs, sh, tool_env, wait_for
 pytestmark = pytest.mark.slow
 
 NAME = "trainflow-classifier"
-GOOD = {**TINY, "deploy": {**TINY["deploy"], "min_metric": 0.1}}
+# the gate on the headline metric only (no per-class recall check): which candidate must win is then clear
+GOOD = {**TINY, "deploy": {**TINY["deploy"], "min_metric": 0.1, "max_class_recall_drop": 1.0}}
 # the weaker candidate: one epoch, a slow learning rate, few units (it still passes deploy.min_metric)
 WEAK = {**GOOD, "train": {**TINY["train"], "epochs": 1, "learning_rate": 0.0005, "dense_units": 8}}
 TUNE = {
