@@ -254,6 +254,8 @@ class Stack:
             f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n"
             f"PidFile {self.ssh / 'sshd.pid'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n"
+            # the keys are in the stack's own 0700 folder, which may lie under /tmp (world-writable: refused)
+            "StrictModes no\n"
             f"AllowUsers {self.state()['ssh_user']}\n"
         )
         if os.geteuid() == 0:
