@@ -39,6 +39,9 @@ DATABASES = ("mlflow", "prefect", "optuna")
 POOL = "trainflow"  # the Prefect work pool
 WORKERS = 2
 SERVICES = ("postgres", "sshd", "mlflow", "prefect", *(f"worker-{n}" for n in range(1, WORKERS + 1)))
+HEARTBEAT_S = 30  # a flow run's heartbeat, from the workers (Prefect's minimum)
+ZOMBIE_AFTER_S = 75  # no heartbeat for this long: the run is marked Crashed (its worker died)
+ZOMBIES = "trainflow: crash flow runs whose worker died"
 READY_TIMEOUT = 180.0  # seconds a service may take to answer (Prefect's first start migrates its database)
 
 
@@ -337,6 +340,49 @@ class Stack:
         done = subprocess.run(pool, env=self._env(self.client_env()), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise StackError(f"prefect work-pool create {POOL} failed: {done.stdout.strip()[-300:]}")
+        self._crash_zombies()
+
+    def _crash_zombies(self) -> None:
+        """Prefect's own answer to a worker machine that dies mid-run (its flow run would stay Running): flow runs
+        send heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, the workers' environment), and this automation marks
+        a run Crashed when they stop for ``ZOMBIE_AFTER_S`` (docs.prefect.io: detect zombie flows)."""
+        from datetime import timedelta
+
+        from prefect.automations import Automation
+        from prefect.client.schemas.objects import StateType
+        from prefect.events.actions import ChangeFlowRunState
+        from prefect.events.schemas.automations import EventTrigger, Posture
+        from prefect.events.schemas.events import ResourceSpecification
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.client_env()["PREFECT_API_URL"]}):
+            with contextlib.suppress(ValueError):  # made by an earlier up
+                Automation.read(name=ZOMBIES)
+                return
+            Automation(
+                name=ZOMBIES,
+                trigger=EventTrigger(
+                    after={"prefect.flow-run.heartbeat"},
+                    expect={
+                        "prefect.flow-run.heartbeat",
+                        "prefect.flow-run.Completed",
+                        "prefect.flow-run.Failed",
+                        "prefect.flow-run.Cancelled",
+                        "prefect.flow-run.Crashed",
+                    },
+                    match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                    for_each={"prefect.resource.id"},
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=timedelta(seconds=ZOMBIE_AFTER_S),
+                ),
+                actions=[
+                    ChangeFlowRunState(
+                        state=StateType.CRASHED,
+                        message=f"no heartbeat for {ZOMBIE_AFTER_S} s: its worker or machine died",
+                    )
+                ],
+            ).create()
 
     def _start_worker(self, name: str) -> None:
         args = [
@@ -352,8 +398,10 @@ class Stack:
             "--limit",
             "1",
         ]
-        # a worker is a machine of the team: it has the team's environment, and looks for work every 2 s
-        self._spawn(name, args, {**self.client_env(), "PREFECT_WORKER_QUERY_SECONDS": "2"})
+        # a worker is a machine of the team: it has the team's environment, and looks for work every 2 s; its flow
+        # runs send a heartbeat every HEARTBEAT_S (Prefect's minimum), which the zombie automation watches
+        env = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
+        self._spawn(name, args, {**self.client_env(), **env})
 
     # ---- processes ----------------------------------------------------------------------------------------------
     def _env(self, extra: Mapping[str, str]) -> dict[str, str]:

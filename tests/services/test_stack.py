@@ -240,7 +240,8 @@ def test_the_nightly_deployment_runs_on_a_worker_and_a_killed_worker_crashes_its
     runs = wait_for("the nightly run to finish on a worker", finished, timeout=180, every=2)
     assert [(r["state"], r["pool"]) for r in runs] == [("COMPLETED", "trainflow")]
 
-    # a worker killed mid-run (its machine shut down): the run is marked crashed, and the next run completes
+    # a worker killed mid-run with its flow run and stages (SIGKILL: its machine died): the run's heartbeats stop and
+    # the stack's automation marks it Crashed; the next run completes
     sh(race.good, "prefect", "deployment", "run", "training/nightly", **env)
 
     def busy_worker() -> str | None:
@@ -251,14 +252,14 @@ def test_the_nightly_deployment_runs_on_a_worker_and_a_killed_worker_crashes_its
         return None
 
     name = wait_for("a worker to run the flow's stages", busy_worker, timeout=120, every=0.5)
-    team.stack.stop(name, signal.SIGTERM)
+    team.stack.stop(name, signal.SIGKILL)
     crashed = wait_for(
-        "the killed run's state",
-        lambda: [r for r in prefect_runs(team, "training/nightly") if r["state"] in ("CRASHED", "FAILED")],
-        timeout=60,
-        every=2,
+        "the killed run to be marked crashed",
+        lambda: [r for r in prefect_runs(team, "training/nightly") if r["state"] == "CRASHED"],
+        timeout=240,
+        every=3,
     )
-    assert len(crashed) == 1
+    assert len(crashed) == 1 and "heartbeat" in crashed[0]["message"]
     team.stack.start(name)
     sh(race.good, "prefect", "deployment", "run", "training/nightly", **env)
     runs = wait_for(
