@@ -75,6 +75,8 @@ class Race(NamedTuple):
     good: Path
     weak: Path
     outputs: list[str]  # every command's stdout and stderr
+    good_deploy: dict[str, Any]  # each clone's reports/deploy.json right after the race (later tests deploy again)
+    weak_deploy: dict[str, Any]
 
 
 def clone(root: Path, overrides: dict[str, Any], team: Team) -> Path:
@@ -98,7 +100,7 @@ def race(team: Team, tmp_path_factory: pytest.TempPathFactory) -> Race:
         out for done in run_both(team, good, weak, "dvc", "repro", "evaluate") for out in (done.stdout, done.stderr)
     ]
     outputs += [out for done in run_both(team, good, weak, "dvc", "repro") for out in (done.stdout, done.stderr)]
-    return Race(good, weak, outputs)
+    return Race(good, weak, outputs, deploy_json(good), deploy_json(weak))
 
 
 def server(team: Team) -> Any:
@@ -130,7 +132,7 @@ def test_two_clones_race_and_the_registry_keeps_the_better_champion(team: Team, 
     """`dvc repro` in two clones trains, tracks and registers on the server; racing deploys: no lost version, the
     champion never gets worse, and each deploy.json says what happened to its candidate."""
     tracker = server(team)
-    reports = [deploy_json(race.good), deploy_json(race.weak)]
+    reports = [race.good_deploy, race.weak_deploy]
     versions = sorted(int(v.version) for v in tracker.search_model_versions(f"name='{NAME}'"))
     assert versions == [1, 2] == sorted(r["registry"]["version"] for r in reports)  # both registered, none lost
     for report in reports:  # the registry says what deploy.json says
@@ -139,10 +141,10 @@ def test_two_clones_race_and_the_registry_keeps_the_better_champion(team: Team, 
         assert version.tags["gate.reason"] == report["gate"]["reason"]
     chain = promotion_chain(reports)
     champion = int(tracker.get_model_version_by_alias(NAME, "champion").version)
-    assert chain[-1] == champion == deploy_json(race.good)["registry"]["version"]  # the better one, whoever won
-    weak = deploy_json(race.weak)
+    assert chain[-1] == champion == race.good_deploy["registry"]["version"]  # the better one, whoever won
+    weak = race.weak_deploy
     assert weak["gate"]["promote"] == (chain == [weak["registry"]["version"], champion])
-    assert weak["gate"]["candidate"] < deploy_json(race.good)["gate"]["candidate"]
+    assert weak["gate"]["candidate"] < race.good_deploy["gate"]["candidate"]
     # the runs are on the server, nothing in the clones' own stores
     run_id = json.loads((race.good / "models/mlflow_run.json").read_text())["run_id"]
     assert tracker.get_run(run_id).data.metrics["test.accuracy"] > 0.5
