@@ -155,7 +155,8 @@ class Stack:
             for name in SERVICES:
                 self.start(name)
         except BaseException:
-            self.down()
+            with contextlib.suppress(StackError):  # the first error is the one to show
+                self.down()
             raise
 
     def start(self, name: str) -> None:
@@ -205,13 +206,15 @@ class Stack:
 
     def _postgres_data(self, state: dict[str, Any]) -> Path:
         """The data folder. PostgreSQL refuses to run as root: then it runs as the ``postgres`` user, in a folder of
-        its own under the temporary folder (the stack's folder may be in a home it cannot enter), linked from here."""
+        its own under /var/tmp (the stack's folder may be in a home it cannot enter), linked from here."""
         link = self.folder / "postgres"
         if os.geteuid() != 0:
             (link / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
             return link / "data"
+        if link.is_symlink() and not link.exists():  # its folder was removed: start a new cluster
+            link.unlink()
         if not link.exists():
-            made = Path(tempfile.mkdtemp(prefix="trainflow-postgres-"))
+            made = Path(tempfile.mkdtemp(prefix="trainflow-postgres-", dir="/var/tmp"))  # kept across reboots
             shutil.chown(made, "postgres", "postgres")
             link.symlink_to(made)
             state["postgres_folder"] = str(made)
@@ -487,7 +490,7 @@ class Stack:
         """Processes of the stack still running: a recorded service, or any process naming the stack's folder."""
         found = {name: p for name in SERVICES if (p := self.process(name)) is not None}
         folder, postgres = str(self.folder), self.state().get("postgres_folder", "\0")
-        for process in psutil.process_iter(["pid", "cmdline", "environ"]):
+        for process in psutil.process_iter(["pid", "cmdline"]):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 line = " ".join(process.info["cmdline"] or [])
                 if process.pid != os.getpid() and (folder in line or postgres in line):
