@@ -155,8 +155,9 @@ def test_two_clones_race_and_the_registry_keeps_the_better_champion(team: Team, 
 
 def test_concurrent_promotions_never_overwrite_an_unseen_champion(team: Team, race: Race) -> None:
     """Many promoters at the same instant, each comparing with the champion it read: exactly one moves the alias
-    per round. Catches dropping the lock in ``registry.champion_lock`` (with TRAINFLOW_REGISTRY_LOCK_URI): without
-    it, several promoters read the same champion and all move the alias (measured: several winners per round)."""
+    per round (tests/services/promoters.py, the clone's committed copy, with a slow read of the champion). Catches
+    dropping the lock in ``registry.champion_lock`` (TRAINFLOW_REGISTRY_LOCK_URI unused): then every promoter of a
+    round reads the same champion and moves the alias."""
     tracker = server(team)
     source = tracker.get_model_version(NAME, "1").source
     rounds, promoters = 6, 4
@@ -170,7 +171,6 @@ def test_concurrent_promotions_never_overwrite_an_unseen_champion(team: Team, ra
         source,
         str(rounds),
         str(promoters),
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
         **team.env,
     )
     won = json.loads(done.stdout.strip().splitlines()[-1])
