@@ -157,7 +157,8 @@ def test_concurrent_promotions_never_overwrite_an_unseen_champion(team: Team, ra
     """Many promoters at the same instant, each comparing with the champion it read: exactly one moves the alias
     per round (tests/services/promoters.py, the clone's committed copy, with a slow read of the champion). Catches
     dropping the lock in ``registry.champion_lock`` (TRAINFLOW_REGISTRY_LOCK_URI unused): then every promoter of a
-    round reads the same champion and moves the alias."""
+    round reads the same champion and moves the alias, and on PostgreSQL two of them setting one alias at once fail
+    (measured: UniqueViolation on registered_model_alias_pk, so the promoters' script exits 1)."""
     tracker = server(team)
     source = tracker.get_model_version(NAME, "1").source
     rounds, promoters = 6, 4
