@@ -31,7 +31,7 @@ test-fast: $(BIN)/pytest
 	pytest -m "not slow"
 
 lint: $(BIN)/pytest
-	ruff check tasks flows tests benchmarks architectures
+	ruff check tasks flows services tests benchmarks architectures
 
 # `dvc plots show`'s offline page template (.dvc/plots/offline.html, committed): remade from the pinned package only
 # when vl-convert-python is upgraded
