@@ -25,7 +25,7 @@ from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
 from flows import dvc_repo, prefect_api, tuning
-from tasks.lib import artifacts, tracking
+from tasks.lib import artifacts, dblock, tracking
 from tasks.lib.config import DEFAULT_PARAMS, Params, apply_overrides, load_params, parse_params, read_params_file
 from tasks.lib.errors import TrainflowError, redact
 from tasks.lib.lock import workspace_lock
@@ -130,7 +130,16 @@ def parent_key(params: Params) -> str:
 
 def parent_run(study: Any, params: Params, root: Path) -> str:
     """The study's MLflow run in this store: the one a previous run of this study opened here (reopened), else a
-    new one."""
+    new one. On a database server several machines may start the study at once: they find or open it one at a time
+    (a lock of the study's database), so their trials sit under one parent run."""
+    url = tuning.storage_url(params.tune.storage, root)
+    if not dblock.is_postgresql(url):
+        return _parent_run(study, params, root)
+    with dblock.advisory_lock(url, f"tune-parent:{params.tune.study}:{parent_key(params)}", "the study's parent run"):
+        return _parent_run(study, params, root)
+
+
+def _parent_run(study: Any, params: Params, root: Path) -> str:
     settings, cfg = params.tracking, params.tune
     for known in (study.user_attrs.get(parent_key(params)), study.user_attrs.get("mlflow_run_id")):  # or as before
         if known and tracking.reopen_run(settings, known):

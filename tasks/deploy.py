@@ -234,6 +234,56 @@ def decide(
     return verdict(True, f"{metric} {score:.4f} beats the champion's {best:.4f} (McNemar p={p_value:.3g})")
 
 
+PROMOTION_ATTEMPTS = 5  # gates against a champion that moved meanwhile, before the candidate stays challenger
+
+
+def settle(
+    params: Params,
+    version: int,
+    gate: dict[str, Any],
+    comparison: dict[str, Any],
+    drifted: dict[str, Any],
+    gate_again: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Move the aliases for a registered ``version`` as the gate decided, the champion's alias as a compare-and-set.
+
+    When the champion moved after the gate compared with it (another run promoted its own candidate meanwhile), the
+    candidate is scored against the new champion and gated again (``gate_again()``: the decision, the comparison and
+    the drift), up to :data:`PROMOTION_ATTEMPTS` times; so the champion never moves to a version that was compared
+    with an older one, and deploy.json says what the candidate was finally compared with.
+
+    Returns:
+        The final gate, comparison and drift, and each time the champion had moved (``gated_against``, ``found``).
+    """
+    name, settings, raced = params.deploy.model_name, params.tracking, []
+    for _ in range(PROMOTION_ATTEMPTS):
+        if not gate["promote"]:
+            registry.make_challenger(settings, name, version)
+            return gate, comparison, drifted, raced
+        champion = comparison.get("champion")
+        scored = champion["version"] if champion else None
+        found = registry.promote(settings, name, version, scored)
+        if found is None:
+            return gate, comparison, drifted, raced
+        raced.append({"gated_against": scored, "found": found})
+        log.warning(
+            "deploy: the champion moved to v%s after the gate compared %s v%d with v%s (another run promoted its "
+            "candidate): comparing with v%s",
+            found,
+            name,
+            version,
+            scored,
+            found,
+        )
+        gate, comparison, drifted = gate_again()
+    registry.make_challenger(settings, name, version)
+    reason = (
+        f"the champion moved {PROMOTION_ATTEMPTS} times while this candidate was compared (last to "
+        f"v{raced[-1]['found']}); registered as challenger, run deploy again to compare"
+    )
+    return {**gate, "promote": False, "reason": reason}, comparison, drifted, raced
+
+
 def identical(
     candidate: dict[str, Any], comparison: dict[str, Any], params: DeployParams, version: int, aliases: list[str]
 ) -> dict[str, Any]:
@@ -330,7 +380,6 @@ def run(params: Params) -> dict:
             timeout = params.deploy.serving_timeout
             served = stack.enter_context(serving_check.serving(model_uri, tracking.tracking_uri(settings), timeout))
         comparison = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
-        scored = comparison["champion"]["version"] if comparison.get("champion") else None
         report: dict[str, Any] = {
             "contract": wanted,
             "fingerprint": print_,
@@ -357,7 +406,27 @@ def run(params: Params) -> dict:
         "serving.latency_p95_ms": check["latency_ms"]["p95"],
         "serving.max_abs_diff": check["max_abs_diff"],
     }
-    registered = registry.register(settings, name, model_uri, gate["promote"], tags, scored)
+    version = registry.register_version(settings, name, model_uri, tags)
+
+    def gate_again() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        again = check_drift(params, artifacts.read_json(Path(params.paths.statistics)))
+        compared = score_champion(params, np.asarray(test.x), np.asarray(test.y), expected, wanted)
+        return decide(candidate, recall, compared, params.deploy, again), compared, again
+
+    gate, comparison, drifted, raced = settle(params, version, gate, comparison, drifted, gate_again)
+    if raced:  # the version's tags say what was finally decided
+        registry.tag_version(
+            settings,
+            name,
+            version,
+            {
+                **{f"gate.{k}": v for k, v in gate.items() if k != "class_recall_drops"},
+                "drift.drifted": str(drifted["drifted"]).lower(),
+            },
+        )
+    registered = registry.entry(name, version, gate["promote"])
+    report = {k: v for k, v in report.items() if k not in ("champion", "paired")}  # as finally compared
+    report |= {"drift": drifted, **comparison, "raced": raced}
     # the report stage logs the page there next: the version's registry page links it already
     registry.point_at_report(settings, name, registered["version"], tracking.report_uri(run_id, params.paths.report))
     report |= {

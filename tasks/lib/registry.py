@@ -7,15 +7,19 @@ that only ``tasks/deploy.py`` (and ``tasks/predict.py``, batch prediction with t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.lib import dblock
 from tasks.lib.config import TrackingParams
 from tasks.lib.errors import TrainflowError
-from tasks.lib.tracking import REPORT_TAG, client, texts, tracking_uri
+from tasks.lib.lock import waiting_lock
+from tasks.lib.tracking import REPORT_TAG, client, sqlite_lock, texts, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 CONTRACT_TAG = "trainflow.contract"  # a registered version's input shape, dtype and classes (JSON)
@@ -93,47 +97,82 @@ def model_aliases(settings: TrackingParams, name: str) -> dict[str, int]:
     return {alias: int(version) for alias, version in sorted(model.aliases.items())}
 
 
-def register(
-    settings: TrackingParams,
-    name: str,
-    model_uri: str,
-    promote: bool,
-    tags: Mapping[str, Any],
-    scored_champion: int | None,
-) -> dict[str, Any]:
-    """Register a logged model under ``name`` (``deploy.model_name``) with ``tags``, and move the aliases.
+LOCK_URI = "TRAINFLOW_REGISTRY_LOCK_URI"  # a PostgreSQL database every promoter reaches: the champion's lock
 
-    Promoted: ``champion`` moves to the new version and the old one gets ``previous-champion``, as a compare-and-set:
-    right before the alias moves, the champion must still be ``scored_champion`` (the version the gate compared
-    with; None when there was none). MLflow has no atomic alias update, so the window is that of two calls.
-    Otherwise the new version becomes ``challenger`` and the champion is untouched.
+
+@contextlib.contextmanager
+def champion_lock(settings: TrackingParams, name: str) -> Iterator[str]:
+    """Hold the lock that makes reading, checking and moving the ``champion`` alias one step; yields its kind.
+
+    MLflow has no atomic alias update. With ``TRAINFLOW_REGISTRY_LOCK_URI`` (a ``postgresql://`` URL, its password
+    from ``PGPASSFILE`` or the URL), a PostgreSQL advisory lock of the model's name, held for one transaction: the
+    database releases it when the transaction ends or the connection drops (a killed promoter holds nothing). With the
+    embedded SQLite store, a ``flock`` on the lock file beside ``mlflow.db``. Otherwise none (``"none"``): a tracking
+    server alone offers no lock, and two promotions of the same moment can both move the alias.
 
     Raises:
-        TrainflowError: the champion moved since the gate; the new version stays ``challenger``.
+        TransientError: the lock's database is unreachable, or another promotion held the lock ``dblock.WAIT_S``.
     """
+    url = os.environ.get(LOCK_URI)
+    if url:
+        with dblock.advisory_lock(url, f"{CHAMPION}:{name}", f"moving the {CHAMPION} alias of {name}; no alias moved"):
+            yield "postgresql"
+        return
+    lock = sqlite_lock(tracking_uri(settings))
+    if lock is None:
+        yield "none"
+        return
+    with waiting_lock(lock, f"moving the {CHAMPION} alias of {name}", timeout=dblock.WAIT_S):
+        yield "file"
+
+
+def register_version(settings: TrackingParams, name: str, model_uri: str, tags: Mapping[str, Any]) -> int:
+    """Register a logged model under ``name`` (``deploy.model_name``) with ``tags``: its new version, no alias yet."""
     import mlflow
 
-    tracker = client(settings)
-    version = mlflow.register_model(model_uri, name, tags=texts(tags))
-    if promote:
+    client(settings)
+    return int(mlflow.register_model(model_uri, name, tags=texts(tags)).version)
+
+
+def promote(settings: TrackingParams, name: str, version: int, scored_champion: int | None) -> int | None:
+    """Make ``version`` the champion as a compare-and-set: under :func:`champion_lock`, only if the champion is still
+    ``scored_champion`` (the version the gate compared with; None: there was none). The old champion gets
+    ``previous-champion``.
+
+    Returns:
+        None when ``version`` is the champion now; else the champion found instead (nothing moved).
+    """
+    tracker = client(settings)  # opened before the lock: opening a SQLite store takes the same lock file
+    with champion_lock(settings, name):
         current = champion_version(settings, name)
         now = int(current.version) if current is not None else None
         if now != scored_champion:
-            tracker.set_registered_model_alias(name, CHALLENGER, version.version)
-            raise TrainflowError(
-                f"{name}: the champion is v{now} now, the gate compared with v{scored_champion}; v{version.version} "
-                "is registered as challenger and the champion is unchanged: run deploy again to compare with it"
-            )
+            return now
         if current is not None:
             tracker.set_registered_model_alias(name, PREVIOUS, current.version)
-        tracker.set_registered_model_alias(name, CHAMPION, version.version)
-    else:
-        tracker.set_registered_model_alias(name, CHALLENGER, version.version)
+        tracker.set_registered_model_alias(name, CHAMPION, str(version))
+    return None
+
+
+def make_challenger(settings: TrackingParams, name: str, version: int) -> None:
+    """Point ``challenger`` at ``version`` (registered, not promoted)."""
+    client(settings).set_registered_model_alias(name, CHALLENGER, str(version))
+
+
+def tag_version(settings: TrackingParams, name: str, version: int, tags: Mapping[str, Any]) -> None:
+    """Set tags on a registered version (the gate's final decision, after a champion moved under it)."""
+    tracker = client(settings)
+    for key, value in texts(tags).items():
+        tracker.set_model_version_tag(name, str(version), key, value)
+
+
+def entry(name: str, version: int, promoted: bool) -> dict[str, Any]:
+    """What deploy.json says about the registration."""
     return {
         "model_name": name,
-        "version": int(version.version),
-        "alias": CHAMPION if promote else CHALLENGER,
-        "model_uri": version_uri(name, version.version),
+        "version": version,
+        "alias": CHAMPION if promoted else CHALLENGER,
+        "model_uri": version_uri(name, version),
     }
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from tasks.lib import registry
 from tasks.lib.config import load_params
-from tasks.lib.errors import TrainflowError
 from tests.conftest import copy_run
 from tests.helpers import REPO
 
@@ -75,7 +74,7 @@ def test_a_champion_moved_after_the_gate_is_never_overwritten(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alias move is a compare-and-set: the gate compared with no champion, then another run made v1 champion.
-    Catches dropping the check in ``register`` (the new version would take the alias from v1)."""
+    Catches dropping the check in ``promote`` (the new version would take the alias from v1)."""
     from mlflow import MlflowClient
 
     root = copy_run(tiny_run, tmp_path / "workspace")
@@ -87,11 +86,10 @@ def test_a_champion_moved_after_the_gate_is_never_overwritten(
     store = MlflowClient(uri, registry_uri=uri)
     name = json.loads((root / "reports/deploy.json").read_text())["registry"]["model_name"]
     champion = store.get_model_version_by_alias(name, registry.CHAMPION)
-    with pytest.raises(TrainflowError, match=rf"the champion is v{champion.version} now, the gate compared with vNone"):
-        registry.register(settings, name, champion.source, promote=True, tags={}, scored_champion=None)
+    version = registry.register_version(settings, name, champion.source, tags={})
+    assert registry.promote(settings, name, version, scored_champion=None) == int(champion.version)  # found v1
     assert sorted(int(v.version) for v in store.search_model_versions(f"name='{name}'")) == [1, 2]
-    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 1
-    assert store.get_model_version_by_alias(name, registry.CHALLENGER).version == 2  # registered, never promoted
-    registry.register(settings, name, champion.source, promote=True, tags={}, scored_champion=1)  # compared with v1
-    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 3
+    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 1  # nothing moved
+    assert registry.promote(settings, name, version, scored_champion=1) is None  # compared with v1
+    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == 2
     assert store.get_model_version_by_alias(name, registry.PREVIOUS).version == 1
