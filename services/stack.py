@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -527,17 +527,6 @@ def _own(path: Path) -> None:
 def _answers(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=3) as response:
         return response.status == 200
-
-
-@contextlib.contextmanager
-def running_stack(folder: Path, home: Path | None = None) -> Iterator[Stack]:
-    """A stack that is up for the body and down (purged) afterwards, even when the body fails."""
-    stack = Stack(folder, home or Path.home())
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down(purge=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tests.helpers import TINY, make_workspace, needs, sh, tool_env, wait_for
+from tests.helpers import REPO, TINY, make_workspace, needs, sh, tool_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,18 @@ class Team(NamedTuple):
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     needs(_have_services(), "PostgreSQL's and OpenSSH's servers (Debian: postgresql, openssh-server), psycopg, dvc-ssh")
-    from services.stack import running_stack
+    from services.stack import Stack
 
     home = tmp_path_factory.mktemp("home")
-    with running_stack(tmp_path_factory.mktemp("stack") / ".services", home) as stack:
+    folder = tmp_path_factory.mktemp("stack") / ".services"
+    # the documented commands (`make services-up` / `make services-down` run them): the services outlive `up`
+    command = [sys.executable, "-m", "services.stack"]
+    try:
+        up = sh(REPO, *command, "up", "--dir", str(folder), HOME=str(home))
+        assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:" in up.stdout, up.stdout
+        stack = Stack(folder, home)
         password = stack.pgpass.read_text().strip().rsplit(":", 1)[1]
+        assert password not in up.stdout + up.stderr
         env = stack.client_env()
         port = stack.ports()["postgres"]
         env["TRAINFLOW_REGISTRY_LOCK_URI"] = f"postgresql://trainflow:{password}@127.0.0.1:{port}/mlflow"
@@ -68,7 +75,10 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         # a failure of the tracking server shows at once, not after MLflow's minutes of retries
         env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
         yield Team(stack, home, password, env)
-    assert not stack.folder.exists()  # down --purge left nothing (and down checked that nothing runs)
+    finally:
+        down = sh(REPO, *command, "down", "--purge", "--dir", str(folder), HOME=str(home))
+    assert "nothing left running" in down.stdout  # down checked that nothing of the stack runs
+    assert not folder.exists()  # and --purge left nothing
 
 
 class Race(NamedTuple):
@@ -361,3 +371,13 @@ def test_the_stack_env_holds_no_password_and_down_leaves_nothing(team: Team) -> 
         cwd=Path(__file__).resolve().parents[2],
     )
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:" in done.stdout and team.password not in done.stdout
+
+
+def test_the_make_targets_run_the_stack_commands_the_fixture_runs() -> None:
+    """README: `make services-up` starts the stack and `make services-down` stops it; the `team` fixture runs the same
+    commands, so this pins the targets to them."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "services-up: $(BIN)/dvc\n" in makefile and "\t$(BIN)/python -m services.stack up\n" in makefile
+    assert "services-down:\n\t$(BIN)/python -m services.stack down\n" in makefile
+    readme = (REPO / "README.md").read_text()
+    assert "`make services-up` starts" in readme and "`make services-down` stops them" in readme
