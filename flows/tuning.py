@@ -5,6 +5,7 @@ and the plots; and each trial's training in a process of its own. flows/tune.py 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.lib import dblock
 from tasks.lib.config import Params, SpaceEntry, apply_overrides, parse_params
 from tasks.lib.errors import TrainflowError, redact
 
@@ -164,13 +166,21 @@ def open_study(params: Params, root: Path) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = params.tune
     url = storage_url(cfg.storage, root)
+    # PostgreSQL: machines opening a new database at once would race creating Optuna's tables (a unique violation
+    # in PostgreSQL's catalog); they take turns under the database's own lock (SQLite's file lock does this itself)
+    turns = (
+        dblock.advisory_lock(url, "optuna-storage", "creating the study's tables")
+        if dblock.is_postgresql(url)
+        else contextlib.nullcontext()
+    )
     try:
         # SQLite: a writer waits for the lock (trials in threads or processes write at once) instead of failing
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        study = optuna.create_study(
-            study_name=cfg.study, storage=storage, direction=direction(cfg.metric), load_if_exists=True
-        )
+        with turns:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            study = optuna.create_study(
+                study_name=cfg.study, storage=storage, direction=direction(cfg.metric), load_if_exists=True
+            )
     except TrainflowError:
         raise
     except Exception as exc:  # a bad URL, a missing driver, an unreachable server: many types
