@@ -133,9 +133,7 @@ def parent_run(study: Any, params: Params, root: Path) -> str:
     new one. On a database server several machines may start the study at once: they find or open it one at a time
     (a lock of the study's database), so their trials sit under one parent run."""
     url = tuning.storage_url(params.tune.storage, root)
-    if not dblock.is_postgresql(url):
-        return _parent_run(study, params, root)
-    with dblock.advisory_lock(url, f"tune-parent:{params.tune.study}:{parent_key(params)}", "the study's parent run"):
+    with dblock.turns(url, f"tune-parent:{params.tune.study}:{parent_key(params)}", "the study's parent run"):
         return _parent_run(study, params, root)
 
 

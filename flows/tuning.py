@@ -5,7 +5,6 @@ and the plots; and each trial's training in a process of its own. flows/tune.py 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -168,15 +167,10 @@ def open_study(params: Params, root: Path) -> Any:
     url = storage_url(cfg.storage, root)
     # PostgreSQL: machines opening a new database at once would race creating Optuna's tables (a unique violation
     # in PostgreSQL's catalog); they take turns under the database's own lock (SQLite's file lock does this itself)
-    turns = (
-        dblock.advisory_lock(url, "optuna-storage", "creating the study's tables")
-        if dblock.is_postgresql(url)
-        else contextlib.nullcontext()
-    )
     try:
         # SQLite: a writer waits for the lock (trials in threads or processes write at once) instead of failing
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        with turns:
+        with dblock.turns(url, "optuna-storage", "creating the study's tables"):
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
             study = optuna.create_study(
                 study_name=cfg.study, storage=storage, direction=direction(cfg.metric), load_if_exists=True

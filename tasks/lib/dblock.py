@@ -39,3 +39,9 @@ def advisory_lock(url: str, key: str, what: str) -> Iterator[None]:
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise TransientError(f"{redact(url)}: the lock for {what} failed ({first})") from None
+
+
+def turns(url: str, key: str, what: str) -> contextlib.AbstractContextManager[None]:
+    """:func:`advisory_lock` where ``url`` is a PostgreSQL database (machines sharing it take turns); elsewhere
+    nothing (SQLite's file locking serialises its own writers)."""
+    return advisory_lock(url, key, what) if is_postgresql(url) else contextlib.nullcontext()

@@ -101,13 +101,13 @@ LOCK_URI = "TRAINFLOW_REGISTRY_LOCK_URI"  # a PostgreSQL database every promoter
 
 
 @contextlib.contextmanager
-def champion_lock(settings: TrackingParams, name: str) -> Iterator[str]:
-    """Hold the lock that makes reading, checking and moving the ``champion`` alias one step; yields its kind.
+def champion_lock(settings: TrackingParams, name: str) -> Iterator[None]:
+    """Hold the lock that makes reading, checking and moving the ``champion`` alias one step.
 
     MLflow has no atomic alias update. With ``TRAINFLOW_REGISTRY_LOCK_URI`` (a ``postgresql://`` URL, its password
     from ``PGPASSFILE`` or the URL), a PostgreSQL advisory lock of the model's name, held for one transaction: the
     database releases it when the transaction ends or the connection drops (a killed promoter holds nothing). With the
-    embedded SQLite store, a ``flock`` on the lock file beside ``mlflow.db``. Otherwise none (``"none"``): a tracking
+    embedded SQLite store, a ``flock`` on the lock file beside ``mlflow.db``. Otherwise none: a tracking
     server alone offers no lock, and two promotions of the same moment can both move the alias.
 
     Raises:
@@ -116,14 +116,14 @@ def champion_lock(settings: TrackingParams, name: str) -> Iterator[str]:
     url = os.environ.get(LOCK_URI)
     if url:
         with dblock.advisory_lock(url, f"{CHAMPION}:{name}", f"moving the {CHAMPION} alias of {name}; no alias moved"):
-            yield "postgresql"
+            yield
         return
     lock = sqlite_lock(tracking_uri(settings))
     if lock is None:
-        yield "none"
+        yield
         return
     with waiting_lock(lock, f"moving the {CHAMPION} alias of {name}", timeout=dblock.WAIT_S):
-        yield "file"
+        yield
 
 
 def register_version(settings: TrackingParams, name: str, model_uri: str, tags: Mapping[str, Any]) -> int:

@@ -32,3 +32,11 @@ def test_an_unreachable_lock_database_is_one_transient_line_without_the_password
     message = str(caught.value)
     assert "\n" not in message and "s3cret-pass" not in message
     assert message.startswith("postgresql://***@127.0.0.1:") and "the lock for moving the alias failed" in message
+
+
+def test_turns_lock_only_a_postgresql_database() -> None:
+    """Elsewhere (SQLite) nothing is opened: the mutation that always locks would try psycopg on a sqlite URL."""
+    with dblock.turns("sqlite:////nonexistent/optuna.db", "k", "creating the tables"):
+        pass
+    with pytest.raises(TransientError), dblock.turns("postgresql://u@127.0.0.1:1/db", "k", "creating the tables"):
+        pass
