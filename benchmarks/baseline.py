@@ -1,10 +1,12 @@
 """The seed article's script, as plain Keras: the reference every pipeline figure is compared with.
 
-MNIST test set from an IDX folder, first 8,000 images to train, last 2,000 to test; the seed's CNN (Conv 32 3×3,
-pool, Conv 64 3×3, pool, Dense 128, softmax), Adam, batch 64, 10 epochs. Prints one JSON line:
-train_s (model.fit), process_s (from interpreter start), images_per_s, test_accuracy.
+MNIST test set from an IDX folder, first 8,000 images to train, last 2,000 to test (or an .npz of x_train, y_train,
+x_test, y_test: benchmarks/at_scale.py's 60,000 images); the seed's CNN (Conv 32 3×3, pool, Conv 64 3×3, pool,
+Dense 128, softmax), Adam, batch 64, 10 epochs. Prints one JSON line: train_s (model.fit), images_per_s,
+step_ms (model.fit's seconds per training step), test_accuracy.
 
-    python benchmarks/baseline.py ../shared/data/mnist
+    python benchmarks/baseline.py ../shared/data/mnist [EPOCHS]
+    python benchmarks/baseline.py mnist-x6.npz [EPOCHS]
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ def _idx(path: Path):
 
 def main(folder: str, epochs: int = 10) -> dict:
     import keras
+    import numpy as np
     from keras import layers
 
     root = Path(folder)
-    x = _idx(next(root.glob("t10k-images-idx3-ubyte*"))).astype("float32")[..., None] / 255.0
-    y = _idx(next(root.glob("t10k-labels-idx1-ubyte*")))
-    x_train, y_train, x_test, y_test = x[:8000], y[:8000], x[8000:], y[8000:]
+    if root.suffix == ".npz":
+        arrays = np.load(root)
+        x_train, y_train = arrays["x_train"].astype("float32") / 255.0, arrays["y_train"]
+        x_test, y_test = arrays["x_test"].astype("float32") / 255.0, arrays["y_test"]
+    else:
+        x = _idx(next(root.glob("t10k-images-idx3-ubyte*"))).astype("float32")[..., None] / 255.0
+        y = _idx(next(root.glob("t10k-labels-idx1-ubyte*")))
+        x_train, y_train, x_test, y_test = x[:8000], y[:8000], x[8000:], y[8000:]
     model = keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1)),
@@ -53,6 +61,7 @@ def main(folder: str, epochs: int = 10) -> dict:
     return {
         "train_s": train_s,
         "images_per_s": len(x_train) * epochs / train_s,
+        "step_ms": 1000 * train_s / (epochs * -(-len(x_train) // 64)),
         "test_accuracy": float(accuracy),
         "backend": keras.backend.backend(),
     }

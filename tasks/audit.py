@@ -116,9 +116,15 @@ def cross_validated(clean: artifacts.Stored, params: Params) -> np.ndarray:
                 metrics=["accuracy"],
             )
             batches = train.shard_batches(fold, "train", cfg.batch_size, params.seed + k, transform)
-            model.fit(batches, epochs=params.audit.epochs, shuffle=False, verbose=0)
+            model.fit(
+                train.keras_input(batches),
+                epochs=params.audit.epochs,
+                shuffle=False,
+                callbacks=[train.epoch_order(batches)],
+                verbose=0,
+            )
             held_out = train.shard_batches(fold, "val", params.evaluate.batch_size, None, transform)
-            probabilities[folds == k] = np.asarray(model.predict(held_out, verbose=0))
+            probabilities[folds == k] = np.asarray(model.predict(train.keras_input(held_out), verbose=0))
             log.info("audit: fold %d of %d predicted (%d items)", k + 1, params.audit.folds, int((folds == k).sum()))
     return probabilities
 

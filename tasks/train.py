@@ -256,6 +256,7 @@ def shard_batches(
     class ShardBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)  # no worker threads: slices need none
+            self.batch_size = batch_size
             self.epoch = 0
             self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="shard-batches")
             self.loaded: dict[int, artifacts.Split] = {}  # shards of the groups in use, kept across epochs
@@ -294,7 +295,8 @@ def shard_batches(
             if g < len(self.groups) and g not in self.ready:
                 self.ready[g] = self.prefetch.submit(self._gather, g, self.epoch, self.groups[g])
 
-        def _group(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        def group(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+            """Group ``g`` of this epoch, gathered (the next one starts gathering in the background)."""
             self._group_ahead(g)
             self._group_ahead(g + 1)  # the next group, gathered while this one trains
             for old in [k for k in self.ready if k < g - 1]:  # a batch may span two groups: keep the one before
@@ -313,7 +315,7 @@ def shard_batches(
             g = int(np.searchsorted(self.starts, low, side="right")) - 1
             xs, ys = [], []
             while low < high:  # one slice, or two where the batch spans the end of a group
-                x, y = self._group(g)
+                x, y = self.group(g)
                 a, b = low - int(self.starts[g]), min(high, int(self.starts[g + 1])) - int(self.starts[g])
                 xs.append(x[a:b])
                 ys.append(y[a:b])
@@ -333,6 +335,43 @@ def shard_batches(
                 self._plan()
 
     return ShardBatches()
+
+
+def keras_input(batches: keras.utils.PyDataset) -> Any:
+    """What ``fit`` and ``predict`` read from :func:`shard_batches`: the batches themselves, or on TensorFlow a
+    ``tf.data`` pipeline over the same groups: one Python call per gathered group, the batches cut by ``tf.data``.
+
+    Keras reads a PyDataset on TensorFlow through ``Dataset.from_generator``, whose kernel sets glibc's mmap threshold
+    to 128 KiB for the whole process (TensorFlow's workaround for a Python 3.11 leak): every tensor above it is then
+    mapped and unmapped at each step, and the seed CNN trains at half speed on CPU (docs/performance.md). The order
+    of the batches is the same; the epoch's order is set by :func:`epoch_order`.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return batches
+    import tensorflow as tf
+
+    x0, y0 = batches.group(0)
+    out = (tf.as_dtype(x0.dtype), tf.as_dtype(y0.dtype))
+
+    def items(g: tf.Tensor) -> tf.data.Dataset:
+        x, y = tf.numpy_function(lambda g: batches.group(int(g)), [g], out, stateful=True)
+        x, y = tf.ensure_shape(x, (None, *x0.shape[1:])), tf.ensure_shape(y, (None,))
+        return tf.data.Dataset.from_tensor_slices((x, y))
+
+    groups = tf.data.Dataset.range(len(batches.groups))
+    data = groups.flat_map(items).batch(batches.batch_size).prefetch(tf.data.AUTOTUNE)
+    return data.apply(tf.data.experimental.assert_cardinality(len(batches)))
+
+
+def epoch_order(batches: keras.utils.PyDataset) -> Any:
+    """The callback that serves each of ``fit``'s epochs in that epoch's shuffle (:func:`shard_batches`): a resumed
+    fit starts at the epoch after its backup, and Keras peeks a batch of a PyDataset and ends its epoch once before
+    the first, so the dataset's own count is not ``fit``'s."""
+    import keras
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: batches.start_epoch(epoch))
 
 
 def backup_due(unsaved: float, epoch: float, seconds: float) -> bool:
@@ -432,14 +471,11 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    # Each epoch's batches follow that epoch's shuffle: a resumed fit starts at the epoch after its backup, and Keras
-    # peeks a batch and ends the dataset's epoch once before the first, so the dataset's own count is not fit's.
-    in_order = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: train.start_epoch(epoch))
-    callbacks = [in_order, *epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)]
+    callbacks = [epoch_order(train), *epoch_callbacks(params, backup_dir, history_csv, extra_callbacks, before_backup)]
     start = time.perf_counter()
     classifier.fit(
-        train,
-        validation_data=val,
+        keras_input(train),
+        validation_data=keras_input(val),
         epochs=params.epochs,
         shuffle=False,  # train shuffles itself, shard by shard (shard_batches)
         callbacks=callbacks,
