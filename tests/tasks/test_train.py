@@ -29,7 +29,9 @@ from tasks.train import (
     build_text_classifier,
     checkpoint_key,
     distribution,
+    epoch_order,
     fit,
+    keras_input,
     learning_rate,
     require_backend,
     save_model,
@@ -315,6 +317,46 @@ def test_shard_batches_visit_every_image_once_per_epoch_shard_by_shard(
     val = shard_batches(stored, "val", 4, seed=None)  # three shards, each once, in stored order
     assert len(val) == 7
     np.testing.assert_array_equal(np.concatenate([val[i][0] for i in range(len(val))]), data.splits["val"].x)
+
+
+def test_keras_reads_the_same_batches_through_tf_data_and_fit_never_uses_from_generator(
+    tmp_path: Path, tiny: TrainParams, make_dataset: MakeDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On TensorFlow, ``fit`` and ``predict`` read shard_batches through keras_input's tf.data pipeline: each epoch
+    the same batches, in the same order, as the PyDataset itself. Keras' own route for a PyDataset,
+    ``Dataset.from_generator``, pins glibc's mmap threshold for the whole process and halves CPU training speed: a fit
+    that reached it fails here (mutation: keras_input returning the batches)."""
+    import tensorflow as tf
+
+    data = make_dataset({"train": 200, "val": 25}, shape=(2, 2, 1), num_classes=2)
+    data.splits["train"].x[:, 0, 0, 0] = np.arange(200)  # each image's id in its first pixel
+    write_dataset(tmp_path / "d", data, shard_size=10)
+    stored = open_dataset(tmp_path / "d")
+    for epoch in (0, 1):
+        train, reference = shard_batches(stored, "train", 12, seed=3), shard_batches(stored, "train", 12, seed=3)
+        train.start_epoch(epoch)
+        reference.start_epoch(epoch)
+        got = list(keras_input(train).as_numpy_iterator())
+        assert len(got) == len(reference) == 17  # the last batch short, as Keras cuts arrays
+        for (x, y), i in zip(got, range(len(reference)), strict=True):
+            np.testing.assert_array_equal(x, reference[i][0])
+            np.testing.assert_array_equal(y, reference[i][1])
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tf.data.Dataset.from_generator: Keras read a PyDataset")
+
+    monkeypatch.setattr(tf.data.Dataset, "from_generator", refused)
+    keras.utils.set_random_seed(0)
+    train, val = streams(tmp_path / "s", data, tiny.batch_size)
+    classifier = build_classifier((2, 2, 1), 2, tiny, scale())
+    fit(classifier, train, val, tiny, tmp_path / "backup", tmp_path / "history.csv")
+    assert classifier.predict(keras_input(val), verbose=0).shape == (25, 2)
+    seen = []
+    order = epoch_order(train)
+    for epoch in (0, 1):  # the callback sets each epoch's shuffle before Keras reads it
+        order.on_epoch_begin(epoch)
+        seen.append(np.concatenate([x[:, 0, 0, 0] for x, _ in keras_input(train).as_numpy_iterator()]))
+    assert not np.array_equal(seen[0], seen[1]) and sorted(seen[1].tolist()) == list(range(200))
 
 
 @pytest.mark.parametrize(
