@@ -39,8 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline import EPOCHS, LOAD, SAME_AS_BASELINE, Failed, fit_stats, survivors, test_accuracy  # noqa: E402
-from results import headline_row, headline_table, machine, paired, spread, today, write_section  # noqa: E402
+from pipeline import (  # noqa: E402
+    EPOCHS,
+    LOAD,
+    SAME_AS_BASELINE,
+    Failed,
+    baseline,
+    fit_stats,
+    row,
+    survivors,
+    test_accuracy,
+)
+from results import headline_row, headline_table, machine, paired, today, write_section  # noqa: E402
 from training_path import images  # noqa: E402
 
 from tests.helpers import STAGES, make_workspace, tool_env  # noqa: E402
@@ -55,28 +65,6 @@ def prepare(mnist: Path, factor: int, out: Path) -> dict[str, Any]:
     test = len(y) // 5
     np.savez(out, x_train=x[:-test], y_train=y[:-test], x_test=x[-test:], y_test=y[-test:])
     return {"images": len(y), "train": len(y) - test, "test": test, "what": what}
-
-
-def baseline(npz: Path, epochs: int) -> dict[str, float]:
-    LOAD.append(os.getloadavg()[0])
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "benchmarks/baseline.py", str(npz), str(epochs)],
-        cwd=ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise Failed(f"baseline.py exited {done.returncode}:\n{done.stderr[-2000:]}")
-    result = {
-        **json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1]),
-        "process_s": seconds,
-    }
-    print(f"seed script: {result}", flush=True)
-    return result
 
 
 def repro(root: Path) -> dict[str, Any]:
@@ -104,8 +92,7 @@ def repro(root: Path) -> dict[str, Any]:
     stages["dvc before the first stage"] = marks[0][1] - start
     found = {"full_s": seconds, "stages": stages, "accuracy": test_accuracy(root), "left": survivors(root)}
     fit = fit_stats(root)
-    train = json.loads((root / "data/augmented/manifest.json").read_text())["splits"]["train"]["count"]
-    found |= fit | {"step_ms": 1000 * fit["fit_s"] / (fit["epochs"] * -(-train // 64)), "train_images": train}
+    found |= fit | {"step_ms": 1000 * fit["fit_s"] / (fit["epochs"] * -(-fit["train_images"] // 64))}
     print(f"pipeline: {json.dumps(found)}", flush=True)
     return found
 
@@ -135,11 +122,6 @@ def report(found: dict[str, Any], mnist: Path, factor: int, repeats: int) -> str
     fit_ratio = paired(of(pipe, "images_per_s"), of(seed, "images_per_s"))
     step_ratio = paired(of(pipe, "step_ms"), of(seed, "step_ms"))
     load = found.get("load", [])
-
-    def row(figure: str, target: str, values: list[float], digits: int = 1, unit: str = "", met: bool | None = None):
-        median, low_high = spread(values, digits)
-        verdict = "" if met is None else ("✅" if met else "❌")
-        return f"| {figure} | {target} | {median}{unit} | {low_high}{unit} | {len(values)} | {verdict} |"
 
     stage_rows = [
         row(f"… {stage} (s)", "—", [p["stages"][stage] for p in pipe])

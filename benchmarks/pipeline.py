@@ -133,7 +133,7 @@ def fit_stats(root: Path) -> dict[str, float]:
     tags = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id).data.tags
     seconds, epochs = float(tags["train.fit_seconds"]), int(tags["train.epochs_run"])
     train = json.loads((root / "data/augmented/manifest.json").read_text())["splits"]["train"]["count"]
-    return {"fit_s": seconds, "images_per_s": train * epochs / seconds, "epochs": epochs}
+    return {"fit_s": seconds, "images_per_s": train * epochs / seconds, "epochs": epochs, "train_images": train}
 
 
 def test_accuracy(root: Path) -> float:
@@ -149,8 +149,9 @@ def flow_summary(output: str) -> dict[str, Any]:
 # --- the measurements ---------------------------------------------------------------------------------------------
 
 
-def baseline(mnist: Path) -> dict[str, float]:
-    seconds, output = run(ROOT, sys.executable, "benchmarks/baseline.py", str(mnist), str(EPOCHS))
+def baseline(data: Path, epochs: int = EPOCHS) -> dict[str, float]:
+    """benchmarks/baseline.py on ``data`` (an IDX folder or an .npz), its whole process timed from outside."""
+    seconds, output = run(ROOT, sys.executable, "benchmarks/baseline.py", str(data), str(epochs))
     result = {**json.loads(_last_json(output)), "process_s": seconds}
     print(f"baseline: {result}", flush=True)
     return result
